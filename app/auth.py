@@ -1,0 +1,162 @@
+"""Who is calling: tenants by virtual key, admins by token or user.
+
+A tenant key may arrive in any of the carriers OpenAI-compatible clients use. Keys are
+looked up on every request (one indexed query, no cache), so a revoke or expiry is
+effective on the next request on every process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from datetime import datetime
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Headers
+from litestar.handlers import BaseRouteHandler
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import database, key_format
+from app.admin_users import verify_admin_user
+from app.errors import AuthenticationFailed, PermissionDenied
+from app.models import api_keys, key_secrets, tenants
+
+_KEY_HEADERS = ("x-bf-vk", "x-api-key", "api-key")
+_ADMIN_CHALLENGE = {"www-authenticate": 'Basic realm="earmark-admin"'}
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """An authenticated tenant key."""
+
+    key_id: str
+    key_name: str
+    display_prefix: str
+    tenant_id: str
+    tenant_name: str
+    allowed_models: list[str] | None
+    expires_at: datetime | None
+
+
+def _basic_credentials(value: str) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The tenant key from whichever carrier holds one; an ``sk-bf-`` value wins, so a
+    client may send a provider key in one header and its Earmark key in another."""
+    candidates = [headers.get(name, "").strip() for name in _KEY_HEADERS]
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        candidates.insert(0, value.strip())
+    elif scheme.lower() == "basic" and (credentials := _basic_credentials(value)):
+        user, password = credentials
+        candidates.append(password or user)
+    candidates = [candidate for candidate in candidates if candidate]
+    for candidate in candidates:
+        if candidate.startswith(key_format.PREFIX):
+            return candidate
+    return candidates[0] if candidates else None
+
+
+_LOOKUP = (
+    select(
+        api_keys.c.id,
+        api_keys.c.name,
+        api_keys.c.display_prefix,
+        api_keys.c.tenant_id,
+        api_keys.c.allowed_models,
+        api_keys.c.expires_at,
+        api_keys.c.revoked_at,
+        api_keys.c.deleted_at,
+        key_secrets.c.valid_until,
+        tenants.c.name.label("tenant_name"),
+        tenants.c.status.label("tenant_status"),
+    )
+    .select_from(key_secrets)
+    .join(api_keys, api_keys.c.id == key_secrets.c.key_id)
+    .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+)
+
+
+async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | None) -> Principal:
+    if not secret:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send your Earmark key as "
+            "`Authorization: Bearer sk-bf-…` (or in x-bf-vk, x-api-key or api-key)."
+        )
+    if not key_format.is_well_formed(secret):
+        raise AuthenticationFailed(
+            "Incorrect API key provided: this is not an Earmark key (sk-bf-…), or it is "
+            "mistyped (its checksum does not match)."
+        )
+    digest = key_format.digest(secret, pepper)
+    async with database.read(engine) as conn:
+        row = (await conn.execute(_LOOKUP.where(key_secrets.c.digest == digest))).first()
+    now = database.utcnow()
+    shown = key_format.display_prefix(secret)
+    if row is None or row.deleted_at is not None:
+        raise AuthenticationFailed(f"Incorrect API key provided: {shown}….")
+    if row.valid_until is not None and row.valid_until <= now:
+        raise AuthenticationFailed(
+            f"This secret of key {row.id} was replaced by a rotation and is no longer valid; "
+            "use the new secret."
+        )
+    if row.revoked_at is not None:
+        raise PermissionDenied(f"API key {row.id} has been revoked.", code="key_revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise PermissionDenied(
+            f"API key {row.id} expired at {row.expires_at.isoformat()}.", code="key_expired"
+        )
+    if row.tenant_status != "active":
+        raise PermissionDenied(
+            f"The tenant of API key {row.id} is inactive.", code="tenant_inactive"
+        )
+    return Principal(
+        key_id=row.id,
+        key_name=row.name,
+        display_prefix=row.display_prefix,
+        tenant_id=row.tenant_id,
+        tenant_name=row.tenant_name,
+        allowed_models=row.allowed_models,
+        expires_at=row.expires_at,
+    )
+
+
+async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard for /admin: the bootstrap token as a bearer, or an admin user by HTTP Basic."""
+    settings = connection.app.state.settings
+    scheme, _, value = connection.headers.get("authorization", "").partition(" ")
+    scheme = scheme.lower()
+    key = presented_key(connection.headers)
+    if key and key.startswith(key_format.PREFIX):
+        raise PermissionDenied(
+            "Tenant keys cannot use the admin API.", code="tenant_key_not_admin"
+        )
+    if scheme == "bearer":
+        token = value.strip().encode()
+        if settings.admin_token and hmac.compare_digest(token, settings.admin_token.encode()):
+            connection.state.admin = "token"
+            return
+        raise _admin_refusal("Invalid admin token.")
+    if scheme == "basic":
+        credentials = _basic_credentials(value)
+        if credentials and await verify_admin_user(connection.app.state.engine, *credentials):
+            connection.state.admin = credentials[0]
+            return
+        raise _admin_refusal("Invalid admin user name or password.")
+    raise _admin_refusal(
+        "Admin credentials required: `Authorization: Bearer <EARMARK_ADMIN_TOKEN>` or HTTP "
+        "Basic with an admin user (`earmark admin create-user NAME`)."
+    )
+
+
+def _admin_refusal(message: str) -> AuthenticationFailed:
+    return AuthenticationFailed(message, code="invalid_admin_credentials", headers=_ADMIN_CHALLENGE)

@@ -1,0 +1,213 @@
+"""The ``earmark`` command: serve, migrate, and the admin operations of the HTTP API.
+
+CLI commands call the same service functions as the admin API and validate their input
+with the same msgspec types, so both paths accept and refuse the same things.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import admin_users, keys, migrate, tenants
+from app.database import create_engine
+from app.errors import EarmarkError
+from app.pagination import MAX_LIMIT
+from app.schemas import KeyCreate, TenantCreate
+from app.settings import Settings, SettingsError, load_settings
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
+
+
+def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> None:
+    async def main() -> Any:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate.ensure_at_head(engine, migrate.head_revision())
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(main())
+    if result is not None:
+        _print(result)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    if settings.is_sqlite:
+        # The embedded default migrates itself; PostgreSQL waits for `earmark migrate`.
+        migrate.upgrade(settings.database_url)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=args.log_level,
+        access_log=False,
+    )
+
+
+def _migrate(settings: Settings, _: argparse.Namespace) -> None:
+    migrate.upgrade(settings.database_url)
+    print(f"database at revision {migrate.head_revision()}", file=sys.stderr)
+
+
+def _tenants_create(settings: Settings, args: argparse.Namespace) -> None:
+    data = msgspec.convert({"name": args.name, "metadata": args.metadata or {}}, TenantCreate)
+    _run(settings, lambda engine: tenants.create_tenant(engine, data))
+
+
+def _tenants_list(settings: Settings, args: argparse.Namespace) -> None:
+    _run(
+        settings,
+        lambda engine: tenants.list_tenants(engine, status=args.status, limit=args.limit, cursor=None),
+    )
+
+
+def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
+    body = {
+        "tenant_id": args.tenant,
+        "name": args.name,
+        "metadata": args.metadata or {},
+        "expires_at": args.expires_at,
+        "allowed_models": args.allow_model,
+    }
+    data = msgspec.convert(body, KeyCreate, strict=False)
+    _run(settings, lambda engine: keys.create_key(engine, settings.key_pepper, data))
+
+
+def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
+    _run(
+        settings,
+        lambda engine: keys.list_keys(
+            engine, tenant_id=args.tenant, status=args.status, limit=args.limit, cursor=None
+        ),
+    )
+
+
+def _keys_show(settings: Settings, args: argparse.Namespace) -> None:
+    _run(settings, lambda engine: keys.get_key(engine, args.key_id))
+
+
+def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    _run(settings, lambda engine: keys.revoke_key(engine, args.key_id))
+
+
+def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
+    _run(
+        settings,
+        lambda engine: keys.rotate_key(engine, settings.key_pepper, args.key_id, args.grace_seconds),
+    )
+
+
+def _admin_create_user(settings: Settings, args: argparse.Namespace) -> None:
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise EarmarkError("the passwords do not match")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    _run(settings, lambda engine: admin_users.create_admin_user(engine, args.name, password))
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="earmark", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=_serve)
+
+    commands.add_parser("migrate", help="upgrade the database to head").set_defaults(
+        handler=_migrate
+    )
+
+    tenant_commands = commands.add_parser("tenants", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
+    create = tenant_commands.add_parser("create", help="create a tenant")
+    create.add_argument("name")
+    create.add_argument("--metadata", type=_json_object, help="JSON object of labels")
+    create.set_defaults(handler=_tenants_create)
+    listing = tenant_commands.add_parser("list", help="list tenants, newest first")
+    listing.add_argument("--status", choices=["active", "inactive"])
+    listing.add_argument("--limit", type=int, default=MAX_LIMIT)
+    listing.set_defaults(handler=_tenants_list)
+
+    key_commands = commands.add_parser("keys", help="manage virtual keys").add_subparsers(
+        dest="action", required=True
+    )
+    create = key_commands.add_parser("create", help="create a key and print its secret once")
+    create.add_argument("--tenant", required=True, help="tenant id")
+    create.add_argument("--name", required=True)
+    create.add_argument("--expires-at", help="RFC 3339 time with offset")
+    create.add_argument(
+        "--allow-model", action="append", help="a model the key may use (repeatable)"
+    )
+    create.add_argument("--metadata", type=_json_object, help="JSON object of labels")
+    create.set_defaults(handler=_keys_create)
+    listing = key_commands.add_parser("list", help="list keys, newest first")
+    listing.add_argument("--tenant", help="tenant id")
+    listing.add_argument("--status", choices=["active", "expired", "revoked"])
+    listing.add_argument("--limit", type=int, default=MAX_LIMIT)
+    listing.set_defaults(handler=_keys_list)
+    for action, handler, text in [
+        ("show", _keys_show, "show a key (never its secret)"),
+        ("revoke", _keys_revoke, "revoke a key, effective at once"),
+        ("rotate", _keys_rotate, "issue a new secret for a key"),
+    ]:
+        sub = key_commands.add_parser(action, help=text)
+        sub.add_argument("key_id")
+        sub.set_defaults(handler=handler)
+        if action == "rotate":
+            sub.add_argument("--grace-seconds", type=int, default=0)
+
+    admin_commands = commands.add_parser("admin", help="manage admin users").add_subparsers(
+        dest="action", required=True
+    )
+    user = admin_commands.add_parser(
+        "create-user", help="create an admin user; the password is read from stdin or a prompt"
+    )
+    user.add_argument("name")
+    user.set_defaults(handler=_admin_create_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(load_settings(), args)
+    except (SettingsError, migrate.SchemaNotCurrent) as error:
+        sys.exit(f"earmark: {error}")
+    except EarmarkError as error:
+        sys.exit(f"earmark: {error.message}")
+    except msgspec.ValidationError as error:
+        sys.exit(f"earmark: invalid input: {error}")

@@ -1,0 +1,157 @@
+"""Domain errors and the one place that turns any error into the OpenAI error envelope.
+
+Every error body, tenant or admin, is ``{"error": {"message", "type", "param", "code"}}``.
+Refusals that a retry cannot fix carry ``x-should-retry: false`` so the OpenAI SDKs do not
+retry them (they retry 409 and 5xx by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+logger = logging.getLogger("earmark")
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+_RETRYABLE = frozenset({408, 429})
+
+
+class EarmarkError(Exception):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+class InvalidRequest(EarmarkError):
+    pass
+
+
+class AuthenticationFailed(EarmarkError):
+    status_code = 401
+
+    def __init__(
+        self, message: str, *, code: str = "invalid_api_key", headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, code=code, headers=headers)
+
+
+class PermissionDenied(EarmarkError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFound(EarmarkError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class Conflict(EarmarkError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class ServiceUnavailable(EarmarkError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    *,
+    error_type: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    headers = dict(headers or {})
+    if 400 <= status_code < 500 and status_code not in _RETRYABLE:
+        headers.setdefault("x-should-retry", "false")
+    body = {
+        "error": {
+            "message": message,
+            "type": error_type or _TYPE_BY_STATUS.get(status_code, "api_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return Response(body, status_code=status_code, headers=headers)
+
+
+def handle_earmark_error(_: Request, exc: EarmarkError) -> Response[dict[str, Any]]:
+    return error_response(
+        exc.status_code,
+        exc.message,
+        error_type=exc.error_type,
+        param=exc.param,
+        code=exc.code,
+        headers=exc.headers,
+    )
+
+
+_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`|at `\$\.([^`]+)`")
+
+
+def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
+    """The first problem of a Litestar validation error, phrased for a human, and its field."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    if not problems or not isinstance(problems[0], dict):
+        return exc.detail, None
+    message = str(problems[0].get("message", exc.detail))
+    key = problems[0].get("key")
+    named = _FIELD_IN_MESSAGE.search(message)
+    if named:
+        param = named.group(1) or named.group(2)
+        return message, param
+    if key and key != "data":
+        return f"Invalid value for `{key}`: {message}", str(key)
+    return message, None
+
+
+def handle_http_exception(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+    """Litestar's own errors: validation, unknown route, wrong method, malformed JSON."""
+    if isinstance(exc, ValidationException):
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param, code="invalid_value")
+    headers = dict(exc.headers or {})
+    return error_response(exc.status_code, exc.detail, headers=headers)
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "The gateway failed to process this request.", error_type="api_error")
+
+
+EXCEPTION_HANDLERS = {
+    EarmarkError: handle_earmark_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,217 @@
+"""Virtual key lifecycle: create, list, read, update, revoke, rotate, delete.
+
+The secret exists only in the creation or rotation response; the database keeps a keyed
+digest per secret (``key_secrets``) so that rotation can keep the old secret alive for a
+grace period without ever storing it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app import database, key_format
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.ids import new_id
+from app.models import api_keys, key_secrets
+from app.pagination import paginate, split_page
+from app.schemas import Key, KeyCreate, KeyPage, KeyStatus, KeyUpdate, KeyWithSecret, provided
+from app.tenants import fetch_tenant
+
+_visible = api_keys.c.deleted_at.is_(None)
+
+
+def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> KeyStatus:
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def _status_filter(status: KeyStatus, now: datetime) -> Any:
+    not_revoked = api_keys.c.revoked_at.is_(None)
+    if status == "revoked":
+        return api_keys.c.revoked_at.is_not(None)
+    if status == "expired":
+        return and_(not_revoked, api_keys.c.expires_at <= now)
+    return and_(not_revoked, or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now))
+
+
+def _to_api(row: Any, now: datetime) -> Key:
+    return Key(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        display_prefix=row.display_prefix,
+        status=key_status(row.revoked_at, row.expires_at, now),
+        metadata=row.metadata,
+        allowed_models=row.allowed_models,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        rotated_at=row.rotated_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _check_expiry(expires_at: datetime | None, now: datetime) -> None:
+    if expires_at is not None and expires_at <= now:
+        raise InvalidRequest("expires_at must be in the future", param="expires_at")
+
+
+async def _fetch(conn: AsyncConnection, key_id: str) -> Any:
+    row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id, _visible))).first()
+    if row is None:
+        raise NotFound(f"no key with id {key_id!r}", code="key_not_found")
+    return row
+
+
+async def _store_secret(
+    conn: AsyncConnection, key_id: str, secret: str, pepper: str, now: datetime
+) -> None:
+    await conn.execute(
+        insert(key_secrets).values(
+            digest=key_format.digest(secret, pepper), key_id=key_id, created_at=now, valid_until=None
+        )
+    )
+
+
+async def create_key(engine: AsyncEngine, pepper: str, data: KeyCreate) -> KeyWithSecret:
+    now = database.utcnow()
+    _check_expiry(data.expires_at, now)
+    key_id = new_id("key")
+    secret = key_format.generate()
+    async with database.write(engine) as conn:
+        tenant = await fetch_tenant(conn, data.tenant_id, param="tenant_id")
+        if tenant.status != "active":
+            raise Conflict(
+                f"tenant {data.tenant_id!r} is inactive; reactivate it before issuing keys",
+                param="tenant_id",
+                code="tenant_inactive",
+            )
+        await conn.execute(
+            insert(api_keys).values(
+                id=key_id,
+                tenant_id=data.tenant_id,
+                name=data.name,
+                display_prefix=key_format.display_prefix(secret),
+                metadata=data.metadata,
+                allowed_models=data.allowed_models,
+                expires_at=data.expires_at,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await _store_secret(conn, key_id, secret, pepper, now)
+        row = await _fetch(conn, key_id)
+    return KeyWithSecret(**msgspec.structs.asdict(_to_api(row, now)), secret=secret)
+
+
+async def list_keys(
+    engine: AsyncEngine,
+    *,
+    tenant_id: str | None,
+    status: KeyStatus | None,
+    limit: int,
+    cursor: str | None,
+) -> KeyPage:
+    now = database.utcnow()
+    query = select(api_keys).where(_visible)
+    if tenant_id:
+        query = query.where(api_keys.c.tenant_id == tenant_id)
+    if status:
+        query = query.where(_status_filter(status, now))
+    async with database.read(engine) as conn:
+        rows = (await conn.execute(paginate(query, api_keys.c.id, limit, cursor))).all()
+    page, next_cursor = split_page(rows, limit, lambda row: row.id)
+    return KeyPage(data=[_to_api(row, now) for row in page], next_cursor=next_cursor)
+
+
+async def get_key(engine: AsyncEngine, key_id: str) -> Key:
+    async with database.read(engine) as conn:
+        return _to_api(await _fetch(conn, key_id), database.utcnow())
+
+
+async def update_key(engine: AsyncEngine, key_id: str, data: KeyUpdate) -> Key:
+    now = database.utcnow()
+    changes = provided(data)
+    _check_expiry(changes.get("expires_at"), now)  # type: ignore[arg-type]
+    return await _change(engine, key_id, changes, now)
+
+
+async def revoke_key(engine: AsyncEngine, key_id: str) -> Key:
+    """Effective on the next request on every process: keys are looked up on every call."""
+    now = database.utcnow()
+    return await _change(
+        engine, key_id, {"revoked_at": func.coalesce(api_keys.c.revoked_at, now)}, now
+    )
+
+
+async def _change(engine: AsyncEngine, key_id: str, changes: dict[str, Any], now: datetime) -> Key:
+    async with database.write(engine) as conn:
+        await _fetch(conn, key_id)
+        if changes:
+            await conn.execute(
+                update(api_keys).where(api_keys.c.id == key_id).values(**changes, updated_at=now)
+            )
+        return _to_api(await _fetch(conn, key_id), now)
+
+
+async def rotate_key(
+    engine: AsyncEngine, pepper: str, key_id: str, grace_seconds: int
+) -> KeyWithSecret:
+    """Issue a new secret for the same key; older secrets end now, or after the grace period."""
+    now = database.utcnow()
+    old_until = now + timedelta(seconds=grace_seconds)
+    secret = key_format.generate()
+    async with database.write(engine) as conn:
+        row = await _fetch(conn, key_id)
+        if row.revoked_at is not None:
+            raise Conflict(f"key {key_id!r} is revoked and cannot be rotated", code="key_revoked")
+        await _end_secrets(conn, key_id, old_until)
+        await _store_secret(conn, key_id, secret, pepper, now)
+        await conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id)
+            .values(display_prefix=key_format.display_prefix(secret), rotated_at=now, updated_at=now)
+        )
+        row = await _fetch(conn, key_id)
+    return KeyWithSecret(
+        **msgspec.structs.asdict(_to_api(row, now)),
+        secret=secret,
+        previous_secret_valid_until=old_until if grace_seconds else None,
+    )
+
+
+async def _end_secrets(conn: AsyncConnection, key_id: str, until: datetime) -> None:
+    """End every live secret of a key at ``until`` (never extending one that ends sooner)."""
+    await conn.execute(
+        update(key_secrets)
+        .where(
+            key_secrets.c.key_id == key_id,
+            or_(key_secrets.c.valid_until.is_(None), key_secrets.c.valid_until > until),
+        )
+        .values(valid_until=until)
+    )
+
+
+async def delete_key(engine: AsyncEngine, key_id: str) -> None:
+    """Hide the key from the admin API and refuse its secrets; its id stays for the ledger."""
+    now = database.utcnow()
+    async with database.write(engine) as conn:
+        await _fetch(conn, key_id)
+        await _end_secrets(conn, key_id, now)
+        await conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id)
+            .values(
+                deleted_at=now,
+                revoked_at=func.coalesce(api_keys.c.revoked_at, now),
+                updated_at=now,
+            )
+        )

@@ -1,0 +1,1 @@
+"""HTTP route handlers, one module per area; each handler parses, calls a service, shapes."""

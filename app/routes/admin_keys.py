@@ -1,0 +1,73 @@
+"""Admin API: virtual keys."""
+
+from __future__ import annotations
+
+from litestar import delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import keys
+from app.pagination import DEFAULT_LIMIT, Limit
+from app.schemas import Key, KeyCreate, KeyPage, KeyRotate, KeyStatus, KeyUpdate, KeyWithSecret
+from app.settings import Settings
+
+
+@post("/keys", summary="Create a key; the response holds its secret, shown only this once")
+async def create_key(
+    data: KeyCreate, engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
+) -> KeyWithSecret:
+    return await keys.create_key(engine, settings.key_pepper, data)
+
+
+@get("/keys", summary="List keys, newest first")
+async def list_keys(
+    engine: NamedDependency[AsyncEngine],
+    tenant_id: FromQuery[str | None] = None,
+    status: FromQuery[KeyStatus | None] = None,
+    limit: FromQuery[Limit] = DEFAULT_LIMIT,
+    cursor: FromQuery[str | None] = None,
+) -> KeyPage:
+    return await keys.list_keys(
+        engine, tenant_id=tenant_id, status=status, limit=limit, cursor=cursor
+    )
+
+
+@get("/keys/{key_id:str}", summary="Read a key (never its secret)")
+async def get_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Key:
+    return await keys.get_key(engine, key_id)
+
+
+@patch("/keys/{key_id:str}", summary="Update a key's name, metadata, expiry or allowed models")
+async def update_key(
+    key_id: FromPath[str], data: KeyUpdate, engine: NamedDependency[AsyncEngine]
+) -> Key:
+    return await keys.update_key(engine, key_id, data)
+
+
+@post("/keys/{key_id:str}/revoke", status_code=200, summary="Revoke a key, effective at once")
+async def revoke_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Key:
+    return await keys.revoke_key(engine, key_id)
+
+
+@post(
+    "/keys/{key_id:str}/rotate",
+    status_code=200,
+    summary="Issue a new secret for the key; the old one lasts `grace_seconds` more",
+)
+async def rotate_key(
+    key_id: FromPath[str],
+    engine: NamedDependency[AsyncEngine],
+    settings: NamedDependency[Settings],
+    data: KeyRotate | None = None,
+) -> KeyWithSecret:
+    grace = data.grace_seconds if data else 0
+    return await keys.rotate_key(engine, settings.key_pepper, key_id, grace)
+
+
+@delete("/keys/{key_id:str}", summary="Delete a key: refused from now on, kept in the ledger")
+async def delete_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> None:
+    await keys.delete_key(engine, key_id)
+
+
+ROUTES = [create_key, list_keys, get_key, update_key, revoke_key, rotate_key, delete_key]

@@ -1,0 +1,50 @@
+"""Admin API: tenants."""
+
+from __future__ import annotations
+
+from litestar import delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import tenants
+from app.pagination import DEFAULT_LIMIT, Limit
+from app.schemas import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
+
+@post("/tenants", summary="Create a tenant")
+async def create_tenant(data: TenantCreate, engine: NamedDependency[AsyncEngine]) -> Tenant:
+    return await tenants.create_tenant(engine, data)
+
+
+@get("/tenants", summary="List tenants, newest first")
+async def list_tenants(
+    engine: NamedDependency[AsyncEngine],
+    status: FromQuery[TenantStatus | None] = None,
+    limit: FromQuery[Limit] = DEFAULT_LIMIT,
+    cursor: FromQuery[str | None] = None,
+) -> TenantPage:
+    return await tenants.list_tenants(engine, status=status, limit=limit, cursor=cursor)
+
+
+@get("/tenants/{tenant_id:str}", summary="Read a tenant")
+async def get_tenant(tenant_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Tenant:
+    return await tenants.get_tenant(engine, tenant_id)
+
+
+@patch("/tenants/{tenant_id:str}", summary="Update a tenant's name, metadata or status")
+async def update_tenant(
+    tenant_id: FromPath[str], data: TenantUpdate, engine: NamedDependency[AsyncEngine]
+) -> Tenant:
+    return await tenants.update_tenant(engine, tenant_id, data)
+
+
+@delete(
+    "/tenants/{tenant_id:str}",
+    status_code=200,
+    summary="Deactivate a tenant: its keys are refused until it is set active again",
+)
+async def deactivate_tenant(tenant_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Tenant:
+    return await tenants.deactivate_tenant(engine, tenant_id)
+
+
+ROUTES = [create_tenant, list_tenants, get_tenant, update_tenant, deactivate_tenant]

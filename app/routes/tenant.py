@@ -1,0 +1,26 @@
+"""Tenant API under /v1 that is not a transcription: what the calling key may do."""
+
+from __future__ import annotations
+
+from litestar import get
+from litestar.di import NamedDependency
+
+from app.auth import Principal
+from app.schemas import Quota
+
+
+@get("/quota", summary="This key's identity, expiry and allowed models")
+async def quota(principal: NamedDependency[Principal]) -> Quota:
+    return Quota(
+        key_id=principal.key_id,
+        key_name=principal.key_name,
+        display_prefix=principal.display_prefix,
+        tenant_id=principal.tenant_id,
+        tenant_name=principal.tenant_name,
+        status="active",
+        expires_at=principal.expires_at,
+        allowed_models=principal.allowed_models,
+    )
+
+
+ROUTES = [quota]

@@ -1,0 +1,139 @@
+"""API types: msgspec Structs for request and response bodies, apart from the ORM models.
+
+Request bodies forbid unknown fields and bound every length, so a typo or an absurd value
+is a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\S", examples=["acme"])]
+Id = Annotated[str, Meta(min_length=1, max_length=40)]
+ModelName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^\S+$")]
+AllowedModels = Annotated[
+    list[ModelName],
+    Meta(
+        min_length=1,
+        max_length=100,
+        description="Models this key may call; omit or null for every configured model.",
+        examples=[["openai/whisper-1", "gpt-4o-transcribe"]],
+    ),
+]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=100)]
+MetadataValue = Annotated[str, Meta(max_length=1000)] | int | float | bool | None
+Metadata = Annotated[
+    dict[MetadataKey, MetadataValue],
+    Meta(max_length=50, description="Free-form labels, up to 50 entries."),
+]
+AwareDatetime = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a UTC offset")]
+GraceSeconds = Annotated[int, Meta(ge=0, le=30 * 86_400)]
+TenantStatus = Literal["active", "inactive"]
+KeyStatus = Literal["active", "expired", "revoked"]
+
+
+class _Request(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class TenantCreate(_Request):
+    name: Name
+    metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+class TenantUpdate(_Request):
+    name: Name | UnsetType = UNSET
+    metadata: Metadata | UnsetType = UNSET
+    status: TenantStatus | UnsetType = UNSET
+
+
+class Tenant(Struct, kw_only=True):
+    id: str
+    name: str
+    status: TenantStatus
+    metadata: dict[str, MetadataValue]
+    created_at: datetime
+    updated_at: datetime
+
+
+class TenantPage(Struct, kw_only=True):
+    data: list[Tenant]
+    next_cursor: str | None
+
+
+class KeyCreate(_Request):
+    tenant_id: Id
+    name: Name
+    metadata: Metadata = msgspec.field(default_factory=dict)
+    expires_at: AwareDatetime | None = None
+    allowed_models: AllowedModels | None = None
+
+
+class KeyUpdate(_Request):
+    """Fields left out stay as they are; ``null`` clears expiry or the model list."""
+
+    name: Name | UnsetType = UNSET
+    metadata: Metadata | UnsetType = UNSET
+    expires_at: AwareDatetime | None | UnsetType = UNSET
+    allowed_models: AllowedModels | None | UnsetType = UNSET
+
+
+class KeyRotate(_Request):
+    grace_seconds: GraceSeconds = 0
+
+
+class Key(Struct, kw_only=True):
+    id: str
+    tenant_id: str
+    name: str
+    display_prefix: str
+    status: KeyStatus
+    metadata: dict[str, MetadataValue]
+    allowed_models: list[str] | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    rotated_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class KeyWithSecret(Key, kw_only=True):
+    """Returned by creation and rotation only: the one time the secret is shown."""
+
+    secret: str
+    previous_secret_valid_until: datetime | None = None
+
+
+class KeyPage(Struct, kw_only=True):
+    data: list[Key]
+    next_cursor: str | None
+
+
+class Quota(Struct, kw_only=True):
+    key_id: str
+    key_name: str
+    display_prefix: str
+    tenant_id: str
+    tenant_name: str
+    status: KeyStatus
+    expires_at: datetime | None
+    allowed_models: list[str] | None
+
+
+class AdminUserCreated(Struct, kw_only=True):
+    id: str
+    name: str
+    created_at: datetime
+
+
+def provided(update: Struct) -> dict[str, object]:
+    """The fields of a PATCH body that were actually sent."""
+    return {
+        name: value
+        for name, value in msgspec.structs.asdict(update).items()
+        if value is not UNSET
+    }

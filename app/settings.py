@@ -1,0 +1,51 @@
+"""Process settings, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./earmark.db"
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = DEFAULT_DATABASE_URL
+    # Bootstrap admin bearer token; admin users (argon2id) work with or without it.
+    admin_token: str | None = None
+    # Path to earmark.toml (providers, models, prices, limits).
+    config_path: str | None = None
+    # Server-side secret mixed into every key digest, so a stolen database alone cannot
+    # confirm a guessed key. Changing it invalidates every issued key.
+    key_pepper: str = ""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    admin_token = environ.get("EARMARK_ADMIN_TOKEN") or None
+    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise SettingsError(
+            f"EARMARK_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters long"
+        )
+    if admin_token is not None and admin_token.startswith("sk-bf-"):
+        raise SettingsError("EARMARK_ADMIN_TOKEN must not look like a tenant key (sk-bf-…)")
+    database_url = environ.get("EARMARK_DATABASE_URL") or DEFAULT_DATABASE_URL
+    if not database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise SettingsError(
+            "EARMARK_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+        )
+    return Settings(
+        database_url=database_url,
+        admin_token=admin_token,
+        config_path=environ.get("EARMARK_CONFIG") or None,
+        key_pepper=environ.get("EARMARK_KEY_PEPPER", ""),
+    )

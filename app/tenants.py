@@ -1,0 +1,98 @@
+"""Tenants: the customers that own keys (and, later, budgets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exc, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app import database
+from app.errors import Conflict, NotFound
+from app.ids import new_id
+from app.models import tenants
+from app.pagination import paginate, split_page
+from app.schemas import Tenant, TenantCreate, TenantPage, TenantUpdate, provided
+
+def _to_api(row: Any) -> Tenant:
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        metadata=row.metadata,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"a tenant named {name!r} already exists", param="name", code="name_taken")
+
+
+async def create_tenant(engine: AsyncEngine, data: TenantCreate) -> Tenant:
+    now = database.utcnow()
+    values = {
+        "id": new_id("ten"),
+        "name": data.name,
+        "status": "active",
+        "metadata": data.metadata,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        async with database.write(engine) as conn:
+            await conn.execute(insert(tenants).values(**values))
+    except exc.IntegrityError:
+        raise _name_taken(data.name) from None
+    return Tenant(**values)
+
+
+async def list_tenants(
+    engine: AsyncEngine, *, status: str | None, limit: int, cursor: str | None
+) -> TenantPage:
+    query = select(tenants)
+    if status:
+        query = query.where(tenants.c.status == status)
+    async with database.read(engine) as conn:
+        rows = (await conn.execute(paginate(query, tenants.c.id, limit, cursor))).all()
+    page, next_cursor = split_page(rows, limit, lambda row: row.id)
+    return TenantPage(data=[_to_api(row) for row in page], next_cursor=next_cursor)
+
+
+async def fetch_tenant(conn: AsyncConnection, tenant_id: str, *, param: str | None = None) -> Any:
+    row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
+    if row is None:
+        raise NotFound(f"no tenant with id {tenant_id!r}", param=param, code="tenant_not_found")
+    return row
+
+
+async def get_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant:
+    async with database.read(engine) as conn:
+        return _to_api(await fetch_tenant(conn, tenant_id))
+
+
+async def update_tenant(engine: AsyncEngine, tenant_id: str, data: TenantUpdate) -> Tenant:
+    changes = provided(data)
+    return await _apply(engine, tenant_id, changes, name=changes.get("name"))
+
+
+async def deactivate_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant:
+    """Keys of an inactive tenant are refused (403) until it is set active again."""
+    return await _apply(engine, tenant_id, {"status": "inactive"})
+
+
+async def _apply(
+    engine: AsyncEngine, tenant_id: str, changes: dict[str, Any], name: str | None = None
+) -> Tenant:
+    try:
+        async with database.write(engine) as conn:
+            await fetch_tenant(conn, tenant_id)
+            if changes:
+                values = {**changes, "updated_at": database.utcnow()}
+                await conn.execute(
+                    update(tenants).where(tenants.c.id == tenant_id).values(**values)
+                )
+            row = await fetch_tenant(conn, tenant_id)
+    except exc.IntegrityError:
+        raise _name_taken(name or "") from None
+    return _to_api(row)

@@ -1,0 +1,149 @@
+"""Shared fixtures: databases on SQLite and PostgreSQL, the app over AsyncTestClient.
+
+PostgreSQL comes from EARMARK_TEST_POSTGRES_URL (a server database the suite may create
+databases from, e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/postgres). Without it the
+PostgreSQL half of the suite is skipped with a loud reason, except under CI, where a
+missing PostgreSQL fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.database import create_engine, write
+from app.main import create_app
+from app.migrate import upgrade
+from app.models import Base
+from app.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+POSTGRES_URL = os.environ.get("EARMARK_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _require_postgres() -> str:
+    if POSTGRES_URL:
+        return POSTGRES_URL
+    reason = "EARMARK_TEST_POSTGRES_URL is not set: PostgreSQL tests NOT RUN"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def postgres_database(name: str) -> str:
+    return make_url(_require_postgres()).set(database=name).render_as_string(hide_password=False)
+
+
+async def _admin_sql(statement: str) -> None:
+    engine = create_engine(_require_postgres(), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def create_postgres_database() -> str:
+    name = f"earmark_test_{uuid.uuid4().hex[:12]}"
+    await _admin_sql(f'CREATE DATABASE "{name}"')
+    return postgres_database(name)
+
+
+async def drop_postgres_database(url: str) -> None:
+    name = make_url(url).database
+    await _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "earmark.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres() -> Iterator[str]:
+    url = asyncio.run(create_postgres_database())
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        asyncio.run(drop_postgres_database(url))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind (set up and emptied outside the event loop)."""
+    if request.param == "sqlite":
+        path = tmp_path / "earmark.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    _require_postgres()
+    url = request.getfixturevalue("migrated_postgres")
+    yield url
+    asyncio.run(_truncate(url))
+
+
+async def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        names = ", ".join(table.name for table in Base.metadata.sorted_tables)
+        async with write(engine) as conn:
+            await conn.execute(text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, admin_token=ADMIN_TOKEN)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+async def tenant(client: AsyncTestClient) -> dict:
+    response = await client.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture
+async def key(client: AsyncTestClient, tenant: dict) -> dict:
+    """A fresh key of the ``tenant`` fixture, with its secret."""
+    response = await client.post(
+        "/admin/keys", json={"tenant_id": tenant["id"], "name": "default"}, headers=ADMIN
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret}"}
