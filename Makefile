@@ -19,13 +19,12 @@ run: install
 	$(BIN)/earmark migrate
 	$(BIN)/earmark serve --host 127.0.0.1 --port 8080
 
-test: install
-	$(BIN)/ruff check app tests migrations bench
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check app tests migrations bench
-	$(BIN)/ruff format --check app tests migrations bench
+	$(BIN)/ruff check app tests migrations
+	$(BIN)/ruff format --check app tests migrations
 
 clean:
 	rm -rf $(VENV) earmark.db earmark.db-wal earmark.db-shm

@@ -47,7 +47,11 @@ async def create_admin_user(engine: AsyncEngine, name: str, password: str) -> Ad
         async with database.write(engine) as conn:
             await conn.execute(
                 insert(admin_users).values(
-                    id=user.id, name=name, password_hash=password_hash, created_at=now, updated_at=now
+                    id=user.id,
+                    name=name,
+                    password_hash=password_hash,
+                    created_at=now,
+                    updated_at=now,
                 )
             )
     except exc.IntegrityError:

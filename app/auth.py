@@ -137,9 +137,7 @@ async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None
     scheme = scheme.lower()
     key = presented_key(connection.headers)
     if key and key.startswith(key_format.PREFIX):
-        raise PermissionDenied(
-            "Tenant keys cannot use the admin API.", code="tenant_key_not_admin"
-        )
+        raise PermissionDenied("Tenant keys cannot use the admin API.", code="tenant_key_not_admin")
     if scheme == "bearer":
         token = value.strip().encode()
         if settings.admin_token and hmac.compare_digest(token, settings.admin_token.encode()):

@@ -75,7 +75,9 @@ def _tenants_create(settings: Settings, args: argparse.Namespace) -> None:
 def _tenants_list(settings: Settings, args: argparse.Namespace) -> None:
     _run(
         settings,
-        lambda engine: tenants.list_tenants(engine, status=args.status, limit=args.limit, cursor=None),
+        lambda engine: tenants.list_tenants(
+            engine, status=args.status, limit=args.limit, cursor=None
+        ),
     )
 
 
@@ -111,7 +113,9 @@ def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
     _run(
         settings,
-        lambda engine: keys.rotate_key(engine, settings.key_pepper, args.key_id, args.grace_seconds),
+        lambda engine: keys.rotate_key(
+            engine, settings.key_pepper, args.key_id, args.grace_seconds
+        ),
     )
 
 

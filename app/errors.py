@@ -127,6 +127,8 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
         return exc.detail, None
     message = str(problems[0].get("message", exc.detail))
     key = problems[0].get("key")
+    if key == "data" and message == "'data'":  # Litestar's wording for a missing body
+        return "A JSON request body is required.", None
     named = _FIELD_IN_MESSAGE.search(message)
     if named:
         param = named.group(1) or named.group(2)
@@ -136,18 +138,22 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     return message, None
 
 
-def handle_http_exception(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
     """Litestar's own errors: validation, unknown route, wrong method, malformed JSON."""
     if isinstance(exc, ValidationException):
         message, param = _validation_message(exc)
         return error_response(400, message, param=param, code="invalid_value")
-    headers = dict(exc.headers or {})
-    return error_response(exc.status_code, exc.detail, headers=headers)
+    message = exc.detail
+    if exc.status_code == 400 and "json" in request.headers.get("content-type", ""):
+        message = f"The request body is not valid JSON: {message}"
+    return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "The gateway failed to process this request.", error_type="api_error")
+    return error_response(
+        500, "The gateway failed to process this request.", error_type="api_error"
+    )
 
 
 EXCEPTION_HANDLERS = {

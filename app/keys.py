@@ -25,7 +25,9 @@ from app.tenants import fetch_tenant
 _visible = api_keys.c.deleted_at.is_(None)
 
 
-def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> KeyStatus:
+def key_status(
+    revoked_at: datetime | None, expires_at: datetime | None, now: datetime
+) -> KeyStatus:
     if revoked_at is not None:
         return "revoked"
     if expires_at is not None and expires_at <= now:
@@ -76,7 +78,10 @@ async def _store_secret(
 ) -> None:
     await conn.execute(
         insert(key_secrets).values(
-            digest=key_format.digest(secret, pepper), key_id=key_id, created_at=now, valid_until=None
+            digest=key_format.digest(secret, pepper),
+            key_id=key_id,
+            created_at=now,
+            valid_until=None,
         )
     )
 
@@ -178,7 +183,9 @@ async def rotate_key(
         await conn.execute(
             update(api_keys)
             .where(api_keys.c.id == key_id)
-            .values(display_prefix=key_format.display_prefix(secret), rotated_at=now, updated_at=now)
+            .values(
+                display_prefix=key_format.display_prefix(secret), rotated_at=now, updated_at=now
+            )
         )
         row = await _fetch(conn, key_id)
     return KeyWithSecret(

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from litestar.params import Parameter
-
 from sqlalchemy import ColumnElement, Select
 
 T = TypeVar("T")
@@ -15,7 +14,9 @@ MAX_LIMIT = 200
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
 
 
-def paginate(query: Select[Any], id_column: ColumnElement[str], limit: int, cursor: str | None) -> Select[Any]:
+def paginate(
+    query: Select[Any], id_column: ColumnElement[str], limit: int, cursor: str | None
+) -> Select[Any]:
     if cursor:
         query = query.where(id_column < cursor)
     # One extra row tells whether there is a next page.

@@ -78,8 +78,8 @@ class KeyUpdate(_Request):
 
     name: Name | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
-    expires_at: AwareDatetime | None | UnsetType = UNSET
-    allowed_models: AllowedModels | None | UnsetType = UNSET
+    expires_at: AwareDatetime | UnsetType | None = UNSET
+    allowed_models: AllowedModels | UnsetType | None = UNSET
 
 
 class KeyRotate(_Request):
@@ -133,7 +133,5 @@ class AdminUserCreated(Struct, kw_only=True):
 def provided(update: Struct) -> dict[str, object]:
     """The fields of a PATCH body that were actually sent."""
     return {
-        name: value
-        for name, value in msgspec.structs.asdict(update).items()
-        if value is not UNSET
+        name: value for name, value in msgspec.structs.asdict(update).items() if value is not UNSET
     }

@@ -14,6 +14,7 @@ from app.models import tenants
 from app.pagination import paginate, split_page
 from app.schemas import Tenant, TenantCreate, TenantPage, TenantUpdate, provided
 
+
 def _to_api(row: Any) -> Tenant:
     return Tenant(
         id=row.id,

@@ -87,7 +87,9 @@ def migrated_postgres() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[str]:
     """A migrated, empty database of each kind (set up and emptied outside the event loop)."""
     if request.param == "sqlite":
         path = tmp_path / "earmark.db"

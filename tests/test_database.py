@@ -76,7 +76,11 @@ async def test_two_processes_share_one_database(database_url: str):
         code = _WORKER.replace("FOR_UPDATE", _lock_clause(database_url))
         workers = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-c", code, database_url, str(INCREMENTS),
+                sys.executable,
+                "-c",
+                code,
+                database_url,
+                str(INCREMENTS),
                 stderr=subprocess.PIPE,
             )
             for _ in range(2)

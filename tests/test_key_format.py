@@ -36,7 +36,14 @@ def test_any_single_character_typo_fails_the_checksum(position, data):
 
 def test_wrong_shapes_are_refused():
     secret = key_format.generate()
-    for bad in ["", "sk-bf-", secret[:-1], secret + "a", "sk-xx-" + secret[6:], secret[:10] + "-" + secret[11:]]:
+    for bad in [
+        "",
+        "sk-bf-",
+        secret[:-1],
+        secret + "a",
+        "sk-xx-" + secret[6:],
+        secret[:10] + "-" + secret[11:],
+    ]:
         assert not key_format.is_well_formed(bad)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import keys
@@ -15,7 +15,9 @@ from app.settings import Settings
 
 @post("/keys", summary="Create a key; the response holds its secret, shown only this once")
 async def create_key(
-    data: KeyCreate, engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
+    data: JSONBody[KeyCreate],
+    engine: NamedDependency[AsyncEngine],
+    settings: NamedDependency[Settings],
 ) -> KeyWithSecret:
     return await keys.create_key(engine, settings.key_pepper, data)
 
@@ -40,7 +42,7 @@ async def get_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -
 
 @patch("/keys/{key_id:str}", summary="Update a key's name, metadata, expiry or allowed models")
 async def update_key(
-    key_id: FromPath[str], data: KeyUpdate, engine: NamedDependency[AsyncEngine]
+    key_id: FromPath[str], data: JSONBody[KeyUpdate], engine: NamedDependency[AsyncEngine]
 ) -> Key:
     return await keys.update_key(engine, key_id, data)
 
@@ -59,7 +61,7 @@ async def rotate_key(
     key_id: FromPath[str],
     engine: NamedDependency[AsyncEngine],
     settings: NamedDependency[Settings],
-    data: KeyRotate | None = None,
+    data: JSONBody[KeyRotate | None] = None,
 ) -> KeyWithSecret:
     grace = data.grace_seconds if data else 0
     return await keys.rotate_key(engine, settings.key_pepper, key_id, grace)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from litestar import delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import tenants
 from app.pagination import DEFAULT_LIMIT, Limit
 from app.schemas import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 
+
 @post("/tenants", summary="Create a tenant")
-async def create_tenant(data: TenantCreate, engine: NamedDependency[AsyncEngine]) -> Tenant:
+async def create_tenant(
+    data: JSONBody[TenantCreate], engine: NamedDependency[AsyncEngine]
+) -> Tenant:
     return await tenants.create_tenant(engine, data)
 
 
@@ -33,7 +36,7 @@ async def get_tenant(tenant_id: FromPath[str], engine: NamedDependency[AsyncEngi
 
 @patch("/tenants/{tenant_id:str}", summary="Update a tenant's name, metadata or status")
 async def update_tenant(
-    tenant_id: FromPath[str], data: TenantUpdate, engine: NamedDependency[AsyncEngine]
+    tenant_id: FromPath[str], data: JSONBody[TenantUpdate], engine: NamedDependency[AsyncEngine]
 ) -> Tenant:
     return await tenants.update_tenant(engine, tenant_id, data)
 
@@ -43,7 +46,9 @@ async def update_tenant(
     status_code=200,
     summary="Deactivate a tenant: its keys are refused until it is set active again",
 )
-async def deactivate_tenant(tenant_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Tenant:
+async def deactivate_tenant(
+    tenant_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+) -> Tenant:
     return await tenants.deactivate_tenant(engine, tenant_id)
 
 
