@@ -130,6 +130,14 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
     )
 
 
+async def require_tenant(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard for /v1: runs before the body is read, so strangers cannot make us spool."""
+    state = connection.app.state
+    connection.state.principal = await authenticate_tenant(
+        state.engine, state.settings.key_pepper, presented_key(connection.headers)
+    )
+
+
 async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Guard for /admin: the bootstrap token as a bearer, or an admin user by HTTP Basic."""
     settings = connection.app.state.settings

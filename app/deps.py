@@ -6,8 +6,9 @@ from litestar import Request
 from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.auth import Principal, authenticate_tenant, presented_key
+from app.auth import Principal
 from app.settings import Settings
+from app.transcription import Gateway
 
 
 def provide_engine(state: State) -> AsyncEngine:
@@ -18,8 +19,10 @@ def provide_settings(state: State) -> Settings:
     return state.settings
 
 
-async def provide_principal(request: Request) -> Principal:
-    state = request.app.state
-    return await authenticate_tenant(
-        state.engine, state.settings.key_pepper, presented_key(request.headers)
-    )
+def provide_gateway(state: State) -> Gateway:
+    return state.gateway
+
+
+def provide_principal(request: Request) -> Principal:
+    """The tenant key that ``auth.require_tenant`` authenticated for this request."""
+    return request.state.principal

@@ -12,26 +12,37 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from app import __version__, migrate
-from app.auth import require_admin
+from app.auth import require_admin, require_tenant
+from app.catalog import Catalog
+from app.config import load_config, provider_api_keys
 from app.database import create_engine
-from app.deps import provide_engine, provide_principal, provide_settings
+from app.deps import provide_engine, provide_gateway, provide_principal, provide_settings
 from app.errors import EXCEPTION_HANDLERS
+from app.providers import create_client
 from app.request_id import add_request_id_header
-from app.routes import admin_keys, admin_tenants, health, tenant
+from app.routes import admin_keys, admin_tenants, audio, health, tenant
 from app.settings import Settings, load_settings
+from app.transcription import Gateway
 
 
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    config = load_config(settings.config_path)
+    catalog, provider_keys = Catalog(config), provider_api_keys(config)
     engine = create_engine(settings.database_url)
+    http = create_client()
     try:
         head = migrate.head_revision()
         await migrate.ensure_at_head(engine, head)
         app.state.engine = engine
         app.state.schema_head = head
+        app.state.gateway = Gateway(
+            engine=engine, http=http, catalog=catalog, provider_keys=provider_keys
+        )
         yield
     finally:
+        await http.aclose()
         await engine.dispose()
 
 
@@ -46,8 +57,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     v1 = Router(
         path="/v1",
-        route_handlers=[*tenant.ROUTES],
-        dependencies={"principal": Provide(provide_principal)},
+        route_handlers=[*tenant.ROUTES, *audio.ROUTES],
+        guards=[require_tenant],
+        dependencies={
+            "principal": Provide(provide_principal, sync_to_thread=False),
+            "gateway": Provide(provide_gateway, sync_to_thread=False),
+        },
         tags=["tenant"],
         security=[{"virtualKey": []}],
     )

@@ -99,8 +99,50 @@ class AdminUser(Base):
     updated_at: Mapped[datetime]
 
 
+class LedgerEntry(Base):
+    """One row per metered call: opened before the call goes upstream, settled after."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (
+        sa.Index("ix_ledger_key_id_id", "key_id", "id"),
+        sa.Index("ix_ledger_tenant_id_id", "tenant_id", "id"),
+        sa.Index("ix_ledger_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # the request id
+    key_id: Mapped[str] = mapped_column(sa.ForeignKey("api_keys.id"))
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id"))
+    endpoint: Mapped[str] = mapped_column(sa.String(16))  # transcription | translation
+    # forwarded → succeeded | failed | interrupted; rejected never went upstream.
+    status: Mapped[str] = mapped_column(sa.String(16))
+    http_status: Mapped[int | None]
+    error_code: Mapped[str | None] = mapped_column(sa.String(64))
+    model_requested: Mapped[str] = mapped_column(sa.String(200))
+    provider: Mapped[str | None] = mapped_column(sa.String(100))
+    model: Mapped[str | None] = mapped_column(sa.String(200))  # the provider's model
+    attempts: Mapped[int] = mapped_column(default=0)
+    response_format: Mapped[str | None] = mapped_column(sa.String(20))
+    stream: Mapped[bool] = mapped_column(default=False)
+    upload_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    probed_audio_ms: Mapped[int | None]
+    # Billed duration: the provider's reported seconds, else the probed duration.
+    audio_ms: Mapped[int | None]
+    input_text_tokens: Mapped[int | None]
+    input_audio_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    total_tokens: Mapped[int | None]
+    # provider: usage as reported; probe: duration measured here; estimate: tokens estimated.
+    usage_source: Mapped[str | None] = mapped_column(sa.String(16))
+    cost_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # 1e-9 USD
+    latency_ms: Mapped[int | None]
+    upstream_latency_ms: Mapped[int | None]
+    created_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+
 # Core handles on the tables: services write plain SQL statements against these.
 tenants = Tenant.__table__
 api_keys = ApiKey.__table__
 key_secrets = KeySecret.__table__
 admin_users = AdminUser.__table__
+ledger = LedgerEntry.__table__

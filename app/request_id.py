@@ -1,11 +1,11 @@
-"""A gateway-generated id for every request, echoed as ``x-request-id`` on every response
-(errors and unknown routes included) and recorded in the ledger."""
+"""A gateway-generated, time-ordered id for every request, echoed as ``x-request-id`` on
+every response (errors and unknown routes included) and recorded in the ledger."""
 
 from __future__ import annotations
 
-import uuid
-
 from litestar.types import Message, Scope
+
+from app.ids import new_id
 
 HEADER = "x-request-id"
 
@@ -14,7 +14,7 @@ def request_id(scope: Scope) -> str:
     state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
     rid = state.get("request_id")
     if rid is None:
-        rid = state["request_id"] = f"req_{uuid.uuid4().hex}"
+        rid = state["request_id"] = new_id("req")
     return rid
 
 

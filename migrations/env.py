@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import Connection, pool
 
 from app.database import create_engine, write
-from app.models import Base
+from app.models import Base, UTCDateTime
 from app.settings import load_settings
 
 config = context.config
@@ -21,12 +21,20 @@ def _database_url() -> str:
     return config.attributes.get("database_url") or load_settings().database_url
 
 
+def _render_item(kind: str, obj: object, autogen_context: object) -> str | bool:
+    """Write UTCDateTime as a plain timestamptz, so revisions never import app code."""
+    if kind == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,121 @@
+"""``earmark.toml``: providers, their models, prices, aliases and fallbacks.
+
+Provider secrets never live in the file: each provider names the environment variable
+that holds its API key. Any mistake stops start-up with a message naming the entry.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+
+from app.metering import Price
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the entry."""
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    price: Price = Price()
+    aliases: list[str] = []
+    # Tried in order when this model's provider fails (5xx, timeout, connection error, 429).
+    fallbacks: list[str] = []
+    # Azure OpenAI deployment name (defaults to the model name).
+    deployment: str | None = None
+
+
+class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["openai", "azure"] = "openai"
+    base_url: str
+    api_key_env: str | None = None
+    api_version: str = "2024-10-21"  # Azure only
+    timeout_seconds: Positive = 600.0
+    connect_timeout_seconds: Positive = 10.0
+    # Whether callers may ask for raw_request / raw_response in extra_fields.
+    allow_raw_response: bool = False
+    models: dict[str, ModelConfig] = {}
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    providers: dict[str, ProviderConfig] = {}
+
+
+def _convert(raw: object, kind: type, where: str, source: str):
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as error:
+        message, _, path = str(error).partition(" - at `$")
+        raise ConfigError(f"{source}: {where}{path.rstrip('`')}: {message}") from None
+
+
+def _table(raw: object, where: str, source: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a table")
+    return dict(raw)
+
+
+def parse_config(text: str, source: str = "earmark.toml") -> Config:
+    """Parse provider by provider and model by model, so an error names its TOML path."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    unknown = set(raw) - {"providers"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level entry {sorted(unknown)[0]!r}")
+    providers = {}
+    for name, table in _table(raw.get("providers", {}), "providers", source).items():
+        where = f"providers.{name}"
+        table = _table(table, where, source)
+        models_raw = _table(table.pop("models", {}), f"{where}.models", source)
+        provider = _convert(table, ProviderConfig, where, source)
+        if "/" in name:
+            raise ConfigError(f"{source}: {where}: a provider name cannot contain '/'")
+        if not provider.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: {where}.base_url: must be an http(s) URL")
+        models = {}
+        for model_name, model_raw in models_raw.items():
+            model_where = f"{where}.models.{model_name}"
+            model = _convert(model_raw, ModelConfig, model_where, source)
+            try:
+                model.price.check()
+            except ValueError as error:
+                raise ConfigError(f"{source}: {model_where}.price: {error}") from None
+            models[model_name] = model
+        providers[name] = msgspec.structs.replace(provider, models=models)
+    return Config(providers=providers)
+
+
+def load_config(path: str | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"EARMARK_CONFIG={path}: cannot read: {error.strerror}") from None
+    return parse_config(text, source=path)
+
+
+def provider_api_keys(config: Config, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Each provider's API key, read from the variable its config names."""
+    keys = {}
+    for name, provider in config.providers.items():
+        if provider.api_key_env is None:
+            continue
+        value = environ.get(provider.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"providers.{name}.api_key_env: environment variable "
+                f"{provider.api_key_env} is not set"
+            )
+        keys[name] = value
+    return keys

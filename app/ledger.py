@@ -1,0 +1,155 @@
+"""The usage ledger: one row per metered call.
+
+A row is opened (``forwarded``) before the call goes upstream and settled once after it:
+``succeeded``, ``failed`` (zero cost) or ``interrupted`` (the client left mid-stream). A
+call refused before going upstream is written once as ``rejected``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import database
+from app.metering import Usage, usd
+from app.models import ledger
+from app.pagination import paginate, split_page
+
+
+class Opening(msgspec.Struct, kw_only=True):
+    """What is known of a call when it is opened or refused."""
+
+    id: str
+    key_id: str
+    tenant_id: str
+    endpoint: str
+    model_requested: str
+    response_format: str | None = None
+    stream: bool = False
+    upload_bytes: int | None = None
+    probed_audio_ms: int | None = None
+
+
+class Settlement(msgspec.Struct, kw_only=True):
+    status: str
+    http_status: int
+    provider: str | None
+    model: str | None
+    attempts: int
+    usage: Usage = Usage()
+    usage_source: str | None = None
+    cost_nanos: int = 0
+    latency_ms: int
+    upstream_latency_ms: int | None = None
+    error_code: str | None = None
+
+
+class Call(msgspec.Struct, kw_only=True):
+    """A ledger row as the admin API shows it."""
+
+    id: str
+    key_id: str
+    tenant_id: str
+    endpoint: str
+    status: str
+    http_status: int | None
+    error_code: str | None
+    model_requested: str
+    provider: str | None
+    model: str | None
+    attempts: int
+    response_format: str | None
+    stream: bool
+    upload_bytes: int | None
+    probed_audio_ms: int | None
+    audio_ms: int | None
+    input_text_tokens: int | None
+    input_audio_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    usage_source: str | None
+    cost_usd: str
+    latency_ms: int | None
+    upstream_latency_ms: int | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class CallPage(msgspec.Struct, kw_only=True):
+    data: list[Call]
+    next_cursor: str | None
+
+
+def _usage_columns(usage: Usage) -> dict[str, Any]:
+    return {
+        "audio_ms": usage.audio_ms,
+        "input_text_tokens": usage.input_text_tokens,
+        "input_audio_tokens": usage.input_audio_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+async def open_call(engine: AsyncEngine, opening: Opening, provider: str, model: str) -> None:
+    async with database.write(engine) as conn:
+        await conn.execute(
+            insert(ledger).values(
+                **msgspec.structs.asdict(opening),
+                status="forwarded",
+                provider=provider,
+                model=model,
+                attempts=0,
+                cost_nanos=0,
+                created_at=database.utcnow(),
+            )
+        )
+
+
+async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
+    """Settle a forwarded call, once; False if it was already settled."""
+    values = msgspec.structs.asdict(settlement)
+    values.update(_usage_columns(values.pop("usage")))
+    async with database.write(engine) as conn:
+        result = await conn.execute(
+            update(ledger)
+            .where(ledger.c.id == call_id, ledger.c.status == "forwarded")
+            .values(**values, completed_at=database.utcnow())
+        )
+    return result.rowcount == 1
+
+
+async def record_rejection(
+    engine: AsyncEngine, opening: Opening, http_status: int, error_code: str | None, latency_ms: int
+) -> None:
+    now = database.utcnow()
+    async with database.write(engine) as conn:
+        await conn.execute(
+            insert(ledger).values(
+                **msgspec.structs.asdict(opening),
+                status="rejected",
+                http_status=http_status,
+                error_code=error_code,
+                attempts=0,
+                cost_nanos=0,
+                latency_ms=latency_ms,
+                created_at=now,
+                completed_at=now,
+            )
+        )
+
+
+def _to_api(row: Any) -> Call:
+    fields = {name: getattr(row, name) for name in Call.__struct_fields__ if name != "cost_usd"}
+    return Call(**fields, cost_usd=usd(row.cost_nanos))
+
+
+async def list_calls(engine: AsyncEngine, key_id: str, limit: int, cursor: str | None) -> CallPage:
+    query = select(ledger).where(ledger.c.key_id == key_id)
+    async with database.read(engine) as conn:
+        rows = (await conn.execute(paginate(query, ledger.c.id, limit, cursor))).all()
+    page, next_cursor = split_page(rows, limit, lambda row: row.id)
+    return CallPage(data=[_to_api(row) for row in page], next_cursor=next_cursor)

@@ -1,0 +1,140 @@
+"""Prices, usage and cost: what a call used and what it costs, exactly.
+
+Costs are integers in nano-dollars (1e-9 USD). A call's cost is computed once, from its
+usage and its model's price, with exact rational arithmetic and a single half-up
+rounding, so it is a pure function that never touches a float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import msgspec
+
+NANOS_PER_USD = 1_000_000_000
+_MILLION = 1_000_000
+
+
+class Price(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A model's price. Duration and token parts add up; either may be absent."""
+
+    per_audio_second: Decimal | None = None
+    per_audio_minute: Decimal | None = None
+    per_audio_hour: Decimal | None = None
+    # Calls shorter than this are billed as this long (Groq bills at least 10 s).
+    minimum_seconds: Decimal = Decimal(0)
+    input_text_per_million: Decimal | None = None
+    input_audio_per_million: Decimal | None = None
+    output_per_million: Decimal | None = None
+    # For estimating audio tokens from duration when a provider reports none.
+    audio_tokens_per_second: Decimal = Decimal(10)
+
+    def per_second(self) -> Fraction | None:
+        """The duration price per second, whichever unit the config used."""
+        for value, seconds in (
+            (self.per_audio_second, 1),
+            (self.per_audio_minute, 60),
+            (self.per_audio_hour, 3600),
+        ):
+            if value is not None:
+                return Fraction(value) / seconds
+        return None
+
+    @property
+    def is_token_priced(self) -> bool:
+        return any(
+            value is not None
+            for value in (
+                self.input_text_per_million,
+                self.input_audio_per_million,
+                self.output_per_million,
+            )
+        )
+
+    def check(self) -> None:
+        """Raise ValueError on a price that cannot be what the operator meant."""
+        duration_units = [
+            unit
+            for unit in (self.per_audio_second, self.per_audio_minute, self.per_audio_hour)
+            if unit is not None
+        ]
+        if len(duration_units) > 1:
+            raise ValueError("give one of per_audio_second, per_audio_minute, per_audio_hour")
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Decimal) and (value < 0 or not value.is_finite()):
+                raise ValueError(f"{name} must be a finite number >= 0")
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """What one call used. ``None`` means not reported, which is not the same as zero."""
+
+    audio_ms: int | None = None
+    input_text_tokens: int | None = None
+    input_audio_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int | None:
+        parts = [self.input_text_tokens, self.input_audio_tokens, self.output_tokens]
+        if all(part is None for part in parts):
+            return None
+        return sum(part or 0 for part in parts)
+
+
+def cost_nanos(price: Price, usage: Usage) -> int:
+    total = Fraction(0)
+    per_second = price.per_second()
+    if per_second is not None and usage.audio_ms is not None:
+        billed_ms = max(Fraction(usage.audio_ms), Fraction(price.minimum_seconds) * 1000)
+        total += per_second * billed_ms / 1000
+    for count, per_million in (
+        (usage.input_text_tokens, price.input_text_per_million),
+        (usage.input_audio_tokens, price.input_audio_per_million),
+        (usage.output_tokens, price.output_per_million),
+    ):
+        if count and per_million is not None:
+            total += Fraction(per_million) * count / _MILLION
+    nanos = total * NANOS_PER_USD
+    return int(nanos + Fraction(1, 2)) if nanos >= 0 else 0  # half up, once
+
+
+def usd(nanos: int) -> str:
+    """Nano-dollars as an exact decimal string, e.g. ``"0.000585000"``."""
+    return str(Decimal(nanos).scaleb(-9).quantize(Decimal("1e-9")))
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def usage_from_body(body: Any) -> Usage:
+    """The provider's ``usage`` object from a JSON response or a ``transcript.text.done``
+    event: token usage (gpt-4o-transcribe), or duration usage (whisper-1)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return Usage()
+    if usage.get("type") == "duration" or "seconds" in usage:
+        seconds = usage.get("seconds")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+            return Usage(audio_ms=round(Decimal(str(seconds)) * 1000))
+        return Usage()
+    details = usage.get("input_token_details")
+    details = details if isinstance(details, dict) else {}
+    text, audio = _count(details.get("text_tokens")), _count(details.get("audio_tokens"))
+    input_tokens = _count(usage.get("input_tokens"))
+    if text is None and audio is None and input_tokens is not None:
+        audio = input_tokens  # an audio call's undetailed input is audio
+    return Usage(
+        input_text_tokens=text,
+        input_audio_tokens=audio,
+        output_tokens=_count(usage.get("output_tokens")),
+    )
+
+
+def estimated_audio_tokens(price: Price, audio_ms: int) -> int:
+    """An upper-bound estimate of a call's audio tokens from its duration."""
+    exact = Fraction(price.audio_tokens_per_second) * audio_ms / 1000
+    return -(-exact.numerator // exact.denominator)  # ceiling

@@ -1,0 +1,88 @@
+"""Tenant audio API: transcriptions, translations, and the models a key may use."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, MultipartBody
+
+from app.auth import Principal
+from app.request_id import request_id
+from app.transcription import MAX_BODY_BYTES, CallRequest, Gateway, handle_call
+
+SendRaw = Annotated[str | None, HeaderParameter(name="x-bf-send-back-raw-response")]
+
+
+async def _metered_call(
+    endpoint: str,
+    request: Request,
+    form: dict[str, Any],
+    principal: Principal,
+    gateway: Gateway,
+    send_raw: str | None,
+) -> Response[Any]:
+    call = CallRequest(
+        request_id=request_id(request.scope),
+        principal=principal,
+        endpoint=endpoint,
+        form=form,
+        send_raw=(send_raw or "").lower() == "true",
+        started=time.perf_counter(),
+    )
+    try:
+        return await handle_call(gateway, call)
+    finally:
+        for value in form.values():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, UploadFile):
+                    await item.close()
+
+
+@post(
+    "/audio/transcriptions",
+    request_max_body_size=MAX_BODY_BYTES,
+    summary="Transcribe audio (OpenAI-compatible), metered",
+)
+async def transcriptions(
+    request: Request,
+    data: MultipartBody[dict[str, Any]],
+    principal: NamedDependency[Principal],
+    gateway: NamedDependency[Gateway],
+    send_raw: SendRaw = None,
+) -> Response[Any]:
+    return await _metered_call("transcriptions", request, data, principal, gateway, send_raw)
+
+
+@post(
+    "/audio/translations",
+    request_max_body_size=MAX_BODY_BYTES,
+    summary="Translate audio into English (OpenAI-compatible), metered",
+)
+async def translations(
+    request: Request,
+    data: MultipartBody[dict[str, Any]],
+    principal: NamedDependency[Principal],
+    gateway: NamedDependency[Gateway],
+    send_raw: SendRaw = None,
+) -> Response[Any]:
+    return await _metered_call("translations", request, data, principal, gateway, send_raw)
+
+
+@get("/models", summary="The models this key may use")
+async def models(
+    principal: NamedDependency[Principal], gateway: NamedDependency[Gateway]
+) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": route.name, "object": "model", "created": 0, "owned_by": route.provider_name}
+            for route in gateway.catalog.visible_to(principal.allowed_models)
+        ],
+    }
+
+
+ROUTES = [transcriptions, translations, models]

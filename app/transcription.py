@@ -1,0 +1,412 @@
+"""One metered audio call: from the parsed form to the settled ledger row.
+
+validate → resolve the model → probe the audio → open the ledger row → forward (with
+fallbacks) → shape the answer as OpenAI would → settle the row with usage and cost.
+The ledger row of a non-streamed call is settled before the answer is sent, so an
+answered call is always in the ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+from litestar import Response
+from litestar.datastructures import UploadFile
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import ledger
+from app.audio import duration_ms
+from app.auth import Principal
+from app.catalog import Catalog, Route
+from app.errors import EarmarkError, InvalidRequest
+from app.metering import Usage, cost_nanos, estimated_audio_tokens, usage_from_body
+from app.providers import (
+    Upload,
+    UpstreamError,
+    UpstreamTimeout,
+    send,
+    should_fall_back,
+    upstream_error_body,
+)
+
+MAX_FILE_BYTES = 26_214_400  # OpenAI's 25 MiB
+MAX_BODY_BYTES = MAX_FILE_BYTES + 1_048_576  # room for the other form fields
+FORMATS = {
+    "transcriptions": frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"}),
+    "translations": frozenset({"json", "text", "srt", "verbose_json", "vtt"}),
+}
+REQUEST_TYPES = {"transcriptions": "transcription", "translations": "translation"}
+
+
+NO_USAGE = Usage()
+
+
+class PayloadTooLarge(EarmarkError):
+    status_code = 413
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """What audio calls need of the process: built in the lifespan."""
+
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    catalog: Catalog
+    provider_keys: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    request_id: str
+    principal: Principal
+    endpoint: str  # transcriptions | translations
+    form: dict[str, Any]
+    send_raw: bool
+    started: float
+
+
+def _elapsed_ms(since: float) -> int:
+    return int((time.perf_counter() - since) * 1000)
+
+
+def _upload(file: UploadFile) -> Upload:
+    spool = file.file
+    spool.seek(0, 2)
+    size = spool.tell()
+    spool.seek(0)
+    if size > MAX_FILE_BYTES:
+        raise PayloadTooLarge(
+            f"The audio file is {size} bytes; the limit is {MAX_FILE_BYTES} bytes (25 MiB).",
+            param="file",
+            code="file_too_large",
+        )
+    if size == 0:
+        raise InvalidRequest("The audio file is empty.", param="file", code="empty_file")
+    return Upload(
+        filename=file.filename or "audio",
+        content_type=file.content_type or "application/octet-stream",
+        file=spool,
+        size=size,
+        in_memory=not file.rolled_to_disk,
+    )
+
+
+def split_form(form: dict[str, Any]) -> tuple[dict[str, list[str]], Upload]:
+    """The text fields, in order and repeated keys kept, and the one uploaded file."""
+    fields: dict[str, list[str]] = {}
+    upload = None
+    for name, value in form.items():
+        values = value if isinstance(value, list) else [value]
+        is_file = [isinstance(item, UploadFile) for item in values]
+        if name == "file":
+            if len(values) != 1 or not is_file[0]:
+                raise InvalidRequest(
+                    "Send exactly one audio file in the `file` field.", param="file"
+                )
+            upload = _upload(values[0])
+        elif any(is_file):
+            raise InvalidRequest(f"Only `file` may hold a file, not `{name}`.", param=name)
+        else:
+            fields[name] = values
+    if upload is None:
+        raise InvalidRequest(
+            "Missing the audio file: send it as the multipart field `file`.", param="file"
+        )
+    return fields, upload
+
+
+def _single(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest(f"`{name}` was given more than once.", param=name)
+    return values[0]
+
+
+class CallOptions(msgspec.Struct, frozen=True):
+    model: str
+    response_format: str
+    stream: bool
+
+
+def read_options(fields: dict[str, list[str]], endpoint: str) -> CallOptions:
+    model = (_single(fields, "model") or "").strip()
+    if not model:
+        raise InvalidRequest("Missing `model`: name the model to transcribe with.", param="model")
+    response_format = _single(fields, "response_format") or "json"
+    if response_format not in FORMATS[endpoint]:
+        raise InvalidRequest(
+            f"`response_format` must be one of {', '.join(sorted(FORMATS[endpoint]))}; "
+            f"got {response_format!r}.",
+            param="response_format",
+        )
+    stream_text = (_single(fields, "stream") or "false").lower()
+    if stream_text not in ("true", "false"):
+        raise InvalidRequest("`stream` must be true or false.", param="stream")
+    temperature = _single(fields, "temperature")
+    if temperature is not None:
+        try:
+            valid = 0 <= float(temperature) <= 1
+        except ValueError:
+            valid = False
+        if not valid:
+            raise InvalidRequest("`temperature` must be a number from 0 to 1.", param="temperature")
+    return CallOptions(model=model, response_format=response_format, stream=stream_text == "true")
+
+
+def _meter(route: Route, reported: Usage, probed_ms: int) -> tuple[Usage, str, int]:
+    """Usage to bill and its source. The provider's numbers win; the probed duration fills
+    in audio seconds; a token-priced call with no token count is billed an estimate."""
+    source = "probe" if reported == NO_USAGE else "provider"
+    usage = msgspec.structs.replace(
+        reported, audio_ms=probed_ms if reported.audio_ms is None else reported.audio_ms
+    )
+    price = route.config.price
+    if price.is_token_priced and usage.total_tokens is None:
+        usage = msgspec.structs.replace(
+            usage, input_audio_tokens=estimated_audio_tokens(price, probed_ms)
+        )
+        source = "estimate"
+    return usage, source, cost_nanos(price, usage)
+
+
+async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
+    principal = call.principal
+    opening = ledger.Opening(
+        id=call.request_id,
+        key_id=principal.key_id,
+        tenant_id=principal.tenant_id,
+        endpoint=REQUEST_TYPES[call.endpoint],
+        model_requested="",
+    )
+    try:
+        fields, upload = split_form(call.form)
+        options = read_options(fields, call.endpoint)
+        opening.model_requested = options.model
+        opening.response_format = options.response_format
+        opening.stream = options.stream
+        opening.upload_bytes = upload.size
+        route = gateway.catalog.resolve(options.model)
+        gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
+        opening.probed_audio_ms = await duration_ms(upload.file)
+    except EarmarkError as error:
+        await ledger.record_rejection(
+            gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started)
+        )
+        raise
+    await ledger.open_call(gateway.engine, opening, route.provider_name, route.upstream_model)
+    forward = _Forward(gateway, call, opening, options, fields, upload)
+    try:
+        return await forward.run([route, *gateway.catalog.fallbacks[route.name]])
+    except BaseException as error:
+        # Whatever went wrong, the row is settled (cancellation included) at zero cost.
+        status = error.status_code if isinstance(error, EarmarkError) else 500
+        code = error.code if isinstance(error, EarmarkError) else type(error).__name__
+        with anyio.CancelScope(shield=True):
+            await forward.settle("failed", status, route, error_code=code)
+        raise
+
+
+class _Forward:
+    """The upstream part of one call, with fallbacks; settles the ledger row."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        call: CallRequest,
+        opening: ledger.Opening,
+        options: CallOptions,
+        fields: dict[str, list[str]],
+        upload: Upload,
+    ) -> None:
+        self.gateway = gateway
+        self.call = call
+        self.opening = opening
+        self.options = options
+        self.fields = fields
+        self.upload = upload
+        self.attempts = 0
+        self.upstream_started = time.perf_counter()
+        self.settled = False
+
+    async def settle(
+        self,
+        status: str,
+        http_status: int,
+        route: Route,
+        *,
+        usage: Usage = NO_USAGE,
+        source: str | None = None,
+        cost: int = 0,
+        error_code: str | None = None,
+    ) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        await ledger.settle_call(
+            self.gateway.engine,
+            self.call.request_id,
+            ledger.Settlement(
+                status=status,
+                http_status=http_status,
+                provider=route.provider_name,
+                model=route.upstream_model,
+                attempts=self.attempts,
+                usage=usage,
+                usage_source=source,
+                cost_nanos=cost,
+                latency_ms=_elapsed_ms(self.call.started),
+                upstream_latency_ms=_elapsed_ms(self.upstream_started),
+                error_code=error_code,
+            ),
+        )
+
+    def _upstream_format(self, route: Route) -> str:
+        # OpenAI sends no usage with `text`; ask for JSON and render the text here, so a
+        # token-priced call is billed its real tokens whatever format the caller chose.
+        wanted = self.options.response_format
+        if wanted == "text" and route.config.price.is_token_priced and not self.options.stream:
+            return "json"
+        return wanted
+
+    async def run(self, candidates: list[Route]) -> Response[Any]:
+        failure: EarmarkError | None = None
+        for index, route in enumerate(candidates):
+            last = index == len(candidates) - 1
+            fields = {**self.fields, "response_format": [self._upstream_format(route)]}
+            self.attempts += 1
+            self.upstream_started = time.perf_counter()
+            api_key = self.gateway.provider_keys.get(route.provider_name)
+            try:
+                response = await send(
+                    self.gateway.http, route, api_key, self.call.endpoint, fields, self.upload
+                )
+            except UpstreamError as error:
+                failure = error
+                continue
+            if should_fall_back(response) and not last:
+                await response.aclose()
+                continue
+            return await self._answer(route, response)
+        assert failure is not None
+        raise failure
+
+    async def _answer(self, route: Route, response: httpx.Response) -> Response[Any]:
+        content_type = response.headers.get("content-type", "")
+        if response.status_code < 400 and content_type.startswith("text/event-stream"):
+            return Stream(
+                self._relay(route, response),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
+        try:
+            body = await response.aread()
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(
+                f"{route.provider_name} stopped answering.", code="upstream_timeout"
+            ) from None
+        except httpx.TransportError as error:
+            raise UpstreamError(
+                f"{route.provider_name} broke the connection: {type(error).__name__}.",
+                code="upstream_unreachable",
+            ) from None
+        finally:
+            await response.aclose()
+        if response.status_code >= 400:
+            return await self._refusal(route, response.status_code, body)
+        return await self._success(route, content_type, body)
+
+    async def _refusal(self, route: Route, upstream_status: int, body: bytes) -> Response[Any]:
+        status = 502 if upstream_status >= 500 else upstream_status
+        envelope = upstream_error_body(route, upstream_status, body)
+        await self.settle("failed", status, route, error_code=envelope["error"]["code"])
+        headers = {} if status in (429, 502) else {"x-should-retry": "false"}
+        return Response(envelope, status_code=status, headers=headers)
+
+    def _sends_raw(self, route: Route) -> bool:
+        return self.call.send_raw and route.provider.allow_raw_response
+
+    def _extra_fields(self, route: Route, request_type: str, raw: Any = None) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            "request_type": request_type,
+            "provider": route.provider_name,
+            "model_requested": self.options.model,
+            "model_deployment": route.upstream_model,
+            "latency": _elapsed_ms(self.call.started),
+            "chunk_index": 0,
+        }
+        if self._sends_raw(route):
+            extra["raw_request"] = {
+                name: values if len(values) > 1 else values[0]
+                for name, values in self.fields.items()
+            }
+            extra["raw_response"] = raw
+        return extra
+
+    async def _success(self, route: Route, content_type: str, body: bytes) -> Response[Any]:
+        if not content_type.startswith("application/json"):
+            usage, source, cost = _meter(route, NO_USAGE, self.opening.probed_audio_ms or 0)
+            await self.settle("succeeded", 200, route, usage=usage, source=source, cost=cost)
+            return Response(body, media_type=content_type or "text/plain", status_code=200)
+        try:
+            decoded = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise UpstreamError(
+                f"{route.provider_name} sent a malformed JSON answer.", code="upstream_malformed"
+            ) from None
+        usage, source, cost = _meter(
+            route, usage_from_body(decoded), self.opening.probed_audio_ms or 0
+        )
+        await self.settle("succeeded", 200, route, usage=usage, source=source, cost=cost)
+        if self._upstream_format(route) != self.options.response_format:
+            text = decoded.get("text", "") if isinstance(decoded, dict) else ""
+            return Response(f"{text}\n", media_type="text/plain; charset=utf-8", status_code=200)
+        if isinstance(decoded, dict):
+            raw = msgspec.json.decode(body) if self._sends_raw(route) else None  # untouched
+            request_type = REQUEST_TYPES[self.call.endpoint]
+            decoded["extra_fields"] = self._extra_fields(route, request_type, raw)
+        return Response(
+            msgspec.json.encode(decoded), media_type="application/json", status_code=200
+        )
+
+    async def _relay(self, route: Route, response: httpx.Response) -> AsyncIterator[bytes]:
+        """Relay the provider's events unchanged, watching for the final usage."""
+        reported = NO_USAGE
+        pending = b""
+        finished = False
+        try:
+            async for chunk in response.aiter_bytes():
+                pending = (pending + chunk).replace(b"\r\n", b"\n")
+                *events, pending = pending.split(b"\n\n")
+                for event in events:
+                    reported = _done_usage(event) or reported
+                yield chunk
+            finished = True
+        finally:
+            # Runs on normal end, upstream failure and client disconnect alike.
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+                usage, source, cost = _meter(route, reported, self.opening.probed_audio_ms or 0)
+                status = "succeeded" if finished else "interrupted"
+                await self.settle(status, 200, route, usage=usage, source=source, cost=cost)
+
+
+def _done_usage(event: bytes) -> Usage | None:
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            payload = msgspec.json.decode(line[5:].strip())
+        except msgspec.DecodeError:
+            continue
+        if isinstance(payload, dict) and payload.get("type") == "transcript.text.done":
+            return usage_from_body(payload)
+    return None

@@ -1,0 +1,92 @@
+"""earmark.toml: a complete example parses; every mistake names its entry."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from app.catalog import Catalog
+from app.config import ConfigError, load_config, parse_config, provider_api_keys
+from app.errors import InvalidRequest, NotFound, PermissionDenied
+
+EXAMPLE = Path(__file__).parent.parent / "earmark.example.toml"
+
+
+def test_the_readme_example_parses_and_resolves():
+    config = load_config(str(EXAMPLE))
+    catalog = Catalog(config)
+    assert catalog.resolve("whisper-1").name == "openai/whisper-1"
+    assert catalog.resolve("groq/whisper-large-v3").provider.base_url.startswith("https://")
+    groq = catalog.resolve("whisper-large-v3")
+    assert groq.config.price.minimum_seconds == Decimal(10)
+    assert [route.name for route in catalog.fallbacks["openai/whisper-1"]] == [
+        "groq/whisper-large-v3"
+    ]
+    keys = provider_api_keys(config, {"OPENAI_API_KEY": "a", "GROQ_API_KEY": "b"})
+    assert keys == {"openai": "a", "groq": "b"}
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ("[providers.x]\n", "providers.x"),
+        ("[providers.x]\nbase_url = 5\n", "providers.x.base_url"),
+        ('[providers.x]\nbase_url = "ftp://x"\n', "providers.x.base_url"),
+        ('[providers.x]\nbase_url = "http://x"\nkind = "bogus"\n', "providers.x.kind"),
+        (
+            '[providers.x]\nbase_url = "http://x"\ntimeout_seconds = 0\n',
+            "providers.x.timeout_seconds",
+        ),
+        ('[providers.x]\nbase_url = "http://x"\nsurprise = 1\n', "surprise"),
+        (
+            '[providers.x]\nbase_url = "http://x"\n'
+            '[providers.x.models.m]\nprice = {per_audio_second = "-1"}\n',
+            "providers.x.models.m.price",
+        ),
+        (
+            '[providers.x]\nbase_url = "http://x"\n'
+            '[providers.x.models.m]\nprice = {per_audio_second = "abc"}\n',
+            "providers.x.models.m.price.per_audio_second",
+        ),
+        ("not toml ===", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_entry(toml, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        parse_config(toml)
+
+
+def test_bad_fallback_and_missing_secret_are_config_errors():
+    config = parse_config(
+        '[providers.x]\nbase_url = "http://x"\napi_key_env = "X_KEY"\n'
+        '[providers.x.models.m]\nfallbacks = ["y/nope"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"providers\.x\.models\.m\.fallbacks\[0\]"):
+        Catalog(config)
+    with pytest.raises(ConfigError, match="X_KEY"):
+        provider_api_keys(config, {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config("/nonexistent/earmark.toml")
+
+
+def test_names_resolve_and_allowed_lists_match_any_spelling():
+    catalog = Catalog(
+        parse_config(
+            '[providers.a]\nbase_url = "http://a"\n'
+            '[providers.a.models.whisper-1]\naliases = ["stt"]\n'
+            '[providers.b]\nbase_url = "http://b"\n'
+            "[providers.b.models.whisper-1]\n[providers.b.models.turbo]\n"
+        )
+    )
+    with pytest.raises(InvalidRequest, match="a/whisper-1, b/whisper-1"):
+        catalog.resolve("whisper-1")
+    with pytest.raises(NotFound):
+        catalog.resolve("c/whisper-1")
+    stt = catalog.resolve("stt")
+    assert stt.name == "a/whisper-1"
+    assert catalog.is_allowed(stt, ["stt"])
+    assert catalog.is_allowed(stt, ["a/whisper-1"])
+    assert not catalog.is_allowed(stt, ["b/whisper-1", "turbo"])
+    with pytest.raises(PermissionDenied):
+        catalog.check_allowed(stt, "stt", ["turbo"])
+    assert [route.name for route in catalog.visible_to(["turbo"])] == ["b/turbo"]
