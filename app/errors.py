@@ -144,7 +144,9 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict
         message, param = _validation_message(exc)
         return error_response(400, message, param=param, code="invalid_value")
     message = exc.detail
-    if exc.status_code == 400 and "json" in request.headers.get("content-type", ""):
+    if message == "Invalid multipart/form-data":
+        message = "The request body must be multipart/form-data with the audio in a `file` field."
+    elif exc.status_code == 400 and "json" in request.headers.get("content-type", ""):
         message = f"The request body is not valid JSON: {message}"
     return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 

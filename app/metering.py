@@ -103,7 +103,7 @@ def cost_nanos(price: Price, usage: Usage) -> int:
 
 def usd(nanos: int) -> str:
     """Nano-dollars as an exact decimal string, e.g. ``"0.000585000"``."""
-    return str(Decimal(nanos).scaleb(-9).quantize(Decimal("1e-9")))
+    return f"{Decimal(nanos).scaleb(-9):.9f}"
 
 
 def _count(value: Any) -> int | None:

@@ -14,6 +14,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -149,3 +150,28 @@ async def key(client: AsyncTestClient, tenant: dict) -> dict:
 
 def bearer(secret: str) -> dict[str, str]:
     return {"authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[Any]:
+    from tests.fake_provider import Script, create_fake_provider
+    from tests.servers import ServerThread
+
+    script = Script()
+    with ServerThread(create_fake_provider(script)) as server:
+        server.script = script  # type: ignore[attr-defined]
+        yield server
+
+
+@pytest.fixture
+def gateway(
+    database_url: str, fake_provider: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """Earmark on loopback in front of the fake provider, on each database."""
+    from tests.fake_provider import API_KEY
+    from tests.gateway import KEY_ENV, serve_gateway
+
+    fake_provider.script.reset()
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    with serve_gateway(database_url, fake_provider.url, tmp_path) as gateway:
+        yield gateway

@@ -44,6 +44,8 @@ def test_published_prices():
     million = Usage(input_text_tokens=10**6, input_audio_tokens=10**6, output_tokens=10**6)
     assert cost_nanos(GPT4O, million) == 18_500_000_000
     assert usd(18_500_000_000) == "18.500000000"
+    assert usd(0) == "0.000000000"
+    assert usd(1) == "0.000000001"
 
 
 @given(prices, usages)
@@ -88,7 +90,9 @@ def test_duration_and_tokens_add_up_within_one_rounding(price, usage):
 
 @given(st.integers(0, 10**15))
 def test_usd_round_trips(nanos):
-    assert int(Decimal(usd(nanos)) * 10**9) == nanos
+    text = usd(nanos)
+    assert int(Decimal(text) * 10**9) == nanos
+    assert len(text.partition(".")[2]) == 9
 
 
 def test_units_must_not_be_mixed_or_negative():

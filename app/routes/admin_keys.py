@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import keys
+from app import keys, ledger
 from app.pagination import DEFAULT_LIMIT, Limit
 from app.schemas import Key, KeyCreate, KeyPage, KeyRotate, KeyStatus, KeyUpdate, KeyWithSecret
 from app.settings import Settings
@@ -72,4 +72,24 @@ async def delete_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]
     await keys.delete_key(engine, key_id)
 
 
-ROUTES = [create_key, list_keys, get_key, update_key, revoke_key, rotate_key, delete_key]
+@get("/keys/{key_id:str}/calls", summary="The key's ledger rows, newest first")
+async def list_key_calls(
+    key_id: FromPath[str],
+    engine: NamedDependency[AsyncEngine],
+    limit: FromQuery[Limit] = DEFAULT_LIMIT,
+    cursor: FromQuery[str | None] = None,
+) -> ledger.CallPage:
+    await keys.get_key(engine, key_id)  # 404 for an unknown key, not an empty page
+    return await ledger.list_calls(engine, key_id, limit, cursor)
+
+
+ROUTES = [
+    create_key,
+    list_keys,
+    get_key,
+    update_key,
+    revoke_key,
+    rotate_key,
+    delete_key,
+    list_key_calls,
+]

@@ -1,0 +1,255 @@
+"""A fake OpenAI-compatible speech-to-text provider, served on loopback for the tests.
+
+It answers like OpenAI (and like Groq and Azure OpenAI where they differ): every response
+format, duration and token usage, SSE streams for gpt-4o models, OpenAI error bodies. It
+records what it was sent, and a test can script its next answers (status, delay, no usage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import math
+from collections import deque
+from typing import Any
+
+import av
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State, UploadFile
+from litestar.params import FromPath, JSONBody, MultipartBody
+from litestar.response import Stream
+
+API_KEY = "sk-fake-provider-key"
+TEXT = "The quick brown fox jumps over the lazy dog. Metering every second of audio."
+WHISPER = {"whisper-1", "whisper-large-v3", "whisper-large-v3-turbo"}
+GPT4O = {"gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize"}
+GROQ = {"whisper-large-v3", "whisper-large-v3-turbo"}  # Groq reports no `usage`
+AUDIO_TOKENS_PER_SECOND = 8
+
+
+class Script:
+    """What the fake has seen, and what it will do next."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.next: deque[dict[str, Any]] = deque()
+        self.latency = 0.0
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.next.clear()
+        self.latency = 0.0
+
+
+def _error(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> Response:
+    body = {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+    return Response(body, status_code=status)
+
+
+def _duration(data: bytes) -> float:
+    with av.open(io.BytesIO(data)) as container:
+        return container.duration / av.time_base
+
+
+def _stamp(seconds: float, separator: str) -> str:
+    ms = round(seconds * 1000)
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
+
+
+def _token_usage(duration: float, prompt: str) -> dict[str, Any]:
+    audio = math.ceil(duration * AUDIO_TOKENS_PER_SECOND)
+    text = len(prompt.split())
+    output = len(TEXT.split()) + 2
+    return {
+        "type": "tokens",
+        "input_tokens": audio + text,
+        "input_token_details": {"text_tokens": text, "audio_tokens": audio},
+        "output_tokens": output,
+        "total_tokens": audio + text + output,
+    }
+
+
+def _answer(
+    model: str, fmt: str, duration: float, fields: dict[str, list[str]], usage: bool
+) -> Response:
+    prompt = fields.get("prompt", [""])[0]
+    if model in WHISPER:
+        meter = {"type": "duration", "seconds": math.ceil(duration)}
+    else:
+        meter = _token_usage(duration, prompt)
+    extra = {"x_groq": {"id": "req_fake"}} if model in GROQ else {}
+    with_usage = {"usage": meter} if usage and model not in GROQ else {}
+    segment = {"id": 0, "seek": 0, "start": 0.0, "end": round(duration, 2), "text": f" {TEXT}"}
+    if fmt == "json":
+        return Response({"text": TEXT, **with_usage, **extra})
+    if fmt == "text":
+        return Response(f"{TEXT}\n", media_type="text/plain; charset=utf-8")
+    if fmt == "verbose_json":
+        body: dict[str, Any] = {
+            "task": "transcribe",
+            "language": "english",
+            "duration": round(duration, 2),
+            "text": TEXT,
+            "segments": [segment],
+        }
+        if "word" in fields.get("timestamp_granularities[]", []):
+            step = duration / len(TEXT.split())
+            body["words"] = [
+                {"word": word, "start": round(i * step, 2), "end": round((i + 1) * step, 2)}
+                for i, word in enumerate(TEXT.split())
+            ]
+        return Response({**body, **with_usage, **extra})
+    if fmt == "diarized_json":
+        seg = {
+            "type": "transcript.text.segment",
+            "id": "seg_0",
+            "start": 0.0,
+            "end": round(duration, 2),
+            "text": TEXT,
+            "speaker": "A",
+        }
+        return Response({"text": TEXT, "segments": [seg], **with_usage})
+    start, end = _stamp(0, ","), _stamp(duration, ",")
+    if fmt == "srt":
+        return Response(f"1\n{start} --> {end}\n{TEXT}\n\n", media_type="text/plain; charset=utf-8")
+    start, end = _stamp(0, "."), _stamp(duration, ".")
+    return Response(
+        f"WEBVTT\n\n{start} --> {end}\n{TEXT}\n\n", media_type="text/plain; charset=utf-8"
+    )
+
+
+async def _events(duration: float, prompt: str, usage: bool, latency: float):
+    for word in TEXT.split(" "):
+        yield f'data: {{"type":"transcript.text.delta","delta":"{word} "}}\n\n'.encode()
+        await asyncio.sleep(latency)
+    done: dict[str, Any] = {"type": "transcript.text.done", "text": TEXT}
+    if usage:
+        done["usage"] = _token_usage(duration, prompt)
+    yield f"data: {json.dumps(done)}\n\n".encode()
+
+
+async def _serve(
+    request: Request, form: dict[str, Any], endpoint: str, model_path: str | None
+) -> Response:
+    script: Script = request.app.state.script
+    fields = {k: (v if isinstance(v, list) else [v]) for k, v in form.items()}
+    upload = fields.pop("file", [None])[0]
+    content = await upload.read() if isinstance(upload, UploadFile) else b""
+    record = {
+        "path": request.url.path,
+        "query": dict(request.query_params),
+        "headers": dict(request.headers),
+        "fields": {k: [str(x) for x in v] for k, v in fields.items()},
+        "file": {
+            "filename": getattr(upload, "filename", None),
+            "content_type": getattr(upload, "content_type", None),
+            "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(),
+        },
+    }
+    script.requests.append(record)
+    behaviour = script.next.popleft() if script.next else {}
+    await asyncio.sleep(behaviour.get("delay", script.latency))
+    if "status" in behaviour:
+        return Response(
+            behaviour.get(
+                "body",
+                {
+                    "error": {
+                        "message": "scripted failure",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            ),
+            status_code=behaviour["status"],
+        )
+
+    bearer = request.headers.get("authorization", "")
+    if (model_path is None and bearer != f"Bearer {API_KEY}") or (
+        model_path is not None and request.headers.get("api-key") != API_KEY
+    ):
+        return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+    if not content:
+        return _error(400, "Missing file.", param="file")
+    model = model_path or fields.get("model", [""])[0]
+    if model not in WHISPER | GPT4O:
+        return _error(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    if endpoint == "translations" and model not in WHISPER:
+        return _error(400, f"Model {model} does not support translations.", param="model")
+    fmt = fields.get("response_format", ["json"])[0]
+    allowed = {"json", "text"} | ({"diarized_json"} if model.endswith("diarize") else set())
+    if model in GPT4O and fmt not in allowed:
+        return _error(
+            400,
+            f"response_format '{fmt}' is not compatible with model '{model}'.",
+            param="response_format",
+            code="unsupported_value",
+        )
+    try:
+        duration = _duration(content)
+    except av.FFmpegError:
+        return _error(
+            400, "Audio file might be corrupted or unsupported.", param="file", code="invalid_value"
+        )
+    usage = not behaviour.get("no_usage", False)
+    if fields.get("stream", ["false"])[0] == "true" and model in GPT4O:
+        prompt = fields.get("prompt", [""])[0]
+        return Stream(
+            _events(duration, prompt, usage, behaviour.get("chunk_delay", 0.0)),
+            media_type="text/event-stream",
+        )
+    return _answer(model, fmt, duration, fields, usage)
+
+
+@post("/v1/audio/{endpoint:str}", request_max_body_size=None, status_code=200)
+async def openai_audio(
+    request: Request, endpoint: FromPath[str], data: MultipartBody[dict[str, Any]]
+) -> Response:
+    return await _serve(request, data, endpoint, None)
+
+
+@post(
+    "/openai/deployments/{deployment:str}/audio/{endpoint:str}",
+    request_max_body_size=None,
+    status_code=200,
+)
+async def azure_audio(
+    request: Request,
+    deployment: FromPath[str],
+    endpoint: FromPath[str],
+    data: MultipartBody[dict[str, Any]],
+) -> Response:
+    return await _serve(request, data, endpoint, deployment)
+
+
+@post("/_script", status_code=200)
+async def script_next(request: Request, data: JSONBody[list[dict[str, Any]]]) -> None:
+    request.app.state.script.next.extend(data)
+
+
+@get("/_requests")
+async def seen(request: Request) -> list[dict[str, Any]]:
+    return request.app.state.script.requests
+
+
+def create_fake_provider(script: Script) -> Litestar:
+    return Litestar(
+        [openai_audio, azure_audio, script_next, seen],
+        state=State({"script": script}),
+        openapi_config=None,
+    )

@@ -1,0 +1,145 @@
+"""Earmark served on loopback in front of the fake provider, with helpers a test needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import OpenAI
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import ADMIN, ADMIN_TOKEN
+from tests.fake_provider import API_KEY
+from tests.processes import free_port
+from tests.servers import ServerThread
+
+FIXTURES = Path(__file__).parent / "fixtures"
+KEY_ENV = "EARMARK_TEST_PROVIDER_KEY"
+
+CONFIG = """
+[providers.openai]
+base_url = "{fake}/v1"
+api_key_env = "{key_env}"
+allow_raw_response = true
+timeout_seconds = 5
+
+[providers.openai.models.whisper-1]
+price = {{ per_audio_minute = "0.006" }}
+aliases = ["whisper"]
+
+[providers.openai.models.gpt-4o-transcribe.price]
+input_text_per_million = "2.50"
+input_audio_per_million = "6.00"
+output_per_million = "10.00"
+
+[providers.openai.models.gpt-4o-mini-transcribe.price]
+input_text_per_million = "1.25"
+input_audio_per_million = "3.00"
+output_per_million = "5.00"
+
+[providers.openai.models.gpt-4o-transcribe-diarize]
+price = {{ input_audio_per_million = "6.00", output_per_million = "10.00" }}
+
+[providers.groq]
+base_url = "{fake}/v1"
+api_key_env = "{key_env}"
+
+[providers.groq.models.whisper-large-v3]
+price = {{ per_audio_hour = "0.111", minimum_seconds = "10" }}
+
+[providers.azure]
+kind = "azure"
+base_url = "{fake}"
+api_key_env = "{key_env}"
+api_version = "2024-10-21"
+
+[providers.azure.models.whisper-azure]
+deployment = "whisper-1"
+price = {{ per_audio_minute = "0.006" }}
+
+[providers.flaky]
+base_url = "{fake}/v1"
+api_key_env = "{key_env}"
+
+[providers.flaky.models.whisper-1]
+price = {{ per_audio_minute = "0.006" }}
+fallbacks = ["openai/whisper-1"]
+
+[providers.down]
+base_url = "http://127.0.0.1:{closed}/v1"
+api_key_env = "{key_env}"
+connect_timeout_seconds = 2
+
+[providers.down.models.whisper-1]
+price = {{ per_audio_minute = "0.006" }}
+fallbacks = ["groq/whisper-large-v3"]
+
+[providers.slow]
+base_url = "{fake}/v1"
+api_key_env = "{key_env}"
+timeout_seconds = 0.5
+
+[providers.slow.models.whisper-1]
+price = {{ per_audio_minute = "0.006" }}
+"""
+
+
+class Gateway:
+    def __init__(self, url: str, fake: str) -> None:
+        self.url = url
+        self.fake = fake
+        self.http = httpx.Client(base_url=url, timeout=30)
+        self._clients: list[OpenAI] = []
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, headers=ADMIN, **kwargs)
+        assert response.status_code < 300, response.text
+        return response.json() if response.content else None
+
+    def new_key(self, **body: Any) -> dict[str, Any]:
+        tenants = self.admin("GET", "/admin/tenants")["data"]
+        tenant = (
+            tenants[0] if tenants else self.admin("POST", "/admin/tenants", json={"name": "acme"})
+        )
+        return self.admin(
+            "POST", "/admin/keys", json={"tenant_id": tenant["id"], "name": "k", **body}
+        )
+
+    def sdk(self, secret: str) -> OpenAI:
+        client = OpenAI(base_url=f"{self.url}/v1", api_key=secret, max_retries=0)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.http.close()
+
+    def calls(self, key: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.admin("GET", f"/admin/keys/{key['id']}/calls")["data"]
+
+    def upstream_requests(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.fake}/_requests").json()
+
+    def script(self, *behaviours: dict[str, Any]) -> None:
+        httpx.post(f"{self.fake}/_script", json=list(behaviours)).raise_for_status()
+
+
+@contextmanager
+def serve_gateway(database_url: str, fake_url: str, config_dir: Path) -> Iterator[Gateway]:
+    config = config_dir / "earmark.toml"
+    config.write_text(CONFIG.format(fake=fake_url, key_env=KEY_ENV, closed=free_port()))
+    settings = Settings(database_url=database_url, admin_token=ADMIN_TOKEN, config_path=str(config))
+    with ServerThread(create_app(settings)) as server:
+        gateway = Gateway(server.url, fake_url)
+        try:
+            yield gateway
+        finally:
+            gateway.close()
+
+
+__all__ = ["API_KEY", "FIXTURES", "KEY_ENV", "Gateway", "serve_gateway"]

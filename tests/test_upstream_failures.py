@@ -1,0 +1,104 @@
+"""Provider failures: fallbacks in order, clean 502/504s, failed calls recorded at zero cost."""
+
+import openai
+import pytest
+
+from tests.fake_provider import TEXT
+from tests.gateway import FIXTURES
+
+SPEECH = FIXTURES / "speech.wav"
+
+
+def _transcribe(gateway, key, model):
+    with SPEECH.open("rb") as audio:
+        return gateway.sdk(key["secret"]).audio.transcriptions.create(model=model, file=audio)
+
+
+def test_a_5xx_falls_back_to_the_next_provider(gateway):
+    key = gateway.new_key()
+    gateway.script({"status": 500})
+    result = _transcribe(gateway, key, "flaky/whisper-1")
+    assert result.text == TEXT
+    assert result.to_dict()["extra_fields"]["provider"] == "openai"
+    assert len(gateway.upstream_requests()) == 2
+    (call,) = gateway.calls(key)
+    assert call["status"] == "succeeded"
+    assert call["provider"] == "openai"
+    assert call["attempts"] == 2
+    assert call["model_requested"] == "flaky/whisper-1"
+
+
+def test_a_refused_connection_falls_back(gateway):
+    key = gateway.new_key()
+    result = _transcribe(gateway, key, "down/whisper-1")
+    assert result.text == TEXT
+    (call,) = gateway.calls(key)
+    assert call["provider"] == "groq"
+    assert call["attempts"] == 2
+    # Groq's 10 s minimum applies to the provider that served the call.
+    assert call["cost_usd"] == "0.000308333"
+
+
+def test_5xx_without_fallback_is_a_502_at_zero_cost(gateway):
+    key = gateway.new_key()
+    gateway.script(
+        {"status": 503, "body": {"error": {"message": "overloaded", "type": "server_error"}}}
+    )
+    with pytest.raises(openai.InternalServerError) as raised:
+        _transcribe(gateway, key, "openai/whisper-1")
+    assert raised.value.status_code == 502
+    assert raised.value.body["message"] == "openai: overloaded"
+    (call,) = gateway.calls(key)
+    assert call["status"] == "failed"
+    assert call["http_status"] == 502
+    assert call["cost_usd"] == "0.000000000"
+
+
+def test_a_timeout_is_a_504(gateway):
+    key = gateway.new_key()
+    gateway.script({"delay": 1.5})
+    with pytest.raises(openai.APIStatusError) as raised:
+        _transcribe(gateway, key, "slow/whisper-1")
+    assert raised.value.status_code == 504
+    assert "did not answer within 0.5 s" in raised.value.body["message"]
+    (call,) = gateway.calls(key)
+    assert call["status"] == "failed"
+    assert call["http_status"] == 504
+    assert call["error_code"] == "upstream_timeout"
+
+
+def test_provider_rate_limit_passes_through_as_429(gateway):
+    key = gateway.new_key()
+    gateway.script(
+        {
+            "status": 429,
+            "body": {
+                "error": {
+                    "message": "Rate limit reached",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            },
+        }
+    )
+    with pytest.raises(openai.RateLimitError) as raised:
+        _transcribe(gateway, key, "openai/whisper-1")
+    assert raised.value.body["code"] == "rate_limit_exceeded"
+    assert raised.value.body["message"].startswith("openai: ")
+
+
+def test_provider_rejecting_its_own_key_names_the_provider(gateway):
+    key = gateway.new_key()
+    gateway.script(
+        {
+            "status": 401,
+            "body": {
+                "error": {"message": "Incorrect API key provided.", "code": "invalid_api_key"}
+            },
+        }
+    )
+    with pytest.raises(openai.AuthenticationError) as raised:
+        _transcribe(gateway, key, "openai/whisper-1")
+    assert raised.value.body["message"] == "openai: Incorrect API key provided."
+    assert raised.value.response.headers["x-should-retry"] == "false"
