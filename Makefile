@@ -23,8 +23,8 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check app tests migrations
-	$(BIN)/ruff format --check app tests migrations
+	$(BIN)/ruff check app tests migrations bench
+	$(BIN)/ruff format --check app tests migrations bench
 
 clean:
 	rm -rf $(VENV) earmark.db earmark.db-wal earmark.db-shm

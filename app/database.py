@@ -65,5 +65,6 @@ async def write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 @asynccontextmanager
 async def read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with engine.connect() as conn, conn.begin():
+    """A read-only transaction: begun by the first statement, rolled back on return."""
+    async with engine.connect() as conn:
         yield conn

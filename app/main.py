@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
@@ -75,6 +76,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_request_id_header],
         lifespan=[lifespan],
+        # One line per upstream request from httpx is noise to operators and costs time
+        # on the hot path; Earmark's own logger reports what matters.
+        logging_config=LoggingConfig(
+            loggers={
+                "litestar": {"level": "INFO", "handlers": ["queue_listener"], "propagate": False},
+                "httpx": {"level": "WARNING"},
+                "earmark": {"level": "INFO"},
+            },
+        ),
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(
             title="Earmark",

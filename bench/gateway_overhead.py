@@ -1,0 +1,247 @@
+"""Earmark's overhead on top of the provider, against the bare pass-through baseline.
+
+Starts a fast fake provider, the pass-through baseline and `earmark serve` (one worker,
+SQLite, full metering) as separate processes on loopback, then measures in one run:
+
+1. added latency (p50/p95) over calling the provider directly, for 100 KB and 1 MB WAV
+   uploads, sequentially, the three targets interleaved so noise hits them alike;
+2. requests/s at 16 concurrent clients for 100 KB uploads;
+3. Earmark's peak RSS while 32 clients upload 25 MiB each at once.
+
+    python -m bench.gateway_overhead [--requests 300] [--seconds 10]
+
+Figures are machine-dependent; compare ratios taken from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from tests.processes import earmark_env, free_port
+
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+BOUNDARY = "earmarkbenchboundary"
+
+
+def wav_bytes(size: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(16_000)
+        writer.writeframes(b"\x01\x00" * ((size - 44) // 2))
+    return buffer.getvalue()
+
+
+def multipart(audio: bytes, model: str) -> bytes:
+    """Encoded once, so the load generator spends its time sending, not encoding."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    return head + audio + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url} exited:\n{log.read_text()}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not start:\n{log.read_text()}")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def latencies(targets: dict[str, tuple[str, dict[str, str]]], body: bytes, n: int):
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    async with httpx.AsyncClient(timeout=60) as client:
+        for url, headers in targets.values():  # warm up connections and caches
+            for _ in range(5):
+                (await client.post(url, content=body, headers=headers)).raise_for_status()
+        for _ in range(n):
+            for name, (url, headers) in targets.items():
+                started = time.perf_counter()
+                response = await client.post(url, content=body, headers=headers)
+                times[name].append((time.perf_counter() - started) * 1000)
+                response.raise_for_status()
+    return times
+
+
+async def throughput(url: str, headers: dict[str, str], body: bytes, clients: int, seconds: float):
+    done = 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(
+        timeout=60, limits=httpx.Limits(max_connections=clients)
+    ) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                (await client.post(url, content=body, headers=headers)).raise_for_status()
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return done / (time.perf_counter() - started)
+
+
+async def big_uploads(url: str, headers: dict[str, str], body: bytes, clients: int) -> None:
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as c:
+        responses = await asyncio.gather(
+            *(c.post(url, content=body, headers=headers) for _ in range(clients))
+        )
+    for response in responses:
+        response.raise_for_status()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300, help="sequential requests per size")
+    parser.add_argument("--seconds", type=float, default=10, help="duration of the throughput run")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--big-clients", type=int, default=32)
+    parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="earmark-bench-"))
+    provider_port, pass_port, earmark_port = free_port(), free_port(), free_port()
+    provider = f"http://127.0.0.1:{provider_port}"
+    (work / "earmark.toml").write_text(
+        f'[providers.fast]\nbase_url = "{provider}/v1"\napi_key_env = "BENCH_PROVIDER_KEY"\n'
+        '[providers.fast.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
+    )
+    env = earmark_env(
+        args.database_url or f"sqlite+aiosqlite:///{work / 'earmark.db'}",
+        EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
+        EARMARK_CONFIG=str(work / "earmark.toml"),
+        BENCH_PROVIDER_KEY="sk-bench",
+    )
+    python = sys.executable
+    with ExitStack() as stack:
+        processes = {
+            "provider": start(
+                [python, "-m", "bench.upstreams", "provider", str(provider_port)],
+                env,
+                work / "provider.log",
+            ),
+            "passthrough": start(
+                [python, "-m", "bench.upstreams", "passthrough", str(pass_port), provider],
+                env,
+                work / "pass.log",
+            ),
+            "earmark": start(
+                [
+                    python,
+                    "-m",
+                    "app",
+                    "serve",
+                    "--port",
+                    str(earmark_port),
+                    "--log-level",
+                    "warning",
+                ],
+                env,
+                work / "earmark.log",
+            ),
+        }
+        for process in processes.values():
+            stack.callback(process.wait, 15)
+            stack.callback(process.terminate)
+        wait_ready(provider, processes["provider"], work / "provider.log")
+        wait_ready(f"http://127.0.0.1:{pass_port}", processes["passthrough"], work / "pass.log")
+        earmark = f"http://127.0.0.1:{earmark_port}"
+        wait_ready(f"{earmark}/healthz", processes["earmark"], work / "earmark.log")
+
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        tenant = httpx.post(
+            f"{earmark}/admin/tenants", json={"name": "bench"}, headers=admin
+        ).json()
+        key = httpx.post(
+            f"{earmark}/admin/keys",
+            json={"tenant_id": tenant["id"], "name": "bench"},
+            headers=admin,
+        ).json()
+        form = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+        targets = {
+            "direct": (f"{provider}/v1/audio/transcriptions", form),
+            "passthrough": (f"http://127.0.0.1:{pass_port}/v1/audio/transcriptions", form),
+            "earmark": (
+                f"{earmark}/v1/audio/transcriptions",
+                {**form, "authorization": f"Bearer {key['secret']}"},
+            ),
+        }
+
+        report: dict[str, object] = {"machine_cpus": os.cpu_count()}
+        for label, size in (("100KB", 100_000), ("1MB", 1_000_000)):
+            body = multipart(wav_bytes(size), "whisper-1")
+            times = asyncio.run(latencies(targets, body, args.requests))
+            direct50, direct95 = percentile(times["direct"], 0.5), percentile(times["direct"], 0.95)
+            for name in ("passthrough", "earmark"):
+                report[f"added_p50_ms_{label}_{name}"] = round(
+                    percentile(times[name], 0.5) - direct50, 2
+                )
+                report[f"added_p95_ms_{label}_{name}"] = round(
+                    percentile(times[name], 0.95) - direct95, 2
+                )
+            report[f"direct_p50_ms_{label}"] = round(direct50, 2)
+
+        body = multipart(wav_bytes(100_000), "whisper-1")
+        for name in ("direct", "passthrough", "earmark"):
+            url, headers = targets[name]
+            rps = asyncio.run(throughput(url, headers, body, args.concurrency, args.seconds))
+            report[f"rps_100KB_c{args.concurrency}_{name}"] = round(rps, 1)
+        report["rps_ratio_earmark_over_passthrough"] = round(
+            report[f"rps_100KB_c{args.concurrency}_earmark"]
+            / report[f"rps_100KB_c{args.concurrency}_passthrough"],
+            2,
+        )
+
+        pid = processes["earmark"].pid
+        report["earmark_peak_rss_mib_before_big"] = round(peak_rss_mib(pid), 1)
+        big = multipart(wav_bytes(26_214_400), "whisper-1")
+        url, headers = targets["earmark"]
+        asyncio.run(big_uploads(url, headers, big, args.big_clients))
+        report[f"earmark_peak_rss_mib_after_{args.big_clients}x25MiB"] = round(peak_rss_mib(pid), 1)
+        report["naive_buffering_would_need_mib"] = args.big_clients * 25
+
+    print(json.dumps(report, indent=2))
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "gateway_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
