@@ -4,11 +4,15 @@ SQLite is set up for several writers across processes: WAL (readers never block 
 writer), a long busy timeout, and write transactions that take the write lock up front with
 ``BEGIN IMMEDIATE``. A deferred transaction that reads and then writes can fail with
 "database is locked" under contention no matter the timeout; an immediate one waits its
-turn instead.
+turn instead. Within one process, SQLite writers also queue on an asyncio lock: SQLite's
+busy handler sleeps in coarse steps (up to 25 ms) however soon the lock frees, so only
+writers of other processes should ever meet it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -19,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE = "earmark_write"
+_sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def utcnow() -> datetime:
@@ -34,6 +39,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return create_async_engine(url, **kwargs)
 
     engine = create_async_engine(url, **kwargs)
+    _sqlite_writers[engine] = asyncio.Lock()
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -57,6 +63,17 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 @asynccontextmanager
 async def write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction that will write: on SQLite it holds the write lock from its first line."""
+    lock = _sqlite_writers.get(engine)
+    if lock is None:
+        async with _transaction(engine) as conn:
+            yield conn
+        return
+    async with lock, _transaction(engine) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     async with engine.connect() as conn:
         await conn.execution_options(**{_WRITE: True})
         async with conn.begin():
