@@ -90,7 +90,7 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
         "allowed_models": args.allow_model,
     }
     data = msgspec.convert(body, KeyCreate, strict=False)
-    _run(settings, lambda engine: keys.create_key(engine, settings.key_pepper, data))
+    _run(settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, actor="cli"))
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy import exc as sql_errors
 
 logger = logging.getLogger("earmark")
 
@@ -25,6 +26,7 @@ _TYPE_BY_STATUS = {
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    402: "budget_exceeded",
     429: "rate_limit_error",
     503: "service_unavailable",
 }
@@ -151,6 +153,17 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict
     return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
+def handle_database_down(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    """The database cannot be reached: refuse (nothing goes upstream without a hold)."""
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "The gateway's database is unavailable; nothing was sent upstream. Retry shortly.",
+        code="database_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(
@@ -161,5 +174,8 @@ def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, An
 EXCEPTION_HANDLERS = {
     EarmarkError: handle_earmark_error,
     HTTPException: handle_http_exception,
+    sql_errors.OperationalError: handle_database_down,
+    sql_errors.InterfaceError: handle_database_down,
+    ConnectionError: handle_database_down,
     Exception: handle_unexpected,
 }

@@ -14,7 +14,7 @@ import msgspec
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import database, key_format
+from app import budgets, database, key_format
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
 from app.models import api_keys, key_secrets
@@ -86,7 +86,9 @@ async def _store_secret(
     )
 
 
-async def create_key(engine: AsyncEngine, pepper: str, data: KeyCreate) -> KeyWithSecret:
+async def create_key(
+    engine: AsyncEngine, pepper: str, data: KeyCreate, actor: str = "admin"
+) -> KeyWithSecret:
     now = database.utcnow()
     _check_expiry(data.expires_at, now)
     key_id = new_id("key")
@@ -113,6 +115,8 @@ async def create_key(engine: AsyncEngine, pepper: str, data: KeyCreate) -> KeyWi
             )
         )
         await _store_secret(conn, key_id, secret, pepper, now)
+        for budget in data.budgets:
+            await budgets.add_budget(conn, budget, actor, key_id=key_id)
         row = await _fetch(conn, key_id)
     return KeyWithSecret(**msgspec.structs.asdict(_to_api(row, now)), secret=secret)
 

@@ -14,9 +14,9 @@ import msgspec
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import database
+from app import budgets, database
 from app.metering import Usage, usd
-from app.models import ledger
+from app.models import ledger, ledger_holds
 from app.pagination import paginate, split_page
 
 
@@ -32,6 +32,7 @@ class Opening(msgspec.Struct, kw_only=True):
     stream: bool = False
     upload_bytes: int | None = None
     probed_audio_ms: int | None = None
+    hold_nanos: int = 0
 
 
 class Settlement(msgspec.Struct, kw_only=True):
@@ -73,6 +74,7 @@ class Call(msgspec.Struct, kw_only=True):
     total_tokens: int | None
     usage_source: str | None
     cost_usd: str
+    hold_usd: str
     latency_ms: int | None
     upstream_latency_ms: int | None
     created_at: datetime
@@ -95,7 +97,13 @@ def _usage_columns(usage: Usage) -> dict[str, Any]:
 
 
 async def open_call(engine: AsyncEngine, opening: Opening, provider: str, model: str) -> None:
+    """Hold the call's maximum cost on every budget on its path and write its row, in one
+    transaction: either both happen or neither (``budgets.BudgetExceeded``)."""
+    now = database.utcnow()
     async with database.write(engine) as conn:
+        holds = await budgets.reserve(
+            conn, opening.key_id, opening.tenant_id, opening.hold_nanos, now
+        )
         await conn.execute(
             insert(ledger).values(
                 **msgspec.structs.asdict(opening),
@@ -104,13 +112,27 @@ async def open_call(engine: AsyncEngine, opening: Opening, provider: str, model:
                 model=model,
                 attempts=0,
                 cost_nanos=0,
-                created_at=database.utcnow(),
+                created_at=now,
             )
         )
+        if holds:
+            await conn.execute(
+                insert(ledger_holds),
+                [
+                    {
+                        "ledger_id": opening.id,
+                        "budget_id": hold.budget_id,
+                        "period_start": hold.period_start,
+                        "amount_nanos": hold.amount_nanos,
+                    }
+                    for hold in holds
+                ],
+            )
 
 
 async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
-    """Settle a forwarded call, once; False if it was already settled."""
+    """Settle a forwarded call once, moving its holds to spent at the actual cost (a
+    failed call's cost is 0, which releases them); False if it was already settled."""
     values = msgspec.structs.asdict(settlement)
     values.update(_usage_columns(values.pop("usage")))
     async with database.write(engine) as conn:
@@ -119,7 +141,10 @@ async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement)
             .where(ledger.c.id == call_id, ledger.c.status == "forwarded")
             .values(**values, completed_at=database.utcnow())
         )
-    return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        await budgets.settle(conn, call_id, settlement.cost_nanos)
+    return True
 
 
 async def record_rejection(
@@ -143,8 +168,9 @@ async def record_rejection(
 
 
 def _to_api(row: Any) -> Call:
-    fields = {name: getattr(row, name) for name in Call.__struct_fields__ if name != "cost_usd"}
-    return Call(**fields, cost_usd=usd(row.cost_nanos))
+    money = ("cost_usd", "hold_usd")
+    fields = {name: getattr(row, name) for name in Call.__struct_fields__ if name not in money}
+    return Call(**fields, cost_usd=usd(row.cost_nanos), hold_usd=usd(row.hold_nanos))
 
 
 async def list_calls(engine: AsyncEngine, key_id: str, limit: int, cursor: str | None) -> CallPage:

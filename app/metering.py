@@ -30,6 +30,8 @@ class Price(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     output_per_million: Decimal | None = None
     # For estimating audio tokens from duration when a provider reports none.
     audio_tokens_per_second: Decimal = Decimal(10)
+    # Upper bound on transcript tokens per second of audio, for the budget hold.
+    max_output_tokens_per_second: Decimal = Decimal(20)
 
     def per_second(self) -> Fraction | None:
         """The duration price per second, whichever unit the config used."""
@@ -132,6 +134,26 @@ def usage_from_body(body: Any) -> Usage:
         input_audio_tokens=audio,
         output_tokens=_count(usage.get("output_tokens")),
     )
+
+
+def hold_nanos(price: Price, probed_ms: int, prompt: str) -> int:
+    """The most a call can cost, reserved before it goes upstream.
+
+    Exact for duration prices (whole seconds rounded up, plus one second for container
+    padding the provider may count); a calibrated upper bound for token prices: audio
+    tokens at ``audio_tokens_per_second``, one text token per prompt byte at most, and
+    ``max_output_tokens_per_second`` of transcript. The ledger keeps hold and actual side
+    by side so the bound can be checked.
+    """
+    seconds = -(-probed_ms // 1000) + 1
+    output = Fraction(price.max_output_tokens_per_second) * seconds
+    bound = Usage(
+        audio_ms=seconds * 1000,
+        input_text_tokens=len(prompt.encode()),
+        input_audio_tokens=estimated_audio_tokens(price, seconds * 1000),
+        output_tokens=-(-output.numerator // output.denominator),
+    )
+    return cost_nanos(price, bound)
 
 
 def estimated_audio_tokens(price: Price, audio_ms: int) -> int:

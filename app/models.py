@@ -134,10 +134,63 @@ class LedgerEntry(Base):
     # provider: usage as reported; probe: duration measured here; estimate: tokens estimated.
     usage_source: Mapped[str | None] = mapped_column(sa.String(16))
     cost_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # 1e-9 USD
+    # The most this call could cost, reserved against its budgets before going upstream.
+    hold_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     latency_ms: Mapped[int | None]
     upstream_latency_ms: Mapped[int | None]
     created_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
+
+
+class Budget(Base):
+    """A spending cap in USD on a key or a tenant, per calendar period (UTC) or lifetime."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(sa.ForeignKey("api_keys.id"), index=True)
+    tenant_id: Mapped[str | None] = mapped_column(sa.ForeignKey("tenants.id"), index=True)
+    limit_nanos: Mapped[int] = mapped_column(sa.BigInteger)
+    period: Mapped[str] = mapped_column(sa.String(8))  # day | week | month | none
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+
+
+class BudgetCounter(Base):
+    """Spend of one budget in one period. A new period is a new row: no reset job."""
+
+    __tablename__ = "budget_counters"
+
+    budget_id: Mapped[str] = mapped_column(sa.ForeignKey("budgets.id"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(primary_key=True)
+    spent_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    held_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    top_up_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class LedgerHold(Base):
+    """What one call holds against one budget's period, so settling knows what to move."""
+
+    __tablename__ = "ledger_holds"
+
+    ledger_id: Mapped[str] = mapped_column(sa.ForeignKey("ledger.id"), primary_key=True)
+    budget_id: Mapped[str] = mapped_column(sa.ForeignKey("budgets.id"), primary_key=True)
+    period_start: Mapped[datetime]
+    amount_nanos: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class BudgetEvent(Base):
+    """Audit trail of admin actions on a budget: who, what, when."""
+
+    __tablename__ = "budget_events"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    budget_id: Mapped[str] = mapped_column(sa.ForeignKey("budgets.id"), index=True)
+    action: Mapped[str] = mapped_column(sa.String(16))
+    actor: Mapped[str] = mapped_column(sa.String(100))
+    details: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
 
 
 # Core handles on the tables: services write plain SQL statements against these.
@@ -146,3 +199,7 @@ api_keys = ApiKey.__table__
 key_secrets = KeySecret.__table__
 admin_users = AdminUser.__table__
 ledger = LedgerEntry.__table__
+budgets = Budget.__table__
+budget_counters = BudgetCounter.__table__
+ledger_holds = LedgerHold.__table__
+budget_events = BudgetEvent.__table__

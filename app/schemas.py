@@ -65,12 +65,66 @@ class TenantPage(Struct, kw_only=True):
     next_cursor: str | None
 
 
+UsdAmount = Annotated[
+    str,
+    Meta(
+        pattern=r"^\d{1,12}(\.\d{1,9})?$",
+        description="USD as a decimal string, up to 9 decimals",
+        examples=["5.00"],
+    ),
+]
+BudgetPeriod = Literal["day", "week", "month", "none"]
+
+
+class BudgetCreate(_Request):
+    limit_usd: UsdAmount
+    period: BudgetPeriod
+
+
+class BudgetUpdate(_Request):
+    limit_usd: UsdAmount
+
+
+class TopUp(_Request):
+    amount_usd: UsdAmount
+
+
+class Budget(Struct, kw_only=True):
+    """A budget with its current period: what is spent, held by calls in flight, left."""
+
+    id: str
+    owner: Literal["key", "tenant"]
+    key_id: str | None
+    tenant_id: str | None
+    limit_usd: str
+    period: BudgetPeriod
+    period_start: datetime
+    period_end: datetime | None
+    spent_usd: str
+    held_usd: str
+    top_up_usd: str
+    remaining_usd: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class BudgetEvent(Struct, kw_only=True):
+    id: str
+    action: str
+    actor: str
+    details: dict[str, object]
+    created_at: datetime
+
+
 class KeyCreate(_Request):
     tenant_id: Id
     name: Name
     metadata: Metadata = msgspec.field(default_factory=dict)
     expires_at: AwareDatetime | None = None
     allowed_models: AllowedModels | None = None
+    budgets: Annotated[list[BudgetCreate], Meta(max_length=10)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class KeyUpdate(_Request):
@@ -122,6 +176,7 @@ class Quota(Struct, kw_only=True):
     status: KeyStatus
     expires_at: datetime | None
     allowed_models: list[str] | None
+    budgets: list[Budget]
 
 
 class AdminUserCreated(Struct, kw_only=True):

@@ -26,7 +26,7 @@ from app.audio import duration_ms
 from app.auth import Principal
 from app.catalog import Catalog, Route
 from app.errors import EarmarkError, InvalidRequest
-from app.metering import Usage, cost_nanos, estimated_audio_tokens, usage_from_body
+from app.metering import Usage, cost_nanos, estimated_audio_tokens, hold_nanos, usage_from_body
 from app.providers import (
     Upload,
     UpstreamError,
@@ -196,16 +196,20 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         opening.upload_bytes = upload.size
         route = gateway.catalog.resolve(options.model)
         gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
-        opening.probed_audio_ms = await duration_ms(upload.file)
+        probed = opening.probed_audio_ms = await duration_ms(upload.file)
+        candidates = [route, *gateway.catalog.fallbacks[route.name]]
+        prompt = _single(fields, "prompt") or ""
+        # A fallback may cost more than the route asked for: hold the most any could cost.
+        opening.hold_nanos = max(hold_nanos(c.config.price, probed, prompt) for c in candidates)
+        await ledger.open_call(gateway.engine, opening, route.provider_name, route.upstream_model)
     except EarmarkError as error:
         await ledger.record_rejection(
             gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started)
         )
         raise
-    await ledger.open_call(gateway.engine, opening, route.provider_name, route.upstream_model)
     forward = _Forward(gateway, call, opening, options, fields, upload)
     try:
-        return await forward.run([route, *gateway.catalog.fallbacks[route.name]])
+        return await forward.run(candidates)
     except BaseException as error:
         # Whatever went wrong, the row is settled (cancellation included) at zero cost.
         status = error.status_code if isinstance(error, EarmarkError) else 500

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import delete, get, patch, post
+from litestar import Request, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,11 +15,13 @@ from app.settings import Settings
 
 @post("/keys", summary="Create a key; the response holds its secret, shown only this once")
 async def create_key(
+    request: Request,
     data: JSONBody[KeyCreate],
     engine: NamedDependency[AsyncEngine],
     settings: NamedDependency[Settings],
 ) -> KeyWithSecret:
-    return await keys.create_key(engine, settings.key_pepper, data)
+    actor = str(request.state.admin)
+    return await keys.create_key(engine, settings.key_pepper, data, actor=actor)
 
 
 @get("/keys", summary="List keys, newest first")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from litestar import get
 from litestar.di import NamedDependency
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import budgets, database
 from app.auth import Principal
 from app.schemas import Quota
 
 
-@get("/quota", summary="This key's identity, expiry and allowed models")
-async def quota(principal: NamedDependency[Principal]) -> Quota:
+@get("/quota", summary="This key's identity, models, and every budget on its path")
+async def quota(
+    principal: NamedDependency[Principal], engine: NamedDependency[AsyncEngine]
+) -> Quota:
+    async with database.read(engine) as conn:
+        on_path = await budgets.views_on_path(conn, principal.key_id, principal.tenant_id)
     return Quota(
         key_id=principal.key_id,
         key_name=principal.key_name,
@@ -20,6 +26,7 @@ async def quota(principal: NamedDependency[Principal]) -> Quota:
         status="active",
         expires_at=principal.expires_at,
         allowed_models=principal.allowed_models,
+        budgets=on_path,
     )
 
 

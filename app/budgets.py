@@ -1,0 +1,350 @@
+"""Budgets: hard USD caps on keys and tenants, per UTC calendar period or for life.
+
+A call reserves the most it could cost against every budget on its path in one
+transaction of conditional updates (never a read followed by a write) and is settled to
+its actual cost afterwards. A period's counter row is keyed by the period's start, so a
+new period is a new row: nothing resets at midnight, and nothing races there.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app import database
+from app.errors import EarmarkError, InvalidRequest, NotFound
+from app.ids import new_id
+from app.metering import NANOS_PER_USD, usd
+from app.models import budget_counters, budget_events, budgets, ledger_holds
+from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetUpdate
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BudgetExceeded(EarmarkError):
+    status_code = 402
+    error_type = "budget_exceeded"
+
+
+class Hold(msgspec.Struct, frozen=True):
+    budget_id: str
+    period_start: datetime
+    amount_nanos: int
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """The UTC period containing ``now``: [start, end). Weeks start on Monday."""
+    if period == "none":
+        return EPOCH, None
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    if period == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    start = day.replace(day=1)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+def usd_to_nanos(text: str, param: str) -> int:
+    try:
+        nanos = Decimal(text) * NANOS_PER_USD
+    except InvalidOperation:
+        nanos = Decimal("NaN")
+    if not nanos.is_finite() or nanos < 0 or nanos != nanos.to_integral_value():
+        raise InvalidRequest(
+            f"`{param}` must be a non-negative USD amount with at most 9 decimals, "
+            f'as a string such as "5.00"; got {text!r}.',
+            param=param,
+        )
+    return int(nanos)
+
+
+def _on_path(key_id: str, tenant_id: str) -> Any:
+    live = budgets.c.deleted_at.is_(None)
+    return and_(live, or_(budgets.c.key_id == key_id, budgets.c.tenant_id == tenant_id))
+
+
+async def _ensure_counter(conn: AsyncConnection, budget_id: str, start: datetime) -> None:
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    await conn.execute(
+        dialect_insert(budget_counters)
+        .values(
+            budget_id=budget_id, period_start=start, spent_nanos=0, held_nanos=0, top_up_nanos=0
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def reserve(
+    conn: AsyncConnection, key_id: str, tenant_id: str, amount: int, now: datetime
+) -> list[Hold]:
+    """Hold ``amount`` against every budget on the key's path, or raise BudgetExceeded.
+
+    Budgets are taken in id order so concurrent reservations lock counters in the same
+    order (no deadlocks on PostgreSQL). The caller's transaction makes it all-or-nothing.
+    """
+    rows = (
+        await conn.execute(
+            select(budgets).where(_on_path(key_id, tenant_id)).order_by(budgets.c.id)
+        )
+    ).all()
+    holds = []
+    for budget in rows:
+        start, end = period_bounds(budget.period, now)
+        await _ensure_counter(conn, budget.id, start)
+        counter = budget_counters.c
+        limit = select(budgets.c.limit_nanos).where(budgets.c.id == budget.id).scalar_subquery()
+        held = await conn.execute(
+            update(budget_counters)
+            .where(
+                counter.budget_id == budget.id,
+                counter.period_start == start,
+                counter.spent_nanos + counter.held_nanos + amount <= limit + counter.top_up_nanos,
+            )
+            .values(held_nanos=counter.held_nanos + amount)
+            .returning(counter.held_nanos)
+        )
+        if held.first() is None:
+            raise await _exceeded(conn, budget, start, end, amount)
+        holds.append(Hold(budget.id, start, amount))
+    return holds
+
+
+async def _exceeded(
+    conn: AsyncConnection, budget: Any, start: datetime, end: datetime | None, amount: int
+) -> BudgetExceeded:
+    counter = (
+        await conn.execute(
+            select(budget_counters).where(
+                budget_counters.c.budget_id == budget.id, budget_counters.c.period_start == start
+            )
+        )
+    ).one()
+    available = budget.limit_nanos + counter.top_up_nanos - counter.spent_nanos - counter.held_nanos
+    owner = f"key {budget.key_id}" if budget.key_id else f"tenant {budget.tenant_id}"
+    per = "in total" if budget.period == "none" else f"per {budget.period}"
+    resets = (
+        f"It resets at {end.isoformat().replace('+00:00', 'Z')}."
+        if end
+        else "It does not reset; an admin can raise it or top it up."
+    )
+    return BudgetExceeded(
+        f"Budget {budget.id} (${usd(budget.limit_nanos)} {per} on {owner}) has "
+        f"${usd(max(available, 0))} left, and this call may cost up to ${usd(amount)}. {resets}",
+        code="budget_exceeded",
+    )
+
+
+async def settle(conn: AsyncConnection, ledger_id: str, actual: int) -> None:
+    """Move a call's holds to spent at its actual cost (0 releases them)."""
+    holds = (
+        await conn.execute(select(ledger_holds).where(ledger_holds.c.ledger_id == ledger_id))
+    ).all()
+    for hold in holds:
+        counter = budget_counters.c
+        await conn.execute(
+            update(budget_counters)
+            .where(counter.budget_id == hold.budget_id, counter.period_start == hold.period_start)
+            .values(
+                held_nanos=counter.held_nanos - hold.amount_nanos,
+                spent_nanos=counter.spent_nanos + actual,
+            )
+        )
+
+
+# --- Admin operations ------------------------------------------------------------------
+
+
+async def add_budget(
+    conn: AsyncConnection,
+    data: BudgetCreate,
+    actor: str,
+    *,
+    key_id: str | None = None,
+    tenant_id: str | None = None,
+) -> str:
+    now = database.utcnow()
+    budget_id = new_id("bud")
+    await conn.execute(
+        budgets.insert().values(
+            id=budget_id,
+            key_id=key_id,
+            tenant_id=tenant_id,
+            limit_nanos=usd_to_nanos(data.limit_usd, "limit_usd"),
+            period=data.period,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    await _audit(
+        conn, budget_id, "create", actor, {"limit_usd": data.limit_usd, "period": data.period}
+    )
+    return budget_id
+
+
+async def _audit(
+    conn: AsyncConnection, budget_id: str, action: str, actor: str, details: dict[str, Any]
+) -> None:
+    await conn.execute(
+        budget_events.insert().values(
+            id=new_id("evt"),
+            budget_id=budget_id,
+            action=action,
+            actor=actor,
+            details=details,
+            created_at=database.utcnow(),
+        )
+    )
+
+
+async def _view(conn: AsyncConnection, budget: Any, now: datetime) -> Budget:
+    start, end = period_bounds(budget.period, now)
+    counter = (
+        await conn.execute(
+            select(budget_counters).where(
+                budget_counters.c.budget_id == budget.id, budget_counters.c.period_start == start
+            )
+        )
+    ).first()
+    spent, held, top_up = (
+        (counter.spent_nanos, counter.held_nanos, counter.top_up_nanos) if counter else (0, 0, 0)
+    )
+    remaining = max(budget.limit_nanos + top_up - spent - held, 0)
+    return Budget(
+        id=budget.id,
+        owner="key" if budget.key_id else "tenant",
+        key_id=budget.key_id,
+        tenant_id=budget.tenant_id,
+        limit_usd=usd(budget.limit_nanos),
+        period=budget.period,
+        period_start=start,
+        period_end=end,
+        spent_usd=usd(spent),
+        held_usd=usd(held),
+        top_up_usd=usd(top_up),
+        remaining_usd=usd(remaining),
+        created_at=budget.created_at,
+        updated_at=budget.updated_at,
+    )
+
+
+async def _fetch(conn: AsyncConnection, budget_id: str) -> Any:
+    row = (
+        await conn.execute(
+            select(budgets).where(budgets.c.id == budget_id, budgets.c.deleted_at.is_(None))
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no budget with id {budget_id!r}", code="budget_not_found")
+    return row
+
+
+async def views_on_path(conn: AsyncConnection, key_id: str, tenant_id: str) -> list[Budget]:
+    now = database.utcnow()
+    rows = (
+        await conn.execute(
+            select(budgets).where(_on_path(key_id, tenant_id)).order_by(budgets.c.id)
+        )
+    ).all()
+    return [await _view(conn, row, now) for row in rows]
+
+
+async def list_budgets(
+    engine: AsyncEngine, *, key_id: str | None, tenant_id: str | None
+) -> list[Budget]:
+    query = select(budgets).where(budgets.c.deleted_at.is_(None)).order_by(budgets.c.id)
+    if key_id:
+        query = query.where(budgets.c.key_id == key_id)
+    if tenant_id:
+        query = query.where(budgets.c.tenant_id == tenant_id)
+    now = database.utcnow()
+    async with database.read(engine) as conn:
+        return [await _view(conn, row, now) for row in (await conn.execute(query)).all()]
+
+
+async def get_budget(engine: AsyncEngine, budget_id: str) -> Budget:
+    async with database.read(engine) as conn:
+        return await _view(conn, await _fetch(conn, budget_id), database.utcnow())
+
+
+async def update_budget(
+    engine: AsyncEngine, budget_id: str, data: BudgetUpdate, actor: str
+) -> Budget:
+    limit = usd_to_nanos(data.limit_usd, "limit_usd")
+    async with database.write(engine) as conn:
+        await _fetch(conn, budget_id)
+        await conn.execute(
+            update(budgets)
+            .where(budgets.c.id == budget_id)
+            .values(limit_nanos=limit, updated_at=database.utcnow())
+        )
+        await _audit(conn, budget_id, "update", actor, {"limit_usd": data.limit_usd})
+        return await _view(conn, await _fetch(conn, budget_id), database.utcnow())
+
+
+async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: str) -> Budget:
+    """Grant extra spend for the current period only."""
+    amount = usd_to_nanos(amount_usd, "amount_usd")
+    now = database.utcnow()
+    async with database.write(engine) as conn:
+        budget = await _fetch(conn, budget_id)
+        start, _ = period_bounds(budget.period, now)
+        await _ensure_counter(conn, budget_id, start)
+        counter = budget_counters.c
+        await conn.execute(
+            update(budget_counters)
+            .where(counter.budget_id == budget_id, counter.period_start == start)
+            .values(top_up_nanos=counter.top_up_nanos + amount)
+        )
+        await _audit(conn, budget_id, "top_up", actor, {"amount_usd": amount_usd})
+        return await _view(conn, budget, now)
+
+
+async def reset(engine: AsyncEngine, budget_id: str, actor: str) -> Budget:
+    """Forget the current period's spend (calls in flight keep their holds)."""
+    now = database.utcnow()
+    async with database.write(engine) as conn:
+        budget = await _fetch(conn, budget_id)
+        start, _ = period_bounds(budget.period, now)
+        counter = budget_counters.c
+        await conn.execute(
+            update(budget_counters)
+            .where(counter.budget_id == budget_id, counter.period_start == start)
+            .values(spent_nanos=0)
+        )
+        await _audit(conn, budget_id, "reset", actor, {"period_start": start.isoformat()})
+        return await _view(conn, budget, now)
+
+
+async def delete_budget(engine: AsyncEngine, budget_id: str, actor: str) -> None:
+    async with database.write(engine) as conn:
+        await _fetch(conn, budget_id)
+        await conn.execute(
+            update(budgets).where(budgets.c.id == budget_id).values(deleted_at=database.utcnow())
+        )
+        await _audit(conn, budget_id, "delete", actor, {})
+
+
+async def events(engine: AsyncEngine, budget_id: str) -> list[BudgetEvent]:
+    async with database.read(engine) as conn:
+        await _fetch(conn, budget_id)
+        rows = (
+            await conn.execute(
+                select(budget_events)
+                .where(budget_events.c.budget_id == budget_id)
+                .order_by(budget_events.c.id)
+            )
+        ).all()
+    return [
+        BudgetEvent(
+            id=r.id, action=r.action, actor=r.actor, details=r.details, created_at=r.created_at
+        )
+        for r in rows
+    ]

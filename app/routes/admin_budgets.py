@@ -1,0 +1,116 @@
+"""Admin API: budgets on keys and tenants, their current period, top-ups, resets, audit."""
+
+from __future__ import annotations
+
+from litestar import Request, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import budgets, database, keys, tenants
+from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetUpdate, TopUp
+
+
+def _actor(request: Request) -> str:
+    """Who the admin guard let in: "token" or the admin user's name."""
+    return str(request.state.admin)
+
+
+async def _add(engine: AsyncEngine, data: BudgetCreate, actor: str, **owner: str) -> Budget:
+    async with database.write(engine) as conn:
+        budget_id = await budgets.add_budget(conn, data, actor, **owner)
+    return await budgets.get_budget(engine, budget_id)
+
+
+@post("/keys/{key_id:str}/budgets", summary="Add a budget to a key")
+async def add_key_budget(
+    request: Request,
+    key_id: FromPath[str],
+    data: JSONBody[BudgetCreate],
+    engine: NamedDependency[AsyncEngine],
+) -> Budget:
+    await keys.get_key(engine, key_id)
+    return await _add(engine, data, _actor(request), key_id=key_id)
+
+
+@post("/tenants/{tenant_id:str}/budgets", summary="Add a budget to a tenant (all its keys)")
+async def add_tenant_budget(
+    request: Request,
+    tenant_id: FromPath[str],
+    data: JSONBody[BudgetCreate],
+    engine: NamedDependency[AsyncEngine],
+) -> Budget:
+    await tenants.get_tenant(engine, tenant_id)
+    return await _add(engine, data, _actor(request), tenant_id=tenant_id)
+
+
+@get("/budgets", summary="List budgets, by key or tenant")
+async def list_budgets(
+    engine: NamedDependency[AsyncEngine],
+    key_id: FromQuery[str | None] = None,
+    tenant_id: FromQuery[str | None] = None,
+) -> list[Budget]:
+    return await budgets.list_budgets(engine, key_id=key_id, tenant_id=tenant_id)
+
+
+@get("/budgets/{budget_id:str}", summary="A budget and its current period")
+async def get_budget(budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Budget:
+    return await budgets.get_budget(engine, budget_id)
+
+
+@patch("/budgets/{budget_id:str}", summary="Raise or lower a budget's limit")
+async def update_budget(
+    request: Request,
+    budget_id: FromPath[str],
+    data: JSONBody[BudgetUpdate],
+    engine: NamedDependency[AsyncEngine],
+) -> Budget:
+    return await budgets.update_budget(engine, budget_id, data, _actor(request))
+
+
+@delete("/budgets/{budget_id:str}", summary="Remove a budget: it is no longer enforced")
+async def delete_budget(
+    request: Request, budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+) -> None:
+    await budgets.delete_budget(engine, budget_id, _actor(request))
+
+
+@post(
+    "/budgets/{budget_id:str}/top-up",
+    status_code=200,
+    summary="Grant extra spend for the current period",
+)
+async def top_up(
+    request: Request,
+    budget_id: FromPath[str],
+    data: JSONBody[TopUp],
+    engine: NamedDependency[AsyncEngine],
+) -> Budget:
+    return await budgets.top_up(engine, budget_id, data.amount_usd, _actor(request))
+
+
+@post("/budgets/{budget_id:str}/reset", status_code=200, summary="Zero the current period's spend")
+async def reset(
+    request: Request, budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+) -> Budget:
+    return await budgets.reset(engine, budget_id, _actor(request))
+
+
+@get("/budgets/{budget_id:str}/events", summary="Who changed the budget, and when")
+async def budget_events(
+    budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+) -> list[BudgetEvent]:
+    return await budgets.events(engine, budget_id)
+
+
+ROUTES = [
+    add_key_budget,
+    add_tenant_budget,
+    list_budgets,
+    get_budget,
+    update_budget,
+    delete_budget,
+    top_up,
+    reset,
+    budget_events,
+]
