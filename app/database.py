@@ -33,8 +33,10 @@ def utcnow() -> datetime:
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if not url.startswith("sqlite"):
         if "poolclass" not in kwargs:
-            kwargs.setdefault("pool_size", 10)
-            kwargs.setdefault("max_overflow", 20)
+            # At most 10 connections a process: 4 workers stay well inside PostgreSQL's
+            # default max_connections of 100; a burst queues for a connection instead.
+            kwargs.setdefault("pool_size", 5)
+            kwargs.setdefault("max_overflow", 5)
             kwargs.setdefault("pool_pre_ping", True)
         return create_async_engine(url, **kwargs)
 

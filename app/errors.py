@@ -153,8 +153,20 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict
     return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
-def handle_database_down(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+def _database_unavailable(exc: sql_errors.DBAPIError) -> bool:
+    if exc.connection_invalidated or isinstance(
+        exc, sql_errors.OperationalError | sql_errors.InterfaceError
+    ):
+        return True
+    # PostgreSQL: connection exception, insufficient resources, operator intervention.
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or ""
+    return sqlstate[:2] in ("08", "53", "57")
+
+
+def handle_database_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     """The database cannot be reached: refuse (nothing goes upstream without a hold)."""
+    if isinstance(exc, sql_errors.DBAPIError) and not _database_unavailable(exc):
+        return handle_unexpected(request, exc)
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     return error_response(
         503,
@@ -174,8 +186,7 @@ def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, An
 EXCEPTION_HANDLERS = {
     EarmarkError: handle_earmark_error,
     HTTPException: handle_http_exception,
-    sql_errors.OperationalError: handle_database_down,
-    sql_errors.InterfaceError: handle_database_down,
-    ConnectionError: handle_database_down,
+    sql_errors.DBAPIError: handle_database_error,
+    ConnectionError: handle_database_error,
     Exception: handle_unexpected,
 }

@@ -96,10 +96,17 @@ def _usage_columns(usage: Usage) -> dict[str, Any]:
     }
 
 
-async def open_call(engine: AsyncEngine, opening: Opening, provider: str, model: str) -> None:
+async def open_call(
+    engine: AsyncEngine,
+    opening: Opening,
+    provider: str,
+    model: str,
+    now: datetime | None = None,
+) -> None:
     """Hold the call's maximum cost on every budget on its path and write its row, in one
-    transaction: either both happen or neither (``budgets.BudgetExceeded``)."""
-    now = database.utcnow()
+    transaction: either both happen or neither (``budgets.BudgetExceeded``). The holds
+    name their periods, so settling later charges the period the call was reserved in."""
+    now = now or database.utcnow()
     async with database.write(engine) as conn:
         holds = await budgets.reserve(
             conn, opening.key_id, opening.tenant_id, opening.hold_nanos, now

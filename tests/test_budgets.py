@@ -1,0 +1,270 @@
+"""Budgets are hard caps: exact under concurrency, per period, released on failure."""
+
+import asyncio
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app import budgets, database
+from app.database import create_engine
+from app.models import budget_counters, ledger, ledger_holds
+from tests.conftest import ADMIN, ADMIN_TOKEN
+from tests.fake_provider import API_KEY
+from tests.gateway import FIXTURES, KEY_ENV
+from tests.processes import earmark_env, serving
+
+SPEECH = (FIXTURES / "speech.wav").read_bytes()
+# whisper-1 at $0.006/min: the 5.848 s fixture holds 7 s ($0.0007) and costs 6 s ($0.0006).
+HOLD, COST = "0.000700000", "0.000600000"
+# Fits 5 holds, and 5 settled calls leave less than a hold: exactly 5 calls can ever pass.
+FIVE_CALLS = "0.0035"
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start", "end"),
+    [
+        ("day", "2026-11-23T23:59:59.999999", "2026-11-23", "2026-11-24"),
+        ("week", "2026-11-29T12:00:00", "2026-11-23", "2026-11-30"),  # a Sunday; weeks start Monday
+        ("month", "2026-12-31T23:00:00", "2026-12-01", "2027-01-01"),
+        ("month", "2028-02-29T00:00:00", "2028-02-01", "2028-03-01"),
+    ],
+)
+def test_periods_are_utc_calendar_periods(period, now, start, end):
+    bounds = budgets.period_bounds(period, datetime.fromisoformat(now).replace(tzinfo=UTC))
+    assert bounds == (
+        datetime.fromisoformat(start).replace(tzinfo=UTC),
+        datetime.fromisoformat(end).replace(tzinfo=UTC),
+    )
+    assert budgets.period_bounds("none", datetime.now(UTC)) == (budgets.EPOCH, None)
+
+
+async def _invariants(url: str) -> None:
+    """Every counter equals its ledger rows: spent is the settled cost, held the open holds."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            counters = (await conn.execute(select(budget_counters))).all()
+            for counter in counters:
+                rows = (
+                    select(ledger.c.status, ledger.c.cost_nanos, ledger_holds.c.amount_nanos)
+                    .join(ledger_holds, ledger_holds.c.ledger_id == ledger.c.id)
+                    .where(
+                        ledger_holds.c.budget_id == counter.budget_id,
+                        ledger_holds.c.period_start == counter.period_start,
+                    )
+                )
+                calls = (await conn.execute(rows)).all()
+                open_holds = sum(c.amount_nanos for c in calls if c.status == "forwarded")
+                settled = sum(c.cost_nanos for c in calls if c.status != "forwarded")
+                assert counter.held_nanos == open_holds
+                assert counter.spent_nanos == settled
+            duplicates = await conn.scalar(
+                select(func.count())
+                .select_from(ledger)
+                .group_by(ledger.c.id)
+                .having(func.count() > 1)
+            )
+            assert duplicates is None
+    finally:
+        await engine.dispose()
+
+
+def _transcribe(client: httpx.Client, secret: str, model: str = "openai/whisper-1"):
+    return client.post(
+        "/v1/audio/transcriptions",
+        headers={"authorization": f"Bearer {secret}"},
+        data={"model": model},
+        files={"file": ("speech.wav", SPEECH, "audio/wav")},
+    )
+
+
+def test_budget_admin_lifecycle_is_audited(gateway):
+    key = gateway.new_key(budgets=[{"limit_usd": "5.00", "period": "day"}])
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert budget["limit_usd"] == "5.000000000"
+    assert budget["remaining_usd"] == "5.000000000"
+    assert budget["owner"] == "key"
+    url = f"/admin/budgets/{budget['id']}"
+    assert gateway.admin("PATCH", url, json={"limit_usd": "2.5"})["limit_usd"] == "2.500000000"
+    topped = gateway.admin("POST", f"{url}/top-up", json={"amount_usd": "1.25"})
+    assert topped["top_up_usd"] == "1.250000000"
+    assert topped["remaining_usd"] == "3.750000000"
+    assert gateway.admin("POST", f"{url}/reset")["spent_usd"] == "0.000000000"
+    actions = [(e["action"], e["actor"]) for e in gateway.admin("GET", f"{url}/events")]
+    assert actions == [
+        ("create", "token"),
+        ("update", "token"),
+        ("top_up", "token"),
+        ("reset", "token"),
+    ]
+    gateway.admin("DELETE", url)
+    assert gateway.http.get(url, headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize("amount", ["-1", "abc", "1.0000000001", "", 5])
+def test_money_must_be_an_exact_decimal_string(gateway, amount):
+    key = gateway.new_key()
+    response = gateway.http.post(
+        f"/admin/keys/{key['id']}/budgets",
+        json={"limit_usd": amount, "period": "day"},
+        headers=ADMIN,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "limit_usd"
+
+
+def test_a_call_that_would_break_the_budget_is_402_before_upstream(gateway):
+    key = gateway.new_key(budgets=[{"limit_usd": "0.001", "period": "day"}])
+    first = _transcribe(gateway.http, key["secret"])
+    assert first.status_code == 200
+    refused = _transcribe(gateway.http, key["secret"])
+    assert refused.status_code == 402
+    error = refused.json()["error"]
+    assert error["type"] == "budget_exceeded"
+    assert error["code"] == "budget_exceeded"
+    assert "per day" in error["message"] and "resets at" in error["message"]
+    assert "$0.000400000 left" in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+    assert len(gateway.upstream_requests()) == 1
+
+    calls = gateway.calls(key)
+    assert [c["status"] for c in calls] == ["rejected", "succeeded"]
+    assert calls[0]["error_code"] == "budget_exceeded"
+    assert calls[1]["hold_usd"] == HOLD and calls[1]["cost_usd"] == COST
+
+    (quota_budget,) = gateway.http.get(
+        "/v1/quota", headers={"authorization": f"Bearer {key['secret']}"}
+    ).json()["budgets"]
+    assert quota_budget["spent_usd"] == COST
+    assert quota_budget["held_usd"] == "0.000000000"
+    assert quota_budget["remaining_usd"] == "0.000400000"
+
+
+def test_tenant_budgets_cover_every_key_and_top_ups_reopen_them(gateway):
+    first = gateway.new_key()
+    tenant_id = first["tenant_id"]
+    budget = gateway.admin(
+        "POST",
+        f"/admin/tenants/{tenant_id}/budgets",
+        json={"limit_usd": "0.001", "period": "month"},
+    )
+    assert budget["owner"] == "tenant"
+    second = gateway.new_key()
+    assert _transcribe(gateway.http, first["secret"]).status_code == 200
+    assert _transcribe(gateway.http, second["secret"]).status_code == 402
+    gateway.admin("POST", f"/admin/budgets/{budget['id']}/top-up", json={"amount_usd": "0.001"})
+    assert _transcribe(gateway.http, second["secret"]).status_code == 200
+
+
+def test_failed_calls_release_their_holds(gateway, database_url):
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "none"}])
+    gateway.script({"status": 500}, {"status": 400, "body": {"error": {"message": "no"}}})
+    assert _transcribe(gateway.http, key["secret"]).status_code == 502
+    assert _transcribe(gateway.http, key["secret"]).status_code == 400
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert budget["spent_usd"] == "0.000000000"
+    assert budget["held_usd"] == "0.000000000"
+    asyncio.run(_invariants(database_url))
+
+
+async def _burst(urls: list[str], secret: str, n: int) -> list[int]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    f"{urls[i % len(urls)]}/v1/audio/transcriptions",
+                    headers={"authorization": f"Bearer {secret}"},
+                    data={"model": "openai/whisper-1"},
+                    files={"file": ("speech.wav", SPEECH, "audio/wav")},
+                )
+                for i in range(n)
+            )
+        )
+    return [response.status_code for response in responses]
+
+
+def test_200_concurrent_calls_against_a_budget_for_5_pass_exactly_5(gateway, database_url):
+    key = gateway.new_key(budgets=[{"limit_usd": FIVE_CALLS, "period": "day"}])
+    statuses = asyncio.run(_burst([gateway.url], key["secret"], 200))
+    assert statuses.count(200) == 5
+    assert statuses.count(402) == 195
+    assert len(gateway.upstream_requests()) == 5
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert budget["spent_usd"] == "0.003000000"
+    assert budget["held_usd"] == "0.000000000"
+    asyncio.run(_invariants(database_url))
+
+
+def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_path, monkeypatch):
+    """4 gateway processes on PostgreSQL, 2 on one SQLite file; 200 calls, exactly 5 pass."""
+    processes = 4 if database_url.startswith("postgresql") else 2
+    key = gateway.new_key(budgets=[{"limit_usd": FIVE_CALLS, "period": "day"}])
+    config = tmp_path / "earmark.toml"
+    config.write_text(
+        f'[providers.openai]\nbase_url = "{gateway.fake}/v1"\napi_key_env = "{KEY_ENV}"\n'
+        '[providers.openai.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
+    )
+    env = earmark_env(
+        database_url,
+        EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
+        EARMARK_CONFIG=str(config),
+        **{KEY_ENV: API_KEY},
+    )
+    with ExitStack() as stack:
+        urls = [
+            stack.enter_context(serving(env, tmp_path / f"gateway-{n}.log"))
+            for n in range(processes)
+        ]
+        statuses = asyncio.run(_burst(urls, key["secret"], 200))
+        logs = "".join((tmp_path / f"gateway-{n}.log").read_text() for n in range(processes))
+    assert statuses.count(200) == 5, statuses
+    assert statuses.count(402) == 195
+    assert "database is locked" not in logs
+    asyncio.run(_invariants(database_url))
+
+
+@pytest.mark.anyio
+async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(engine):
+    from app import keys, tenants
+    from app.ledger import Opening, Settlement, open_call, settle_call
+    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    day_budget = BudgetCreate(limit_usd="1", period="day")
+    key = await keys.create_key(
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[day_budget])
+    )
+    before_midnight = datetime(2026, 11, 23, 23, 59, 59, 999_000, tzinfo=UTC)
+    opening = Opening(
+        id="req_straddle",
+        key_id=key.id,
+        tenant_id=tenant.id,
+        endpoint="transcription",
+        model_requested="m",
+        hold_nanos=700,
+    )
+    await open_call(engine, opening, "p", "m", now=before_midnight)
+    # Settled after midnight (real time is long past it): still the 23rd's money.
+    settlement = Settlement(
+        status="succeeded",
+        http_status=200,
+        provider="p",
+        model="m",
+        attempts=1,
+        cost_nanos=600,
+        latency_ms=1,
+    )
+    assert await settle_call(engine, "req_straddle", settlement)
+    assert not await settle_call(engine, "req_straddle", settlement)  # never twice
+    async with engine.connect() as conn:
+        counters = (await conn.execute(select(budget_counters))).all()
+    assert [(c.period_start, c.spent_nanos, c.held_nanos) for c in counters] == [
+        (datetime(2026, 11, 23, tzinfo=UTC), 600, 0)
+    ]
+    after_midnight = before_midnight + timedelta(milliseconds=2)
+    async with database.write(engine) as conn:
+        (next_hold,) = await budgets.reserve(conn, key.id, tenant.id, 700, after_midnight)
+    assert next_hold.period_start == datetime(2026, 11, 24, tzinfo=UTC)
