@@ -1,8 +1,11 @@
-"""The usage ledger: one row per metered call.
+"""The usage ledger: one row per metered call, and the sweeper that finishes orphans.
 
-A row is opened (``forwarded``) before the call goes upstream and settled once after it:
+A row is written ``reserved`` together with its budget holds, marked ``forwarded`` by an
+update that must return it just before the call goes upstream, and settled once after:
 ``succeeded``, ``failed`` (zero cost) or ``interrupted`` (the client left mid-stream). A
-call refused before going upstream is written once as ``rejected``.
+call refused before going upstream is written once as ``rejected``. Rows whose worker
+died are finished by ``sweep``: never-forwarded holds are ``released``; forwarded ones are
+charged their hold and marked ``expired`` for review, since the provider may have billed.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database
@@ -114,7 +117,7 @@ async def open_call(
         await conn.execute(
             insert(ledger).values(
                 **msgspec.structs.asdict(opening),
-                status="forwarded",
+                status="reserved",
                 provider=provider,
                 model=model,
                 attempts=0,
@@ -135,6 +138,17 @@ async def open_call(
                     for hold in holds
                 ],
             )
+
+
+async def mark_forwarded(engine: AsyncEngine, call_id: str) -> bool:
+    """Claim the call for the upstream request; False if the sweeper released it first."""
+    async with database.write(engine) as conn:
+        result = await conn.execute(
+            update(ledger)
+            .where(ledger.c.id == call_id, ledger.c.status == "reserved")
+            .values(status="forwarded")
+        )
+    return result.rowcount == 1
 
 
 async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
@@ -172,6 +186,38 @@ async def record_rejection(
                 completed_at=now,
             )
         )
+
+
+async def sweep(
+    engine: AsyncEngine, *, reserved_before: datetime, forwarded_before: datetime, limit: int = 100
+) -> int:
+    """Finish rows whose worker died; returns how many. Safe to run on every process at
+    once: PostgreSQL hands each row to one sweeper (SKIP LOCKED), SQLite serialises them."""
+    stale = or_(
+        and_(ledger.c.status == "reserved", ledger.c.created_at < reserved_before),
+        and_(ledger.c.status == "forwarded", ledger.c.created_at < forwarded_before),
+    )
+    query = select(ledger.c.id, ledger.c.status, ledger.c.hold_nanos).where(stale).limit(limit)
+    async with database.write(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = (await conn.execute(query)).all()
+        now = database.utcnow()
+        for row in rows:
+            released = row.status == "reserved"
+            cost = 0 if released else row.hold_nanos
+            await conn.execute(
+                update(ledger)
+                .where(ledger.c.id == row.id, ledger.c.status == row.status)
+                .values(
+                    status="released" if released else "expired",
+                    error_code="worker_lost" if released else "worker_lost_review",
+                    cost_nanos=cost,
+                    completed_at=now,
+                )
+            )
+            await budgets.settle(conn, row.id, cost)
+    return len(rows)
 
 
 def _to_api(row: Any) -> Call:

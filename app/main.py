@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +25,7 @@ from app.providers import create_client
 from app.request_id import add_request_id_header
 from app.routes import admin_budgets, admin_keys, admin_tenants, audio, health, tenant
 from app.settings import Settings, load_settings
+from app.sweeper import run_sweeper
 from app.transcription import Gateway
 
 
@@ -41,7 +44,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.gateway = Gateway(
             engine=engine, http=http, catalog=catalog, provider_keys=provider_keys
         )
-        yield
+        sweeper = asyncio.create_task(run_sweeper(engine, catalog))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
     finally:
         await http.aclose()
         await engine.dispose()

@@ -25,7 +25,7 @@ from app import ledger
 from app.audio import duration_ms
 from app.auth import Principal
 from app.catalog import Catalog, Route
-from app.errors import EarmarkError, InvalidRequest
+from app.errors import EarmarkError, InvalidRequest, ServiceUnavailable
 from app.metering import Usage, cost_nanos, estimated_audio_tokens, hold_nanos, usage_from_body
 from app.providers import (
     Upload,
@@ -209,6 +209,12 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         raise
     forward = _Forward(gateway, call, opening, options, fields, upload)
     try:
+        if not await ledger.mark_forwarded(gateway.engine, call.request_id):
+            raise ServiceUnavailable(
+                "The call's budget hold expired before it could be sent; nothing was sent "
+                "upstream. Retry it.",
+                code="hold_expired",
+            )
         return await forward.run(candidates)
     except BaseException as error:
         # Whatever went wrong, the row is settled (cancellation included) at zero cost.

@@ -41,7 +41,10 @@ def test_periods_are_utc_calendar_periods(period, now, start, end):
     assert budgets.period_bounds("none", datetime.now(UTC)) == (budgets.EPOCH, None)
 
 
-async def _invariants(url: str) -> None:
+OPEN = ("reserved", "forwarded")
+
+
+async def invariants(url: str) -> None:
     """Every counter equals its ledger rows: spent is the settled cost, held the open holds."""
     engine = create_engine(url)
     try:
@@ -57,8 +60,8 @@ async def _invariants(url: str) -> None:
                     )
                 )
                 calls = (await conn.execute(rows)).all()
-                open_holds = sum(c.amount_nanos for c in calls if c.status == "forwarded")
-                settled = sum(c.cost_nanos for c in calls if c.status != "forwarded")
+                open_holds = sum(c.amount_nanos for c in calls if c.status in OPEN)
+                settled = sum(c.cost_nanos for c in calls if c.status not in OPEN)
                 assert counter.held_nanos == open_holds
                 assert counter.spent_nanos == settled
             duplicates = await conn.scalar(
@@ -167,7 +170,7 @@ def test_failed_calls_release_their_holds(gateway, database_url):
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
     assert budget["spent_usd"] == "0.000000000"
     assert budget["held_usd"] == "0.000000000"
-    asyncio.run(_invariants(database_url))
+    asyncio.run(invariants(database_url))
 
 
 async def _burst(urls: list[str], secret: str, n: int) -> list[int]:
@@ -195,7 +198,7 @@ def test_200_concurrent_calls_against_a_budget_for_5_pass_exactly_5(gateway, dat
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
     assert budget["spent_usd"] == "0.003000000"
     assert budget["held_usd"] == "0.000000000"
-    asyncio.run(_invariants(database_url))
+    asyncio.run(invariants(database_url))
 
 
 def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_path, monkeypatch):
@@ -223,13 +226,13 @@ def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_p
     assert statuses.count(200) == 5, statuses
     assert statuses.count(402) == 195
     assert "database is locked" not in logs
-    asyncio.run(_invariants(database_url))
+    asyncio.run(invariants(database_url))
 
 
 @pytest.mark.anyio
 async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(engine):
     from app import keys, tenants
-    from app.ledger import Opening, Settlement, open_call, settle_call
+    from app.ledger import Opening, Settlement, mark_forwarded, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
     tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
@@ -247,6 +250,7 @@ async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(e
         hold_nanos=700,
     )
     await open_call(engine, opening, "p", "m", now=before_midnight)
+    assert await mark_forwarded(engine, "req_straddle")
     # Settled after midnight (real time is long past it): still the 23rd's money.
     settlement = Settlement(
         status="succeeded",

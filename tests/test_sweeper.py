@@ -1,0 +1,78 @@
+"""Rows whose worker died are finished: never-forwarded holds released, forwarded ones
+charged their hold for review, and a late worker cannot go upstream after a sweep."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app import database, keys, ledger, tenants
+from app.models import budget_counters
+from app.models import ledger as ledger_table
+from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+pytestmark = pytest.mark.anyio
+
+
+async def _key(engine):
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    budget = BudgetCreate(limit_usd="1", period="none")
+    key = await keys.create_key(
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget])
+    )
+    return tenant, key
+
+
+async def _open(engine, tenant, key, call_id, age: timedelta, hold=700):
+    opening = ledger.Opening(
+        id=call_id,
+        key_id=key.id,
+        tenant_id=tenant.id,
+        endpoint="transcription",
+        model_requested="m",
+        hold_nanos=hold,
+    )
+    await ledger.open_call(engine, opening, "p", "m", now=database.utcnow() - age)
+
+
+async def test_sweep_releases_reserved_and_charges_forwarded(engine):
+    tenant, key = await _key(engine)
+    old = timedelta(hours=2)
+    await _open(engine, tenant, key, "req_never_sent", old)
+    await _open(engine, tenant, key, "req_sent_then_lost", old)
+    assert await ledger.mark_forwarded(engine, "req_sent_then_lost")
+    await _open(engine, tenant, key, "req_in_flight", timedelta(seconds=1))
+
+    now = database.utcnow()
+    swept = await ledger.sweep(
+        engine,
+        reserved_before=now - timedelta(minutes=1),
+        forwarded_before=now - timedelta(hours=1),
+    )
+    assert swept == 2
+    async with engine.connect() as conn:
+        rows = {row.id: row for row in (await conn.execute(select(ledger_table))).all()}
+        (counter,) = (await conn.execute(select(budget_counters))).all()
+    assert (rows["req_never_sent"].status, rows["req_never_sent"].cost_nanos) == ("released", 0)
+    assert (rows["req_sent_then_lost"].status, rows["req_sent_then_lost"].cost_nanos) == (
+        "expired",
+        700,
+    )
+    assert rows["req_sent_then_lost"].error_code == "worker_lost_review"
+    assert rows["req_in_flight"].status == "reserved"
+    assert counter.spent_nanos == 700  # the lost forwarded call, which the provider may bill
+    assert counter.held_nanos == 700  # only the call still in flight
+
+    # The worker of the released call wakes up: it must not go upstream, nor settle.
+    assert not await ledger.mark_forwarded(engine, "req_never_sent")
+    settlement = ledger.Settlement(
+        status="succeeded", http_status=200, provider="p", model="m", attempts=1, latency_ms=1
+    )
+    assert not await ledger.settle_call(engine, "req_sent_then_lost", settlement)
+
+    again = await ledger.sweep(
+        engine,
+        reserved_before=now - timedelta(minutes=1),
+        forwarded_before=now - timedelta(hours=1),
+    )
+    assert again == 0
