@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import database, key_format
 from app.admin_users import verify_admin_user
 from app.errors import AuthenticationFailed, PermissionDenied
+from app.keys import stored_rate_limits
 from app.models import api_keys, key_secrets, tenants
+from app.schemas import RateLimits
 
 _KEY_HEADERS = ("x-bf-vk", "x-api-key", "api-key")
 _ADMIN_CHALLENGE = {"www-authenticate": 'Basic realm="earmark-admin"'}
@@ -37,6 +39,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     tenant_name: str
     allowed_models: list[str] | None
+    rate_limits: RateLimits | None
     expires_at: datetime | None
 
 
@@ -73,6 +76,7 @@ _LOOKUP = (
         api_keys.c.display_prefix,
         api_keys.c.tenant_id,
         api_keys.c.allowed_models,
+        api_keys.c.rate_limits,
         api_keys.c.expires_at,
         api_keys.c.revoked_at,
         api_keys.c.deleted_at,
@@ -126,6 +130,7 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         tenant_id=row.tenant_id,
         tenant_name=row.tenant_name,
         allowed_models=row.allowed_models,
+        rate_limits=stored_rate_limits(row.rate_limits),
         expires_at=row.expires_at,
     )
 

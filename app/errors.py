@@ -119,11 +119,13 @@ def handle_earmark_error(_: Request, exc: EarmarkError) -> Response[dict[str, An
     )
 
 
-_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`|at `\$\.([^`]+)`")
+_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
+_PATH_IN_MESSAGE = re.compile(r"at `\$\.([^`]+)`")
 
 
 def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
-    """The first problem of a Litestar validation error, phrased for a human, and its field."""
+    """The first problem of a Litestar validation error and the field it names, as a dotted
+    path: msgspec's "unknown field `rpm`" under key `rate_limits` is ``rate_limits.rpm``."""
     problems = exc.extra if isinstance(exc.extra, list) else []
     if not problems or not isinstance(problems[0], dict):
         return exc.detail, None
@@ -131,13 +133,16 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     key = problems[0].get("key")
     if key == "data" and message == "'data'":  # Litestar's wording for a missing body
         return "A JSON request body is required.", None
-    named = _FIELD_IN_MESSAGE.search(message)
-    if named:
-        param = named.group(1) or named.group(2)
-        return message, param
-    if key and key != "data":
-        return f"Invalid value for `{key}`: {message}", str(key)
-    return message, None
+    path = _PATH_IN_MESSAGE.search(message)
+    field = _FIELD_IN_MESSAGE.search(message)
+    parts = [
+        str(key) if key and key != "data" else (path.group(1) if path else None),
+        field.group(1) if field else None,
+    ]
+    param = ".".join(part for part in parts if part) or None
+    if field is None and key and key != "data":
+        message = f"Invalid value for `{key}`: {message}"
+    return message, param
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:

@@ -19,7 +19,16 @@ from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
 from app.models import api_keys, key_secrets
 from app.pagination import paginate, split_page
-from app.schemas import Key, KeyCreate, KeyPage, KeyStatus, KeyUpdate, KeyWithSecret, provided
+from app.schemas import (
+    Key,
+    KeyCreate,
+    KeyPage,
+    KeyStatus,
+    KeyUpdate,
+    KeyWithSecret,
+    RateLimits,
+    provided,
+)
 from app.tenants import fetch_tenant
 
 _visible = api_keys.c.deleted_at.is_(None)
@@ -33,6 +42,10 @@ def key_status(
     if expires_at is not None and expires_at <= now:
         return "expired"
     return "active"
+
+
+def stored_rate_limits(value: dict[str, Any] | None) -> RateLimits | None:
+    return None if value is None else msgspec.convert(value, RateLimits)
 
 
 def _status_filter(status: KeyStatus, now: datetime) -> Any:
@@ -53,6 +66,7 @@ def _to_api(row: Any, now: datetime) -> Key:
         status=key_status(row.revoked_at, row.expires_at, now),
         metadata=row.metadata,
         allowed_models=row.allowed_models,
+        rate_limits=stored_rate_limits(row.rate_limits),
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         rotated_at=row.rotated_at,
@@ -109,6 +123,7 @@ async def create_key(
                 display_prefix=key_format.display_prefix(secret),
                 metadata=data.metadata,
                 allowed_models=data.allowed_models,
+                rate_limits=msgspec.to_builtins(data.rate_limits),
                 expires_at=data.expires_at,
                 created_at=now,
                 updated_at=now,
@@ -150,6 +165,8 @@ async def update_key(engine: AsyncEngine, key_id: str, data: KeyUpdate) -> Key:
     now = database.utcnow()
     changes = provided(data)
     _check_expiry(changes.get("expires_at"), now)  # type: ignore[arg-type]
+    if "rate_limits" in changes:
+        changes["rate_limits"] = msgspec.to_builtins(changes["rate_limits"])
     return await _change(engine, key_id, changes, now)
 
 

@@ -17,10 +17,11 @@ import msgspec
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database
+from app import budgets, database, rate_limits
 from app.metering import Usage, usd
 from app.models import ledger, ledger_holds
 from app.pagination import paginate, split_page
+from app.schemas import RateLimits
 
 
 class Opening(msgspec.Struct, kw_only=True):
@@ -105,12 +106,16 @@ async def open_call(
     provider: str,
     model: str,
     now: datetime | None = None,
+    limits: RateLimits | None = None,
 ) -> None:
-    """Hold the call's maximum cost on every budget on its path and write its row, in one
-    transaction: either both happen or neither (``budgets.BudgetExceeded``). The holds
-    name their periods, so settling later charges the period the call was reserved in."""
+    """Admit the call under its key's rate limits, hold its maximum cost on every budget
+    on its path and write its row, in one transaction: all or nothing
+    (``rate_limits.RateLimited``, ``budgets.BudgetExceeded``). The holds name their
+    periods, so settling later charges the period the call was reserved in."""
     now = now or database.utcnow()
     async with database.write(engine) as conn:
+        if limits is not None:
+            await rate_limits.admit(conn, opening.key_id, limits, opening.probed_audio_ms or 0, now)
         holds = await budgets.reserve(
             conn, opening.key_id, opening.tenant_id, opening.hold_nanos, now
         )

@@ -68,6 +68,8 @@ class ApiKey(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
     # NULL: every configured model.
     allowed_models: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    # NULL: no rate limits. See app/rate_limits.py.
+    rate_limits: Mapped[dict[str, Any] | None]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     # Deleted keys disappear from the admin API but keep their id for the ledger.

@@ -116,24 +116,41 @@ class BudgetEvent(Struct, kw_only=True):
     created_at: datetime
 
 
+class RateLimits(_Request):
+    """Per-key limits; leave one out for no limit of that kind."""
+
+    requests_per_minute: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    audio_seconds_per_window: Annotated[int, Meta(ge=1, le=10**9)] | None = None
+    window_seconds: Annotated[int, Meta(ge=1, le=31 * 86_400)] = 3600
+    max_concurrent: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+
+
+class RateUse(Struct, kw_only=True):
+    requests_last_minute: int
+    audio_seconds_in_window: float
+    in_flight: int
+
+
 class KeyCreate(_Request):
     tenant_id: Id
     name: Name
     metadata: Metadata = msgspec.field(default_factory=dict)
     expires_at: AwareDatetime | None = None
     allowed_models: AllowedModels | None = None
+    rate_limits: RateLimits | None = None
     budgets: Annotated[list[BudgetCreate], Meta(max_length=10)] = msgspec.field(
         default_factory=list
     )
 
 
 class KeyUpdate(_Request):
-    """Fields left out stay as they are; ``null`` clears expiry or the model list."""
+    """Fields left out stay as they are; ``null`` clears expiry, models or rate limits."""
 
     name: Name | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
     expires_at: AwareDatetime | UnsetType | None = UNSET
     allowed_models: AllowedModels | UnsetType | None = UNSET
+    rate_limits: RateLimits | UnsetType | None = UNSET
 
 
 class KeyRotate(_Request):
@@ -148,6 +165,7 @@ class Key(Struct, kw_only=True):
     status: KeyStatus
     metadata: dict[str, MetadataValue]
     allowed_models: list[str] | None
+    rate_limits: RateLimits | None
     expires_at: datetime | None
     revoked_at: datetime | None
     rotated_at: datetime | None
@@ -177,6 +195,8 @@ class Quota(Struct, kw_only=True):
     expires_at: datetime | None
     allowed_models: list[str] | None
     budgets: list[Budget]
+    rate_limits: RateLimits | None
+    rate_use: RateUse | None
 
 
 class AdminUserCreated(Struct, kw_only=True):

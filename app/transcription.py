@@ -201,7 +201,13 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         prompt = _single(fields, "prompt") or ""
         # A fallback may cost more than the route asked for: hold the most any could cost.
         opening.hold_nanos = max(hold_nanos(c.config.price, probed, prompt) for c in candidates)
-        await ledger.open_call(gateway.engine, opening, route.provider_name, route.upstream_model)
+        await ledger.open_call(
+            gateway.engine,
+            opening,
+            route.provider_name,
+            route.upstream_model,
+            limits=principal.rate_limits,
+        )
     except EarmarkError as error:
         await ledger.record_rejection(
             gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import ADMIN, ADMIN_TOKEN
 from tests.fake_provider import API_KEY
-from tests.processes import free_port
+from tests.processes import earmark_env, free_port
 from tests.servers import ServerThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -143,3 +144,38 @@ def serve_gateway(database_url: str, fake_url: str, config_dir: Path) -> Iterato
 
 
 __all__ = ["API_KEY", "FIXTURES", "KEY_ENV", "Gateway", "serve_gateway"]
+
+
+def process_env(database_url: str, fake_url: str, directory: Path) -> dict[str, str]:
+    """Environment for `earmark serve` processes in front of the fake provider (whisper-1)."""
+    config = directory / "earmark-processes.toml"
+    config.write_text(
+        f'[providers.openai]\nbase_url = "{fake_url}/v1"\napi_key_env = "{KEY_ENV}"\n'
+        '[providers.openai.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
+    )
+    return earmark_env(
+        database_url,
+        EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
+        EARMARK_CONFIG=str(config),
+        **{KEY_ENV: API_KEY},
+    )
+
+
+async def burst(urls: list[str], secret: str, n: int) -> list[httpx.Response | None]:
+    """``n`` concurrent whisper-1 calls spread over ``urls``; None where the process died."""
+    audio = (FIXTURES / "speech.wav").read_bytes()
+
+    async def one(client: httpx.AsyncClient, i: int) -> httpx.Response | None:
+        try:
+            return await client.post(
+                f"{urls[i % len(urls)]}/v1/audio/transcriptions",
+                headers={"authorization": f"Bearer {secret}"},
+                data={"model": "openai/whisper-1"},
+                files={"file": ("speech.wav", audio, "audio/wav")},
+            )
+        except httpx.TransportError:
+            return None
+
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        return list(await asyncio.gather(*(one(client, i) for i in range(n))))

@@ -11,10 +11,9 @@ from sqlalchemy import func, select
 from app import budgets, database
 from app.database import create_engine
 from app.models import budget_counters, ledger, ledger_holds
-from tests.conftest import ADMIN, ADMIN_TOKEN
-from tests.fake_provider import API_KEY
-from tests.gateway import FIXTURES, KEY_ENV
-from tests.processes import earmark_env, serving
+from tests.conftest import ADMIN
+from tests.gateway import FIXTURES, burst, process_env
+from tests.processes import serving
 
 SPEECH = (FIXTURES / "speech.wav").read_bytes()
 # whisper-1 at $0.006/min: the 5.848 s fixture holds 7 s ($0.0007) and costs 6 s ($0.0006).
@@ -173,25 +172,9 @@ def test_failed_calls_release_their_holds(gateway, database_url):
     asyncio.run(invariants(database_url))
 
 
-async def _burst(urls: list[str], secret: str, n: int) -> list[int]:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
-        responses = await asyncio.gather(
-            *(
-                client.post(
-                    f"{urls[i % len(urls)]}/v1/audio/transcriptions",
-                    headers={"authorization": f"Bearer {secret}"},
-                    data={"model": "openai/whisper-1"},
-                    files={"file": ("speech.wav", SPEECH, "audio/wav")},
-                )
-                for i in range(n)
-            )
-        )
-    return [response.status_code for response in responses]
-
-
 def test_200_concurrent_calls_against_a_budget_for_5_pass_exactly_5(gateway, database_url):
     key = gateway.new_key(budgets=[{"limit_usd": FIVE_CALLS, "period": "day"}])
-    statuses = asyncio.run(_burst([gateway.url], key["secret"], 200))
+    statuses = [r.status_code for r in asyncio.run(burst([gateway.url], key["secret"], 200))]
     assert statuses.count(200) == 5
     assert statuses.count(402) == 195
     assert len(gateway.upstream_requests()) == 5
@@ -201,27 +184,17 @@ def test_200_concurrent_calls_against_a_budget_for_5_pass_exactly_5(gateway, dat
     asyncio.run(invariants(database_url))
 
 
-def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_path, monkeypatch):
+def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_path):
     """4 gateway processes on PostgreSQL, 2 on one SQLite file; 200 calls, exactly 5 pass."""
     processes = 4 if database_url.startswith("postgresql") else 2
     key = gateway.new_key(budgets=[{"limit_usd": FIVE_CALLS, "period": "day"}])
-    config = tmp_path / "earmark.toml"
-    config.write_text(
-        f'[providers.openai]\nbase_url = "{gateway.fake}/v1"\napi_key_env = "{KEY_ENV}"\n'
-        '[providers.openai.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
-    )
-    env = earmark_env(
-        database_url,
-        EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
-        EARMARK_CONFIG=str(config),
-        **{KEY_ENV: API_KEY},
-    )
+    env = process_env(database_url, gateway.fake, tmp_path)
     with ExitStack() as stack:
         urls = [
             stack.enter_context(serving(env, tmp_path / f"gateway-{n}.log"))
             for n in range(processes)
         ]
-        statuses = asyncio.run(_burst(urls, key["secret"], 200))
+        statuses = [r.status_code for r in asyncio.run(burst(urls, key["secret"], 200))]
         logs = "".join((tmp_path / f"gateway-{n}.log").read_text() for n in range(processes))
     assert statuses.count(200) == 5, statuses
     assert statuses.count(402) == 195

@@ -18,40 +18,20 @@ from sqlalchemy import func, select
 from app import database, ledger
 from app.database import create_engine
 from app.models import ledger as ledger_table
-from tests.conftest import ADMIN_TOKEN
-from tests.fake_provider import API_KEY
-from tests.gateway import FIXTURES, KEY_ENV
-from tests.processes import earmark_env, free_port, serving
+from tests.gateway import burst, process_env
+from tests.processes import free_port, serving
 from tests.test_budgets import invariants
 
-SPEECH = (FIXTURES / "speech.wav").read_bytes()
 CALLS_PER_ROUND = 30
-
-
-async def _load(urls: list[str], secret: str, n: int) -> list[tuple[int, str | None]]:
-    async def one(i: int) -> tuple[int, str | None]:
-        try:
-            response = await client.post(
-                f"{urls[i % len(urls)]}/v1/audio/transcriptions",
-                headers={"authorization": f"Bearer {secret}"},
-                data={"model": "openai/whisper-1"},
-                files={"file": ("speech.wav", SPEECH, "audio/wav")},
-            )
-        except httpx.TransportError:
-            return 0, None  # the process died under this call
-        return response.status_code, response.headers.get("x-request-id")
-
-    async with httpx.AsyncClient(timeout=60) as client:
-        return await asyncio.gather(*(one(i) for i in range(n)))
 
 
 async def _kill_during_load(
     victim: subprocess.Popen, urls: list[str], secret: str
 ) -> list[tuple[int, str | None]]:
-    load = asyncio.ensure_future(_load(urls, secret, CALLS_PER_ROUND))
+    load = asyncio.ensure_future(burst(urls, secret, CALLS_PER_ROUND))
     await asyncio.sleep(0.6)
     os.kill(victim.pid, signal.SIGKILL)
-    return await load
+    return [(r.status_code, r.headers.get("x-request-id")) if r else (0, None) for r in await load]
 
 
 def _start_victim(env: dict[str, str], log) -> tuple[subprocess.Popen, str]:
@@ -75,17 +55,7 @@ def _start_victim(env: dict[str, str], log) -> tuple[subprocess.Popen, str]:
 
 def test_kill_9_under_load_loses_nothing(gateway, fake_provider, database_url, tmp_path):
     key = gateway.new_key(budgets=[{"limit_usd": "10", "period": "day"}])
-    config = tmp_path / "earmark.toml"
-    config.write_text(
-        f'[providers.openai]\nbase_url = "{gateway.fake}/v1"\napi_key_env = "{KEY_ENV}"\n'
-        '[providers.openai.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
-    )
-    env = earmark_env(
-        database_url,
-        EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
-        EARMARK_CONFIG=str(config),
-        **{KEY_ENV: API_KEY},
-    )
+    env = process_env(database_url, gateway.fake, tmp_path)
     fake_provider.script.latency = 0.4  # calls are in flight when the kill lands
     seen: list[tuple[int, str | None]] = []
     with serving(env, tmp_path / "survivor.log") as survivor:

@@ -6,17 +6,23 @@ from litestar import get
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database
+from app import budgets, database, rate_limits
 from app.auth import Principal
 from app.schemas import Quota
 
 
-@get("/quota", summary="This key's identity, models, and every budget on its path")
+@get("/quota", summary="This key's identity, models, budgets on its path, and rate limits")
 async def quota(
     principal: NamedDependency[Principal], engine: NamedDependency[AsyncEngine]
 ) -> Quota:
+    limits = principal.rate_limits
     async with database.read(engine) as conn:
         on_path = await budgets.views_on_path(conn, principal.key_id, principal.tenant_id)
+        use = (
+            await rate_limits.current_use(conn, principal.key_id, limits, database.utcnow())
+            if limits
+            else None
+        )
     return Quota(
         key_id=principal.key_id,
         key_name=principal.key_name,
@@ -27,6 +33,8 @@ async def quota(
         expires_at=principal.expires_at,
         allowed_models=principal.allowed_models,
         budgets=on_path,
+        rate_limits=limits,
+        rate_use=use,
     )
 
 
