@@ -22,7 +22,7 @@ from app.errors import EarmarkError, InvalidRequest, NotFound
 from app.ids import new_id
 from app.metering import NANOS_PER_USD, usd
 from app.models import budget_counters, budget_events, budgets, ledger_holds
-from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetUpdate
+from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetPeriodSpend, BudgetUpdate
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -330,6 +330,28 @@ async def delete_budget(engine: AsyncEngine, budget_id: str, actor: str) -> None
             update(budgets).where(budgets.c.id == budget_id).values(deleted_at=database.utcnow())
         )
         await _audit(conn, budget_id, "delete", actor, {})
+
+
+async def periods(engine: AsyncEngine, budget_id: str) -> list[BudgetPeriodSpend]:
+    """Spend of every period the budget has seen, newest first."""
+    async with database.read(engine) as conn:
+        await _fetch(conn, budget_id)
+        rows = (
+            await conn.execute(
+                select(budget_counters)
+                .where(budget_counters.c.budget_id == budget_id)
+                .order_by(budget_counters.c.period_start.desc())
+            )
+        ).all()
+    return [
+        BudgetPeriodSpend(
+            period_start=row.period_start,
+            spent_usd=usd(row.spent_nanos),
+            held_usd=usd(row.held_nanos),
+            top_up_usd=usd(row.top_up_nanos),
+        )
+        for row in rows
+    ]
 
 
 async def events(engine: AsyncEngine, budget_id: str) -> list[BudgetEvent]:

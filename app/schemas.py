@@ -108,6 +108,13 @@ class Budget(Struct, kw_only=True):
     updated_at: datetime
 
 
+class BudgetPeriodSpend(Struct, kw_only=True):
+    period_start: datetime
+    spent_usd: str
+    held_usd: str
+    top_up_usd: str
+
+
 class BudgetEvent(Struct, kw_only=True):
     id: str
     action: str

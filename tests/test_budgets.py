@@ -245,3 +245,76 @@ async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(e
     async with database.write(engine) as conn:
         (next_hold,) = await budgets.reserve(conn, key.id, tenant.id, 700, after_midnight)
     assert next_hold.period_start == datetime(2026, 11, 24, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("model", "status"),
+    [("slow/whisper-1", 504), ("down/whisper-1", 200), ("flaky/whisper-1", 200)],
+    ids=["timeout", "refused-then-fallback", "5xx-then-fallback"],
+)
+def test_only_successes_are_charged_and_holds_return_to_zero(gateway, database_url, model, status):
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "none"}])
+    scripted = {"slow": {"delay": 1.5}, "flaky": {"status": 500}}.get(model.split("/")[0])
+    if scripted:
+        gateway.script(scripted)
+    assert _transcribe(gateway.http, key["secret"], model).status_code == status
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert budget["held_usd"] == "0.000000000"
+    (call,) = gateway.calls(key)
+    assert budget["spent_usd"] == call["cost_usd"]
+    assert (call["cost_usd"] == "0.000000000") == (status != 200)
+    asyncio.run(invariants(database_url))
+
+
+def test_spend_plus_holds_never_exceed_the_limit_while_calls_race(gateway, database_url):
+    """Calls of different lengths race for a dollar budget; a sampler reads the counter
+    all along: spent + held stays within the limit at every sample."""
+    limit_nanos = 5_000_000  # $0.005
+    key = gateway.new_key(budgets=[{"limit_usd": "0.005", "period": "day"}])
+    short = (FIXTURES / "silence-1s.wav").read_bytes()
+
+    async def race() -> list[int]:
+        engine = create_engine(database_url)
+        samples: list[int] = []
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                async with engine.connect() as conn:
+                    row = (await conn.execute(select(budget_counters))).first()
+                if row is not None:
+                    samples.append(row.spent_nanos + row.held_nanos)
+                await asyncio.sleep(0.005)
+
+        async def call(client: httpx.AsyncClient, i: int) -> int:
+            audio = SPEECH if i % 3 else short
+            response = await client.post(
+                f"{gateway.url}/v1/audio/transcriptions",
+                headers={"authorization": f"Bearer {key['secret']}"},
+                data={"model": "openai/whisper-1"},
+                files={"file": ("a.wav", audio, "audio/wav")},
+            )
+            return response.status_code
+
+        sampler = asyncio.create_task(sample())
+        async with httpx.AsyncClient(timeout=60) as client:
+            statuses = await asyncio.gather(*(call(client, i) for i in range(60)))
+        stop.set()
+        await sampler
+        await engine.dispose()
+        assert samples and max(samples) <= limit_nanos
+        return list(statuses)
+
+    statuses = asyncio.run(race())
+    assert set(statuses) == {200, 402}
+    asyncio.run(invariants(database_url))
+
+
+def test_spend_history_per_period(gateway):
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "month"}])
+    assert _transcribe(gateway.http, key["secret"]).status_code == 200
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (period,) = gateway.admin("GET", f"/admin/budgets/{budget['id']}/periods")
+    assert period["period_start"] == budget["period_start"]
+    assert period["spent_usd"] == COST
+    assert period["held_usd"] == "0.000000000"

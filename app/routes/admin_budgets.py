@@ -8,7 +8,14 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database, keys, tenants
-from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetUpdate, TopUp
+from app.schemas import (
+    Budget,
+    BudgetCreate,
+    BudgetEvent,
+    BudgetPeriodSpend,
+    BudgetUpdate,
+    TopUp,
+)
 
 
 def _actor(request: Request) -> str:
@@ -96,6 +103,13 @@ async def reset(
     return await budgets.reset(engine, budget_id, _actor(request))
 
 
+@get("/budgets/{budget_id:str}/periods", summary="Spend of every period, newest first")
+async def budget_periods(
+    budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+) -> list[BudgetPeriodSpend]:
+    return await budgets.periods(engine, budget_id)
+
+
 @get("/budgets/{budget_id:str}/events", summary="Who changed the budget, and when")
 async def budget_events(
     budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
@@ -112,5 +126,6 @@ ROUTES = [
     delete_budget,
     top_up,
     reset,
+    budget_periods,
     budget_events,
 ]
