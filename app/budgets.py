@@ -98,23 +98,29 @@ async def reserve(
     holds = []
     for budget in rows:
         start, end = period_bounds(budget.period, now)
-        await _ensure_counter(conn, budget.id, start)
-        counter = budget_counters.c
-        limit = select(budgets.c.limit_nanos).where(budgets.c.id == budget.id).scalar_subquery()
-        held = await conn.execute(
-            update(budget_counters)
-            .where(
-                counter.budget_id == budget.id,
-                counter.period_start == start,
-                counter.spent_nanos + counter.held_nanos + amount <= limit + counter.top_up_nanos,
-            )
-            .values(held_nanos=counter.held_nanos + amount)
-            .returning(counter.held_nanos)
-        )
-        if held.first() is None:
-            raise await _exceeded(conn, budget, start, end, amount)
+        if not await _hold(conn, budget.id, start, amount):
+            # Usually the period's counter exists; create it only when the hold found none.
+            await _ensure_counter(conn, budget.id, start)
+            if not await _hold(conn, budget.id, start, amount):
+                raise await _exceeded(conn, budget, start, end, amount)
         holds.append(Hold(budget.id, start, amount))
     return holds
+
+
+async def _hold(conn: AsyncConnection, budget_id: str, start: datetime, amount: int) -> bool:
+    """The conditional update: add to held only if spent + held + amount still fits."""
+    counter = budget_counters.c
+    limit = select(budgets.c.limit_nanos).where(budgets.c.id == budget_id).scalar_subquery()
+    held = await conn.execute(
+        update(budget_counters)
+        .where(
+            counter.budget_id == budget_id,
+            counter.period_start == start,
+            counter.spent_nanos + counter.held_nanos + amount <= limit + counter.top_up_nanos,
+        )
+        .values(held_nanos=counter.held_nanos + amount)
+    )
+    return held.rowcount == 1
 
 
 async def _exceeded(
@@ -143,20 +149,21 @@ async def _exceeded(
 
 
 async def settle(conn: AsyncConnection, ledger_id: str, actual: int) -> None:
-    """Move a call's holds to spent at its actual cost (0 releases them)."""
-    holds = (
-        await conn.execute(select(ledger_holds).where(ledger_holds.c.ledger_id == ledger_id))
-    ).all()
-    for hold in holds:
-        counter = budget_counters.c
-        await conn.execute(
-            update(budget_counters)
-            .where(counter.budget_id == hold.budget_id, counter.period_start == hold.period_start)
-            .values(
-                held_nanos=counter.held_nanos - hold.amount_nanos,
-                spent_nanos=counter.spent_nanos + actual,
-            )
+    """Move a call's holds to spent at its actual cost (0 releases them), in one statement
+    over the holds the call recorded (UPDATE ... FROM)."""
+    counter = budget_counters.c
+    await conn.execute(
+        update(budget_counters)
+        .where(
+            ledger_holds.c.ledger_id == ledger_id,
+            counter.budget_id == ledger_holds.c.budget_id,
+            counter.period_start == ledger_holds.c.period_start,
         )
+        .values(
+            held_nanos=counter.held_nanos - ledger_holds.c.amount_nanos,
+            spent_nanos=counter.spent_nanos + actual,
+        )
+    )
 
 
 # --- Admin operations ------------------------------------------------------------------
