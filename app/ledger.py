@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import and_, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import budgets, database, rate_limits
 from app.metering import Usage, usd
@@ -100,6 +100,14 @@ def _usage_columns(usage: Usage) -> dict[str, Any]:
     }
 
 
+async def _insert_row(conn: AsyncConnection, opening: Opening, **columns: Any) -> None:
+    await conn.execute(
+        insert(ledger).values(
+            **msgspec.structs.asdict(opening), attempts=0, cost_nanos=0, **columns
+        )
+    )
+
+
 async def open_call(
     engine: AsyncEngine,
     opening: Opening,
@@ -119,16 +127,8 @@ async def open_call(
         holds = await budgets.reserve(
             conn, opening.key_id, opening.tenant_id, opening.hold_nanos, now
         )
-        await conn.execute(
-            insert(ledger).values(
-                **msgspec.structs.asdict(opening),
-                status="reserved",
-                provider=provider,
-                model=model,
-                attempts=0,
-                cost_nanos=0,
-                created_at=now,
-            )
+        await _insert_row(
+            conn, opening, status="reserved", provider=provider, model=model, created_at=now
         )
         if holds:
             await conn.execute(
@@ -178,18 +178,15 @@ async def record_rejection(
 ) -> None:
     now = database.utcnow()
     async with database.write(engine) as conn:
-        await conn.execute(
-            insert(ledger).values(
-                **msgspec.structs.asdict(opening),
-                status="rejected",
-                http_status=http_status,
-                error_code=error_code,
-                attempts=0,
-                cost_nanos=0,
-                latency_ms=latency_ms,
-                created_at=now,
-                completed_at=now,
-            )
+        await _insert_row(
+            conn,
+            opening,
+            status="rejected",
+            http_status=http_status,
+            error_code=error_code,
+            latency_ms=latency_ms,
+            created_at=now,
+            completed_at=now,
         )
 
 

@@ -17,33 +17,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
-from tests.processes import earmark_env, free_port
+from tests.processes import earmark_env, free_port, wav_of_size
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 BOUNDARY = "earmarkbenchboundary"
-
-
-def wav_bytes(size: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(16_000)
-        writer.writeframes(b"\x01\x00" * ((size - 44) // 2))
-    return buffer.getvalue()
 
 
 def multipart(audio: bytes, model: str) -> bytes:
@@ -206,7 +194,7 @@ def main() -> None:
 
         report: dict[str, object] = {"machine_cpus": os.cpu_count()}
         for label, size in (("100KB", 100_000), ("1MB", 1_000_000)):
-            body = multipart(wav_bytes(size), "whisper-1")
+            body = multipart(wav_of_size(size), "whisper-1")
             times = asyncio.run(latencies(targets, body, args.requests))
             direct50, direct95 = percentile(times["direct"], 0.5), percentile(times["direct"], 0.95)
             for name in ("passthrough", "earmark"):
@@ -218,7 +206,7 @@ def main() -> None:
                 )
             report[f"direct_p50_ms_{label}"] = round(direct50, 2)
 
-        body = multipart(wav_bytes(100_000), "whisper-1")
+        body = multipart(wav_of_size(100_000), "whisper-1")
         for name in ("direct", "passthrough", "earmark"):
             url, headers = targets[name]
             rps = asyncio.run(throughput(url, headers, body, args.concurrency, args.seconds))
@@ -231,7 +219,7 @@ def main() -> None:
 
         pid = processes["earmark"].pid
         report["earmark_peak_rss_mib_before_big"] = round(peak_rss_mib(pid), 1)
-        big = multipart(wav_bytes(26_214_400), "whisper-1")
+        big = multipart(wav_of_size(26_214_400), "whisper-1")
         url, headers = targets["earmark"]
         asyncio.run(big_uploads(url, headers, big, args.big_clients))
         report[f"earmark_peak_rss_mib_after_{args.big_clients}x25MiB"] = round(peak_rss_mib(pid), 1)

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
+
+
+def wav_of_size(size: int, sample: bytes = b"\x00\x00") -> bytes:
+    """A valid 16 kHz mono PCM WAV file of exactly ``size`` bytes (``size`` even)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(16_000)
+        writer.writeframes(sample * ((size - 44) // 2))
+    data = buffer.getvalue()
+    assert len(data) == size
+    return data
 
 
 def free_port() -> int:
@@ -34,6 +49,15 @@ def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Comp
         text=True,
         timeout=60,
     )
+
+
+@contextmanager
+def serving_many(env: dict[str, str], directory: Path, count: int) -> Iterator[list[str]]:
+    """``count`` `earmark serve` processes on one database; yields their base URLs."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(serving(env, directory / f"gateway-{n}.log")) for n in range(count)
+        ]
 
 
 @contextmanager

@@ -1,13 +1,11 @@
 """Every bad input gets a 4xx naming the problem, nothing goes upstream, and the call is
 recorded as rejected at zero cost."""
 
-import io
-import wave
-
 import pytest
 
 from app.transcription import MAX_FILE_BYTES
 from tests.gateway import FIXTURES
+from tests.processes import wav_of_size
 
 SPEECH = (FIXTURES / "speech.wav").read_bytes()
 
@@ -20,19 +18,6 @@ def _post(gateway, key, data=None, files=None, **kwargs):
         files=files,
         **kwargs,
     )
-
-
-def _wav_of_size(size: int) -> bytes:
-    """A valid PCM WAV file of exactly ``size`` bytes."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(16_000)
-        writer.writeframes(b"\x00\x00" * ((size - 44) // 2))
-    data = buffer.getvalue()
-    assert len(data) == size
-    return data
 
 
 @pytest.mark.parametrize(
@@ -162,7 +147,7 @@ def test_one_byte_over_25_mib_is_413_and_nothing_is_sent(gateway):
         gateway,
         key,
         data={"model": "openai/whisper-1"},
-        files={"file": ("big.wav", _wav_of_size(MAX_FILE_BYTES + 1 + 1), "audio/wav")},
+        files={"file": ("big.wav", wav_of_size(MAX_FILE_BYTES + 1 + 1), "audio/wav")},
     )
     assert response.status_code == 413
     assert response.json()["error"]["param"] == "file"
@@ -175,7 +160,7 @@ def test_exactly_25_mib_is_accepted_and_forwarded_whole(gateway):
         gateway,
         key,
         data={"model": "openai/whisper-1", "response_format": "text"},
-        files={"file": ("big.wav", _wav_of_size(MAX_FILE_BYTES), "audio/wav")},
+        files={"file": ("big.wav", wav_of_size(MAX_FILE_BYTES), "audio/wav")},
     )
     assert response.status_code == 200, response.text
     assert gateway.upstream_requests()[-1]["file"]["size"] == MAX_FILE_BYTES

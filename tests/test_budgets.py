@@ -1,7 +1,6 @@
 """Budgets are hard caps: exact under concurrency, per period, released on failure."""
 
 import asyncio
-from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,7 +12,7 @@ from app.database import create_engine
 from app.models import budget_counters, ledger, ledger_holds
 from tests.conftest import ADMIN
 from tests.gateway import FIXTURES, burst, process_env
-from tests.processes import serving
+from tests.processes import serving_many
 
 SPEECH = (FIXTURES / "speech.wav").read_bytes()
 # whisper-1 at $0.006/min: the 5.848 s fixture holds 7 s ($0.0007) and costs 6 s ($0.0006).
@@ -189,11 +188,7 @@ def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_p
     processes = 4 if database_url.startswith("postgresql") else 2
     key = gateway.new_key(budgets=[{"limit_usd": FIVE_CALLS, "period": "day"}])
     env = process_env(database_url, gateway.fake, tmp_path)
-    with ExitStack() as stack:
-        urls = [
-            stack.enter_context(serving(env, tmp_path / f"gateway-{n}.log"))
-            for n in range(processes)
-        ]
+    with serving_many(env, tmp_path, processes) as urls:
         statuses = [r.status_code for r in asyncio.run(burst(urls, key["secret"], 200))]
         logs = "".join((tmp_path / f"gateway-{n}.log").read_text() for n in range(processes))
     assert statuses.count(200) == 5, statuses

@@ -2,13 +2,12 @@
 a burst over several processes admits exactly the limit."""
 
 import asyncio
-from contextlib import ExitStack
 
 import pytest
 
 from tests.conftest import ADMIN
 from tests.gateway import FIXTURES, burst, process_env
-from tests.processes import serving
+from tests.processes import serving_many
 
 SPEECH = (FIXTURES / "speech.wav").read_bytes()
 
@@ -82,11 +81,7 @@ def test_a_burst_across_processes_admits_exactly_the_limit(gateway, database_url
     processes = 4 if database_url.startswith("postgresql") else 2
     key = gateway.new_key(rate_limits={"requests_per_minute": 10})
     env = process_env(database_url, gateway.fake, tmp_path)
-    with ExitStack() as stack:
-        urls = [
-            stack.enter_context(serving(env, tmp_path / f"gateway-{n}.log"))
-            for n in range(processes)
-        ]
+    with serving_many(env, tmp_path, processes) as urls:
         statuses = [r.status_code for r in asyncio.run(burst(urls, key["secret"], 100))]
     assert statuses.count(200) == 10
     assert statuses.count(429) == 90

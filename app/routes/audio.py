@@ -17,59 +17,33 @@ from app.transcription import MAX_BODY_BYTES, CallRequest, Gateway, handle_call
 SendRaw = Annotated[str | None, HeaderParameter(name="x-bf-send-back-raw-response")]
 
 
-async def _metered_call(
-    endpoint: str,
+@post(
+    ["/audio/transcriptions", "/audio/translations"],
+    request_max_body_size=MAX_BODY_BYTES,
+    summary="Transcribe, or translate into English, audio (OpenAI-compatible), metered",
+)
+async def audio_call(
     request: Request,
-    form: dict[str, Any],
-    principal: Principal,
-    gateway: Gateway,
-    send_raw: str | None,
+    data: MultipartBody[dict[str, Any]],
+    principal: NamedDependency[Principal],
+    gateway: NamedDependency[Gateway],
+    send_raw: SendRaw = None,
 ) -> Response[Any]:
     call = CallRequest(
         request_id=request_id(request.scope),
         principal=principal,
-        endpoint=endpoint,
-        form=form,
+        endpoint=request.url.path.rsplit("/", 1)[-1],  # transcriptions | translations
+        form=data,
         send_raw=(send_raw or "").lower() == "true",
         started=time.perf_counter(),
     )
     try:
         return await handle_call(gateway, call)
     finally:
-        for value in form.values():
+        for value in data.values():
             for item in value if isinstance(value, list) else [value]:
                 if isinstance(item, UploadFile):
                     await item.close()
-
-
-@post(
-    "/audio/transcriptions",
-    request_max_body_size=MAX_BODY_BYTES,
-    summary="Transcribe audio (OpenAI-compatible), metered",
-)
-async def transcriptions(
-    request: Request,
-    data: MultipartBody[dict[str, Any]],
-    principal: NamedDependency[Principal],
-    gateway: NamedDependency[Gateway],
-    send_raw: SendRaw = None,
-) -> Response[Any]:
-    return await _metered_call("transcriptions", request, data, principal, gateway, send_raw)
-
-
-@post(
-    "/audio/translations",
-    request_max_body_size=MAX_BODY_BYTES,
-    summary="Translate audio into English (OpenAI-compatible), metered",
-)
-async def translations(
-    request: Request,
-    data: MultipartBody[dict[str, Any]],
-    principal: NamedDependency[Principal],
-    gateway: NamedDependency[Gateway],
-    send_raw: SendRaw = None,
-) -> Response[Any]:
-    return await _metered_call("translations", request, data, principal, gateway, send_raw)
 
 
 @get("/models", summary="The models this key may use")
@@ -85,4 +59,4 @@ async def models(
     }
 
 
-ROUTES = [transcriptions, translations, models]
+ROUTES = [audio_call, models]
