@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import make_url, text
+from sqlalchemy import func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import create_engine, write
 from app.main import create_app
 from app.migrate import upgrade
-from app.models import Base
+from app.models import Base, budget_counters, ledger, ledger_holds
 from app.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -95,12 +95,49 @@ def database_url(
     if request.param == "sqlite":
         path = tmp_path / "earmark.db"
         shutil.copyfile(sqlite_template, path)
-        yield f"sqlite+aiosqlite:///{path}"
-        return
-    _require_postgres()
-    url = request.getfixturevalue("migrated_postgres")
+        url = f"sqlite+aiosqlite:///{path}"
+    else:
+        _require_postgres()
+        url = request.getfixturevalue("migrated_postgres")
     yield url
-    asyncio.run(_truncate(url))
+    # Issue 4's invariant, after every database test: counters equal their ledger rows.
+    asyncio.run(ledger_invariants(url))
+    if request.param == "postgres":
+        asyncio.run(_truncate(url))
+
+
+OPEN = ("reserved", "forwarded")
+
+
+async def ledger_invariants(url: str) -> None:
+    """Every counter equals its ledger rows: spent is the settled cost, held the open holds."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            counters = (await conn.execute(select(budget_counters))).all()
+            for counter in counters:
+                rows = (
+                    select(ledger.c.status, ledger.c.cost_nanos, ledger_holds.c.amount_nanos)
+                    .join(ledger_holds, ledger_holds.c.ledger_id == ledger.c.id)
+                    .where(
+                        ledger_holds.c.budget_id == counter.budget_id,
+                        ledger_holds.c.period_start == counter.period_start,
+                    )
+                )
+                calls = (await conn.execute(rows)).all()
+                open_holds = sum(c.amount_nanos for c in calls if c.status in OPEN)
+                settled = sum(c.cost_nanos for c in calls if c.status not in OPEN)
+                assert counter.held_nanos == open_holds
+                assert counter.spent_nanos == settled
+            duplicates = await conn.scalar(
+                select(func.count())
+                .select_from(ledger)
+                .group_by(ledger.c.id)
+                .having(func.count() > 1)
+            )
+            assert duplicates is None
+    finally:
+        await engine.dispose()
 
 
 async def _truncate(url: str) -> None:

@@ -5,12 +5,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app import budgets, database
 from app.database import create_engine
-from app.models import budget_counters, ledger, ledger_holds
-from tests.conftest import ADMIN
+from app.models import budget_counters
+from tests.conftest import ADMIN, ledger_invariants
 from tests.gateway import FIXTURES, burst, process_env
 from tests.processes import serving_many
 
@@ -37,40 +37,6 @@ def test_periods_are_utc_calendar_periods(period, now, start, end):
         datetime.fromisoformat(end).replace(tzinfo=UTC),
     )
     assert budgets.period_bounds("none", datetime.now(UTC)) == (budgets.EPOCH, None)
-
-
-OPEN = ("reserved", "forwarded")
-
-
-async def invariants(url: str) -> None:
-    """Every counter equals its ledger rows: spent is the settled cost, held the open holds."""
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as conn:
-            counters = (await conn.execute(select(budget_counters))).all()
-            for counter in counters:
-                rows = (
-                    select(ledger.c.status, ledger.c.cost_nanos, ledger_holds.c.amount_nanos)
-                    .join(ledger_holds, ledger_holds.c.ledger_id == ledger.c.id)
-                    .where(
-                        ledger_holds.c.budget_id == counter.budget_id,
-                        ledger_holds.c.period_start == counter.period_start,
-                    )
-                )
-                calls = (await conn.execute(rows)).all()
-                open_holds = sum(c.amount_nanos for c in calls if c.status in OPEN)
-                settled = sum(c.cost_nanos for c in calls if c.status not in OPEN)
-                assert counter.held_nanos == open_holds
-                assert counter.spent_nanos == settled
-            duplicates = await conn.scalar(
-                select(func.count())
-                .select_from(ledger)
-                .group_by(ledger.c.id)
-                .having(func.count() > 1)
-            )
-            assert duplicates is None
-    finally:
-        await engine.dispose()
 
 
 def _transcribe(client: httpx.Client, secret: str, model: str = "openai/whisper-1"):
@@ -168,7 +134,7 @@ def test_failed_calls_release_their_holds(gateway, database_url):
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
     assert budget["spent_usd"] == "0.000000000"
     assert budget["held_usd"] == "0.000000000"
-    asyncio.run(invariants(database_url))
+    asyncio.run(ledger_invariants(database_url))
 
 
 def test_200_concurrent_calls_against_a_budget_for_5_pass_exactly_5(gateway, database_url):
@@ -180,7 +146,7 @@ def test_200_concurrent_calls_against_a_budget_for_5_pass_exactly_5(gateway, dat
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
     assert budget["spent_usd"] == "0.003000000"
     assert budget["held_usd"] == "0.000000000"
-    asyncio.run(invariants(database_url))
+    asyncio.run(ledger_invariants(database_url))
 
 
 def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_path):
@@ -194,7 +160,7 @@ def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_p
     assert statuses.count(200) == 5, statuses
     assert statuses.count(402) == 195
     assert "database is locked" not in logs
-    asyncio.run(invariants(database_url))
+    asyncio.run(ledger_invariants(database_url))
 
 
 @pytest.mark.anyio
@@ -258,7 +224,7 @@ def test_only_successes_are_charged_and_holds_return_to_zero(gateway, database_u
     (call,) = gateway.calls(key)
     assert budget["spent_usd"] == call["cost_usd"]
     assert (call["cost_usd"] == "0.000000000") == (status != 200)
-    asyncio.run(invariants(database_url))
+    asyncio.run(ledger_invariants(database_url))
 
 
 def test_spend_plus_holds_never_exceed_the_limit_while_calls_race(gateway, database_url):
@@ -302,7 +268,7 @@ def test_spend_plus_holds_never_exceed_the_limit_while_calls_race(gateway, datab
 
     statuses = asyncio.run(race())
     assert set(statuses) == {200, 402}
-    asyncio.run(invariants(database_url))
+    asyncio.run(ledger_invariants(database_url))
 
 
 def test_spend_history_per_period(gateway):

@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 from app import database, ledger
 from app.database import create_engine
 from app.models import ledger as ledger_table
+from tests.conftest import ledger_invariants
 from tests.gateway import burst, process_env
 from tests.processes import free_port, serving
-from tests.test_budgets import invariants
 
 CALLS_PER_ROUND = 30
 
@@ -91,6 +91,6 @@ def test_kill_9_under_load_loses_nothing(gateway, fake_provider, database_url, t
         # No upstream call without a hold: each one belongs to a row that was forwarded.
         went_upstream = [r for r in rows.values() if r.status in ("succeeded", "failed", "expired")]
         assert len(gateway.upstream_requests()) <= len(went_upstream)
-        await invariants(database_url)
+        await ledger_invariants(database_url)
 
     asyncio.run(check())
