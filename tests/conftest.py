@@ -100,10 +100,12 @@ def database_url(
         _require_postgres()
         url = request.getfixturevalue("migrated_postgres")
     yield url
-    # Issue 4's invariant, after every database test: counters equal their ledger rows.
-    asyncio.run(ledger_invariants(url))
-    if request.param == "postgres":
-        asyncio.run(_truncate(url))
+    try:
+        # Issue 4's invariant, after every database test: counters equal their ledger rows.
+        asyncio.run(ledger_invariants(url))
+    finally:
+        if request.param == "postgres":  # the next test gets an empty database regardless
+            asyncio.run(_truncate(url))
 
 
 OPEN = ("reserved", "forwarded")

@@ -4,10 +4,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 import pytest
 from sqlalchemy import select
 
-from app import budgets, database
+from app import budgets
 from app.database import create_engine
 from app.models import budget_counters
 from tests.conftest import ADMIN, ledger_invariants
@@ -202,10 +203,18 @@ async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(e
     assert [(c.period_start, c.spent_nanos, c.held_nanos) for c in counters] == [
         (datetime(2026, 11, 23, tzinfo=UTC), 600, 0)
     ]
+    # A call reserved 2 ms later belongs to the 24th.
     after_midnight = before_midnight + timedelta(milliseconds=2)
-    async with database.write(engine) as conn:
-        (next_hold,) = await budgets.reserve(conn, key.id, tenant.id, 700, after_midnight)
-    assert next_hold.period_start == datetime(2026, 11, 24, tzinfo=UTC)
+    next_call = msgspec.structs.replace(opening, id="req_next_day")
+    await open_call(engine, next_call, "p", "m", now=after_midnight)
+    async with engine.connect() as conn:
+        periods = {
+            c.period_start: c.held_nanos for c in (await conn.execute(select(budget_counters)))
+        }
+    assert periods == {
+        datetime(2026, 11, 23, tzinfo=UTC): 0,
+        datetime(2026, 11, 24, tzinfo=UTC): 700,
+    }
 
 
 @pytest.mark.parametrize(
