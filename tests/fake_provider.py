@@ -16,10 +16,12 @@ from collections import deque
 from typing import Any
 
 import av
+import msgspec
 from litestar import Litestar, Request, Response, get, post
-from litestar.datastructures import State, UploadFile
-from litestar.params import FromPath, JSONBody, MultipartBody
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
+from multipart import MultipartSegment, ParserError, PushMultipartParser, parse_options_header
 
 API_KEY = "sk-fake-provider-key"
 TEXT = "The quick brown fox jumps over the lazy dog. Metering every second of audio."
@@ -137,21 +139,49 @@ async def _events(duration: float, prompt: str, usage: bool, latency: float):
     yield f"data: {json.dumps(done)}\n\n".encode()
 
 
-async def _serve(
-    request: Request, form: dict[str, Any], endpoint: str, model_path: str | None
-) -> Response:
+class Upload(msgspec.Struct):
+    filename: str | None
+    content_type: str | None
+    content: bytes
+
+
+def _parse_form(body: bytes, content_type: str) -> tuple[dict[str, list[str]], Upload | None]:
+    """The form, parsed in memory: a provider's uploads are small here, and nothing is
+    spooled to a file that a sender dying mid-upload could leave open."""
+    _, options = parse_options_header(content_type)
+    fields: dict[str, list[str]] = {}
+    upload = None
+    with PushMultipartParser(options["boundary"]) as parser:
+        segment, chunks = None, []
+        for event in parser.parse(body):
+            if isinstance(event, MultipartSegment):
+                segment, chunks = event, []
+            elif event:
+                chunks.append(event)
+            elif segment is not None:
+                data = b"".join(chunks)
+                if segment.filename is not None:
+                    upload = Upload(segment.filename, segment.content_type, data)
+                else:
+                    fields.setdefault(segment.name or "", []).append(data.decode())
+    return fields, upload
+
+
+async def _serve(request: Request, endpoint: str, model_path: str | None) -> Response:
     script: Script = request.app.state.script
-    fields = {k: (v if isinstance(v, list) else [v]) for k, v in form.items()}
-    upload = fields.pop("file", [None])[0]
-    content = await upload.read() if isinstance(upload, UploadFile) else b""
+    try:
+        fields, upload = _parse_form(await request.body(), request.headers.get("content-type", ""))
+    except (KeyError, ParserError):
+        return _error(400, "Could not parse multipart form data.")
+    content = upload.content if upload else b""
     record = {
         "path": request.url.path,
         "query": dict(request.query_params),
         "headers": dict(request.headers),
         "fields": {k: [str(x) for x in v] for k, v in fields.items()},
         "file": {
-            "filename": getattr(upload, "filename", None),
-            "content_type": getattr(upload, "content_type", None),
+            "filename": upload.filename if upload else None,
+            "content_type": upload.content_type if upload else None,
             "size": len(content),
             "sha256": hashlib.sha256(content).hexdigest(),
         },
@@ -217,10 +247,8 @@ async def _serve(
 
 
 @post("/v1/audio/{endpoint:str}", request_max_body_size=None, status_code=200)
-async def openai_audio(
-    request: Request, endpoint: FromPath[str], data: MultipartBody[dict[str, Any]]
-) -> Response:
-    return await _serve(request, data, endpoint, None)
+async def openai_audio(request: Request, endpoint: FromPath[str]) -> Response:
+    return await _serve(request, endpoint, None)
 
 
 @post(
@@ -229,12 +257,9 @@ async def openai_audio(
     status_code=200,
 )
 async def azure_audio(
-    request: Request,
-    deployment: FromPath[str],
-    endpoint: FromPath[str],
-    data: MultipartBody[dict[str, Any]],
+    request: Request, deployment: FromPath[str], endpoint: FromPath[str]
 ) -> Response:
-    return await _serve(request, data, endpoint, deployment)
+    return await _serve(request, endpoint, deployment)
 
 
 @post("/_script", status_code=200)
