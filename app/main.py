@@ -23,7 +23,7 @@ from app.deps import provide_engine, provide_gateway, provide_principal, provide
 from app.errors import EXCEPTION_HANDLERS
 from app.providers import create_client
 from app.request_id import add_request_id_header
-from app.routes import admin_budgets, admin_keys, admin_tenants, audio, health, tenant
+from app.routes import admin_budgets, admin_keys, admin_tenants, admin_usage, audio, health, tenant
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
 from app.transcription import Gateway
@@ -60,7 +60,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     admin = Router(
         path="/admin",
-        route_handlers=[*admin_tenants.ROUTES, *admin_keys.ROUTES, *admin_budgets.ROUTES],
+        route_handlers=[
+            *admin_tenants.ROUTES,
+            *admin_keys.ROUTES,
+            *admin_budgets.ROUTES,
+            *admin_usage.ROUTES,
+        ],
         guards=[require_admin],
         tags=["admin"],
         security=[{"adminToken": []}, {"adminUser": []}],

@@ -1,0 +1,133 @@
+"""Usage reports for admins: ledger totals grouped by tenant, key, model, provider, day or
+month over a time range, as JSON or CSV for invoicing.
+
+Totals come from the same ledger rows that budgets settle against, so they reconcile with
+the budget counters to the nano-dollar.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import database
+from app.errors import InvalidRequest
+from app.metering import usd
+from app.models import ledger
+
+GROUPS = ("tenant", "key", "model", "provider", "day", "month")
+_REFUSED = ("rejected", "released")  # never went upstream: no usage, no cost
+METRICS = (
+    "calls",
+    "refused",
+    "audio_seconds",
+    "input_text_tokens",
+    "input_audio_tokens",
+    "output_tokens",
+    "cost_usd",
+)
+
+
+class UsageReport(msgspec.Struct, kw_only=True):
+    group_by: list[str]
+    start: datetime | None
+    end: datetime | None
+    data: list[dict[str, Any]]
+    totals: dict[str, Any]
+
+
+def _bucket(dialect: str, column: ColumnElement[Any], unit: str) -> ColumnElement[str]:
+    """A UTC calendar bucket as text: 2026-11-23 (day) or 2026-11 (month)."""
+    if dialect == "postgresql":
+        pattern = "YYYY-MM-DD" if unit == "day" else "YYYY-MM"
+        return func.to_char(func.timezone("UTC", column), pattern)
+    return func.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m", column)  # naive UTC text
+
+
+def parse_group_by(text: str | None) -> list[str]:
+    groups = [part.strip() for part in (text or "").split(",") if part.strip()]
+    unknown = [group for group in groups if group not in GROUPS]
+    if unknown or len(set(groups)) != len(groups):
+        raise InvalidRequest(
+            f"`group_by` takes distinct values from {', '.join(GROUPS)}; got {text!r}.",
+            param="group_by",
+        )
+    return groups
+
+
+def _metrics() -> list[Any]:
+    used = ~ledger.c.status.in_(_REFUSED)
+    return [
+        func.coalesce(func.sum(case((used, 1), else_=0)), 0).label("calls"),
+        func.coalesce(func.sum(case((used, 0), else_=1)), 0).label("refused"),
+        func.coalesce(func.sum(ledger.c.audio_ms), 0).label("audio_ms"),
+        func.coalesce(func.sum(ledger.c.input_text_tokens), 0).label("input_text_tokens"),
+        func.coalesce(func.sum(ledger.c.input_audio_tokens), 0).label("input_audio_tokens"),
+        func.coalesce(func.sum(ledger.c.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(ledger.c.cost_nanos), 0).label("cost_nanos"),
+    ]
+
+
+def _shape(row: Any, groups: list[str]) -> dict[str, Any]:
+    values = {group: getattr(row, group) for group in groups}
+    return {
+        **values,
+        "calls": int(row.calls),
+        "refused": int(row.refused),
+        "audio_seconds": str(Decimal(int(row.audio_ms)).scaleb(-3)),
+        "input_text_tokens": int(row.input_text_tokens),
+        "input_audio_tokens": int(row.input_audio_tokens),
+        "output_tokens": int(row.output_tokens),
+        "cost_usd": usd(int(row.cost_nanos)),
+    }
+
+
+async def usage_report(
+    engine: AsyncEngine, groups: list[str], start: datetime | None, end: datetime | None
+) -> UsageReport:
+    if start and end and end <= start:
+        raise InvalidRequest("`to` must be after `from`.", param="to")
+    dialect = engine.dialect.name
+    columns = {
+        "tenant": ledger.c.tenant_id,
+        "key": ledger.c.key_id,
+        "model": ledger.c.model,
+        "provider": ledger.c.provider,
+        "day": _bucket(dialect, ledger.c.created_at, "day"),
+        "month": _bucket(dialect, ledger.c.created_at, "month"),
+    }
+    keys = [columns[group].label(group) for group in groups]
+    where = []
+    if start:
+        where.append(ledger.c.created_at >= start)
+    if end:
+        where.append(ledger.c.created_at < end)
+    query = select(*keys, *_metrics()).where(*where)
+    if keys:
+        query = query.group_by(*keys).order_by(*keys)
+    totals_query = select(*_metrics()).where(*where)
+    async with database.read(engine) as conn:
+        rows = (await conn.execute(query)).all() if keys else []
+        totals = (await conn.execute(totals_query)).one()
+    return UsageReport(
+        group_by=groups,
+        start=start,
+        end=end,
+        data=[_shape(row, groups) for row in rows],
+        totals=_shape(totals, []),
+    )
+
+
+def to_csv(report: UsageReport) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[*report.group_by, *METRICS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(report.data or [report.totals])
+    return out.getvalue()
