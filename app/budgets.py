@@ -71,6 +71,15 @@ def _on_path(key_id: str, tenant_id: str) -> Any:
     return and_(live, or_(budgets.c.key_id == key_id, budgets.c.tenant_id == tenant_id))
 
 
+def _at(budget_id: str, start: datetime) -> Any:
+    """The counter row of one budget in one period."""
+    return and_(budget_counters.c.budget_id == budget_id, budget_counters.c.period_start == start)
+
+
+async def _counter(conn: AsyncConnection, budget_id: str, start: datetime) -> Any:
+    return (await conn.execute(select(budget_counters).where(_at(budget_id, start)))).first()
+
+
 async def _ensure_counter(conn: AsyncConnection, budget_id: str, start: datetime) -> None:
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     await conn.execute(
@@ -97,12 +106,12 @@ async def reserve(
     ).all()
     holds = []
     for budget in rows:
-        start, end = period_bounds(budget.period, now)
+        start, _ = period_bounds(budget.period, now)
         if not await _hold(conn, budget.id, start, amount):
             # Usually the period's counter exists; create it only when the hold found none.
             await _ensure_counter(conn, budget.id, start)
             if not await _hold(conn, budget.id, start, amount):
-                raise await _exceeded(conn, budget, start, end, amount)
+                raise _exceeded(budget, await _view(conn, budget, now), amount)
         holds.append(Hold(budget.id, start, amount))
     return holds
 
@@ -114,8 +123,7 @@ async def _hold(conn: AsyncConnection, budget_id: str, start: datetime, amount: 
     held = await conn.execute(
         update(budget_counters)
         .where(
-            counter.budget_id == budget_id,
-            counter.period_start == start,
+            _at(budget_id, start),
             counter.spent_nanos + counter.held_nanos + amount <= limit + counter.top_up_nanos,
         )
         .values(held_nanos=counter.held_nanos + amount)
@@ -123,27 +131,18 @@ async def _hold(conn: AsyncConnection, budget_id: str, start: datetime, amount: 
     return held.rowcount == 1
 
 
-async def _exceeded(
-    conn: AsyncConnection, budget: Any, start: datetime, end: datetime | None, amount: int
-) -> BudgetExceeded:
-    counter = (
-        await conn.execute(
-            select(budget_counters).where(
-                budget_counters.c.budget_id == budget.id, budget_counters.c.period_start == start
-            )
-        )
-    ).one()
-    available = budget.limit_nanos + counter.top_up_nanos - counter.spent_nanos - counter.held_nanos
+def _exceeded(budget: Any, view: Budget, amount: int) -> BudgetExceeded:
+    """The refusal, worded from the budget's current view (what is left, when it resets)."""
     owner = f"key {budget.key_id}" if budget.key_id else f"tenant {budget.tenant_id}"
     per = "in total" if budget.period == "none" else f"per {budget.period}"
     resets = (
-        f"It resets at {end.isoformat().replace('+00:00', 'Z')}."
-        if end
+        f"It resets at {view.period_end.isoformat().replace('+00:00', 'Z')}."
+        if view.period_end
         else "It does not reset; an admin can raise it or top it up."
     )
     return BudgetExceeded(
-        f"Budget {budget.id} (${usd(budget.limit_nanos)} {per} on {owner}) has "
-        f"${usd(max(available, 0))} left, and this call may cost up to ${usd(amount)}. {resets}",
+        f"Budget {budget.id} (${view.limit_usd} {per} on {owner}) has "
+        f"${view.remaining_usd} left, and this call may cost up to ${usd(amount)}. {resets}",
         code="budget_exceeded",
     )
 
@@ -213,13 +212,7 @@ async def _audit(
 
 async def _view(conn: AsyncConnection, budget: Any, now: datetime) -> Budget:
     start, end = period_bounds(budget.period, now)
-    counter = (
-        await conn.execute(
-            select(budget_counters).where(
-                budget_counters.c.budget_id == budget.id, budget_counters.c.period_start == start
-            )
-        )
-    ).first()
+    counter = await _counter(conn, budget.id, start)
     spent, held, top_up = (
         (counter.spent_nanos, counter.held_nanos, counter.top_up_nanos) if counter else (0, 0, 0)
     )
@@ -304,11 +297,10 @@ async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: st
         budget = await _fetch(conn, budget_id)
         start, _ = period_bounds(budget.period, now)
         await _ensure_counter(conn, budget_id, start)
-        counter = budget_counters.c
         await conn.execute(
             update(budget_counters)
-            .where(counter.budget_id == budget_id, counter.period_start == start)
-            .values(top_up_nanos=counter.top_up_nanos + amount)
+            .where(_at(budget_id, start))
+            .values(top_up_nanos=budget_counters.c.top_up_nanos + amount)
         )
         await _audit(conn, budget_id, "top_up", actor, {"amount_usd": amount_usd})
         return await _view(conn, budget, now)
@@ -320,11 +312,8 @@ async def reset(engine: AsyncEngine, budget_id: str, actor: str) -> Budget:
     async with database.write(engine) as conn:
         budget = await _fetch(conn, budget_id)
         start, _ = period_bounds(budget.period, now)
-        counter = budget_counters.c
         await conn.execute(
-            update(budget_counters)
-            .where(counter.budget_id == budget_id, counter.period_start == start)
-            .values(spent_nanos=0)
+            update(budget_counters).where(_at(budget_id, start)).values(spent_nanos=0)
         )
         await _audit(conn, budget_id, "reset", actor, {"period_start": start.isoformat()})
         return await _view(conn, budget, now)

@@ -285,6 +285,11 @@ class _Forward:
             ),
         )
 
+    async def _settle_used(self, status: str, route: Route, reported: Usage) -> None:
+        """Settle an answered call at the cost of what it used (see ``_meter``)."""
+        usage, source, cost = _meter(route, reported, self.opening.probed_audio_ms or 0)
+        await self.settle(status, 200, route, usage=usage, source=source, cost=cost)
+
     def _upstream_format(self, route: Route) -> str:
         # OpenAI sends no usage with `text`; ask for JSON and render the text here, so a
         # token-priced call is billed its real tokens whatever format the caller chose.
@@ -350,9 +355,9 @@ class _Forward:
     def _sends_raw(self, route: Route) -> bool:
         return self.call.send_raw and route.provider.allow_raw_response
 
-    def _extra_fields(self, route: Route, request_type: str, raw: Any = None) -> dict[str, Any]:
+    def _extra_fields(self, route: Route, raw: Any = None) -> dict[str, Any]:
         extra: dict[str, Any] = {
-            "request_type": request_type,
+            "request_type": REQUEST_TYPES[self.call.endpoint],
             "provider": route.provider_name,
             "model_requested": self.options.model,
             "model_deployment": route.upstream_model,
@@ -369,8 +374,7 @@ class _Forward:
 
     async def _success(self, route: Route, content_type: str, body: bytes) -> Response[Any]:
         if not content_type.startswith("application/json"):
-            usage, source, cost = _meter(route, NO_USAGE, self.opening.probed_audio_ms or 0)
-            await self.settle("succeeded", 200, route, usage=usage, source=source, cost=cost)
+            await self._settle_used("succeeded", route, NO_USAGE)
             return Response(body, media_type=content_type or "text/plain", status_code=200)
         try:
             decoded = msgspec.json.decode(body)
@@ -378,17 +382,13 @@ class _Forward:
             raise UpstreamError(
                 f"{route.provider_name} sent a malformed JSON answer.", code="upstream_malformed"
             ) from None
-        usage, source, cost = _meter(
-            route, usage_from_body(decoded), self.opening.probed_audio_ms or 0
-        )
-        await self.settle("succeeded", 200, route, usage=usage, source=source, cost=cost)
+        await self._settle_used("succeeded", route, usage_from_body(decoded))
         if self._upstream_format(route) != self.options.response_format:
             text = decoded.get("text", "") if isinstance(decoded, dict) else ""
             return Response(f"{text}\n", media_type="text/plain; charset=utf-8", status_code=200)
         if isinstance(decoded, dict):
             raw = msgspec.json.decode(body) if self._sends_raw(route) else None  # untouched
-            request_type = REQUEST_TYPES[self.call.endpoint]
-            decoded["extra_fields"] = self._extra_fields(route, request_type, raw)
+            decoded["extra_fields"] = self._extra_fields(route, raw)
         return Response(
             msgspec.json.encode(decoded), media_type="application/json", status_code=200
         )
@@ -410,9 +410,7 @@ class _Forward:
             # Runs on normal end, upstream failure and client disconnect alike.
             with anyio.CancelScope(shield=True):
                 await response.aclose()
-                usage, source, cost = _meter(route, reported, self.opening.probed_audio_ms or 0)
-                status = "succeeded" if finished else "interrupted"
-                await self.settle(status, 200, route, usage=usage, source=source, cost=cost)
+                await self._settle_used("succeeded" if finished else "interrupted", route, reported)
 
 
 def _done_usage(event: bytes) -> Usage | None:
