@@ -40,6 +40,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     tenant_name: str
     allowed_models: list[str] | None
     rate_limits: RateLimits | None
+    cache: bool
     expires_at: datetime | None
 
 
@@ -77,6 +78,7 @@ _LOOKUP = (
         api_keys.c.tenant_id,
         api_keys.c.allowed_models,
         api_keys.c.rate_limits,
+        api_keys.c.cache,
         api_keys.c.expires_at,
         api_keys.c.revoked_at,
         api_keys.c.deleted_at,
@@ -131,6 +133,7 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         tenant_name=row.tenant_name,
         allowed_models=row.allowed_models,
         rate_limits=stored_rate_limits(row.rate_limits),
+        cache=row.cache,
         expires_at=row.expires_at,
     )
 

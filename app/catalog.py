@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import msgspec
 
-from app.config import Config, ConfigError, ModelConfig, ProviderConfig
+from app.config import CacheConfig, Config, ConfigError, ModelConfig, ProviderConfig
 from app.errors import InvalidRequest, NotFound, PermissionDenied
 
 
@@ -26,6 +26,10 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def upstream_model(self) -> str:
         return self.config.deployment or self.model
+
+    @property
+    def cache(self) -> CacheConfig | None:
+        return self.config.cache or self.provider.cache
 
 
 class Catalog:

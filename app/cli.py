@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +24,7 @@ from app.database import create_engine
 from app.errors import EarmarkError
 from app.pagination import MAX_LIMIT
 from app.schemas import KeyCreate, TenantCreate
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import MULTIPROC_ENV, Settings, SettingsError, load_settings
 
 
 def _print(value: Any) -> None:
@@ -43,11 +46,35 @@ def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> N
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
-
     if settings.is_sqlite:
         # The embedded default migrates itself; PostgreSQL waits for `earmark migrate`.
         migrate.upgrade(settings.database_url)
+    # Every worker writes its metrics to files here and each scrape sums them; the
+    # variable must be set before prometheus_client is first imported, hence here.
+    metrics_dir = os.environ.get(MULTIPROC_ENV)
+    own_dir = not metrics_dir
+    if own_dir:
+        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="earmark-metrics-")
+    else:
+        _empty_metrics_dir(metrics_dir)
+    try:
+        _run_uvicorn(args)
+    finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _empty_metrics_dir(directory: str) -> None:
+    """Samples left by an earlier run would be added to this one's."""
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.remove(os.path.join(directory, name))
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
     uvicorn.run(
         "app.main:create_app",
         factory=True,

@@ -24,6 +24,16 @@ class ConfigError(Exception):
     """The configuration is unusable; the message names the entry."""
 
 
+class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Exact-match caching of a model's answers: same audio bytes, same parameters."""
+
+    ttl_seconds: Annotated[int, msgspec.Meta(gt=0)] = 86_400
+    max_entries: Annotated[int, msgspec.Meta(gt=0)] = 10_000  # per model; oldest go first
+    max_entry_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1_048_576  # larger answers aren't kept
+    # What a hit costs the caller (same form as a model's price); free by default.
+    hit_price: Price = Price()
+
+
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     price: Price = Price()
     aliases: list[str] = []
@@ -31,11 +41,17 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     fallbacks: list[str] = []
     # Azure OpenAI deployment name (defaults to the model name).
     deployment: str | None = None
+    # A `local` provider's model: which engine runs it, and the faster-whisper model
+    # (a directory, or a name it may download).
+    engine: Literal["pocketsphinx", "faster-whisper"] | None = None
+    model_path: str | None = None
+    # Overrides the provider's cache settings for this model.
+    cache: CacheConfig | None = None
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    kind: Literal["openai", "azure"] = "openai"
-    base_url: str
+    kind: Literal["openai", "azure", "local"] = "openai"
+    base_url: str | None = None  # not for `local`
     api_key_env: str | None = None
     api_version: str = "2024-10-21"  # Azure only
     timeout_seconds: Positive = 600.0
@@ -43,6 +59,10 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # Whether callers may ask for raw_request / raw_response in extra_fields.
     allow_raw_response: bool = False
     models: dict[str, ModelConfig] = {}
+    # Cache every model of this provider (a model's own `cache` table wins).
+    cache: CacheConfig | None = None
+    # `local` only: worker processes transcribing at once (per gateway process).
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -80,24 +100,53 @@ def parse_config(text: str, source: str = "earmark.toml") -> Config:
         provider = _convert(table, ProviderConfig, where, source)
         if "/" in name:
             raise ConfigError(f"{source}: {where}: a provider name cannot contain '/'")
-        if not provider.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{source}: {where}.base_url: must be an http(s) URL")
+        _check_provider(provider, where, source)
         models = {}
         for model_name, model_raw in models_raw.items():
             model_where = f"{where}.models.{model_name}"
             model = _convert(model_raw, ModelConfig, model_where, source)
-            try:
-                model.price.check()
-            except ValueError as error:
-                raise ConfigError(f"{source}: {model_where}.price: {error}") from None
+            _check_model(provider, model, model_where, source)
+            for where_price, price in (
+                ("price", model.price),
+                ("cache.hit_price", (model.cache or provider.cache or CacheConfig()).hit_price),
+            ):
+                try:
+                    price.check()
+                except ValueError as error:
+                    raise ConfigError(f"{source}: {model_where}.{where_price}: {error}") from None
             models[model_name] = model
         providers[name] = msgspec.structs.replace(provider, models=models)
     return Config(providers=providers)
 
 
+def _check_provider(provider: ProviderConfig, where: str, source: str) -> None:
+    if provider.kind == "local":
+        if provider.base_url is not None:
+            raise ConfigError(f"{source}: {where}.base_url: a local provider has no URL")
+    elif not (provider.base_url or "").startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: {where}.base_url: must be an http(s) URL")
+
+
+def _check_model(provider: ProviderConfig, model: ModelConfig, where: str, source: str) -> None:
+    if provider.kind == "local" and model.engine is None:
+        raise ConfigError(f"{source}: {where}.engine: required for a local model")
+    if provider.kind != "local" and (model.engine or model.model_path):
+        raise ConfigError(f"{source}: {where}: engine and model_path are for local providers")
+
+
+# Without EARMARK_CONFIG, Earmark transcribes on this machine, offline and free.
+DEFAULT_CONFIG = """
+[providers.local]
+kind = "local"
+
+[providers.local.models.pocketsphinx]
+engine = "pocketsphinx"
+"""
+
+
 def load_config(path: str | None) -> Config:
     if path is None:
-        return Config()
+        return parse_config(DEFAULT_CONFIG, source="the built-in configuration")
     try:
         text = Path(path).read_text()
     except OSError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Request, Response
@@ -31,6 +32,9 @@ _TYPE_BY_STATUS = {
     503: "service_unavailable",
 }
 _RETRYABLE = frozenset({408, 429})
+# Why the gateway refused a tenant's request, for metrics; any other 4xx is bad input.
+REFUSAL_REASONS = {401: "auth", 402: "budget", 403: "forbidden", 429: "rate_limit"}
+BAD_INPUT = "bad_input"
 
 
 class EarmarkError(Exception):
@@ -188,10 +192,30 @@ def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, An
     )
 
 
+Handler = Callable[[Request, Any], Response[dict[str, Any]]]
+
+
+def _counting_refusals(handler: Handler) -> Handler:
+    """Count the 4xx answers the gateway itself gives tenants, by reason (a provider's own
+    4xx, relayed to the caller, is an upstream error, not a refusal)."""
+
+    def counted(request: Request, exc: Any) -> Response[dict[str, Any]]:
+        response = handler(request, exc)
+        if 400 <= response.status_code < 500 and request.url.path.startswith("/v1/"):
+            reason = REFUSAL_REASONS.get(response.status_code, BAD_INPUT)
+            request.app.state.metrics.refusals.labels(reason).inc()
+        return response
+
+    return counted
+
+
 EXCEPTION_HANDLERS = {
-    EarmarkError: handle_earmark_error,
-    HTTPException: handle_http_exception,
-    sql_errors.DBAPIError: handle_database_error,
-    ConnectionError: handle_database_error,
-    Exception: handle_unexpected,
+    error: _counting_refusals(handler)
+    for error, handler in [
+        (EarmarkError, handle_earmark_error),
+        (HTTPException, handle_http_exception),
+        (sql_errors.DBAPIError, handle_database_error),
+        (ConnectionError, handle_database_error),
+        (Exception, handle_unexpected),
+    ]
 }

@@ -157,14 +157,16 @@ async def mark_forwarded(engine: AsyncEngine, call_id: str) -> bool:
 
 
 async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
-    """Settle a forwarded call once, moving its holds to spent at the actual cost (a
-    failed call's cost is 0, which releases them); False if it was already settled."""
+    """Settle an open call once, moving its holds to spent at the actual cost (a failed
+    call's cost is 0, which releases them); False if it was already settled or swept.
+    A call answered from the cache, or failed before it was sent, is settled straight
+    from ``reserved``."""
     values = msgspec.structs.asdict(settlement)
     values.update(_usage_columns(values.pop("usage")))
     async with database.write(engine) as conn:
         result = await conn.execute(
             update(ledger)
-            .where(ledger.c.id == call_id, ledger.c.status == "forwarded")
+            .where(ledger.c.id == call_id, ledger.c.status.in_(("reserved", "forwarded")))
             .values(**values, completed_at=database.utcnow())
         )
         if result.rowcount != 1:

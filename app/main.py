@@ -21,9 +21,20 @@ from app.config import load_config, provider_api_keys
 from app.database import create_engine
 from app.deps import provide_engine, provide_gateway, provide_principal, provide_settings
 from app.errors import EXCEPTION_HANDLERS
+from app.local_provider import LocalProvider
+from app.metrics import Metrics
 from app.providers import create_client
 from app.request_id import add_request_id_header
-from app.routes import admin_budgets, admin_keys, admin_tenants, admin_usage, audio, health, tenant
+from app.routes import (
+    admin_budgets,
+    admin_keys,
+    admin_tenants,
+    admin_usage,
+    audio,
+    health,
+    metrics,
+    tenant,
+)
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
 from app.transcription import Gateway
@@ -36,13 +47,20 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     catalog, provider_keys = Catalog(config), provider_api_keys(config)
     engine = create_engine(settings.database_url)
     http = create_client()
+    local = LocalProvider()
     try:
         head = migrate.head_revision()
         await migrate.ensure_at_head(engine, head)
         app.state.engine = engine
         app.state.schema_head = head
+        app.state.metrics.start_series(catalog.routes.values())
         app.state.gateway = Gateway(
-            engine=engine, http=http, catalog=catalog, provider_keys=provider_keys
+            engine=engine,
+            http=http,
+            catalog=catalog,
+            provider_keys=provider_keys,
+            metrics=app.state.metrics,
+            local=local,
         )
         sweeper = asyncio.create_task(run_sweeper(engine, catalog))
         try:
@@ -52,12 +70,14 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
     finally:
+        local.close()
         await http.aclose()
         await engine.dispose()
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
+    app_metrics = Metrics(tenant_label=settings.metrics_tenant_label)
     admin = Router(
         path="/admin",
         route_handlers=[
@@ -82,12 +102,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         security=[{"virtualKey": []}],
     )
     return Litestar(
-        route_handlers=[health.healthz, health.readyz, admin, v1],
+        route_handlers=[health.healthz, health.readyz, metrics.metrics, admin, v1],
         dependencies={
             "engine": Provide(provide_engine, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[app_metrics.middleware],
         before_send=[add_request_id_header],
         lifespan=[lifespan],
         # One line per upstream request from httpx is noise to operators and costs time
@@ -99,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "earmark": {"level": "INFO"},
             },
         ),
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "metrics": app_metrics}),
         openapi_config=OpenAPIConfig(
             title="Earmark",
             version=__version__,

@@ -70,6 +70,8 @@ class ApiKey(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(sa.JSON)
     # NULL: no rate limits. See app/rate_limits.py.
     rate_limits: Mapped[dict[str, Any] | None]
+    # False: the key's calls bypass the transcription cache.
+    cache: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     # Deleted keys disappear from the admin API but keep their id for the ledger.
@@ -195,6 +197,21 @@ class BudgetEvent(Base):
     created_at: Mapped[datetime]
 
 
+class CacheEntry(Base):
+    """A stored answer, keyed by a digest of the audio bytes and the call's parameters."""
+
+    __tablename__ = "transcription_cache"
+    __table_args__ = (sa.Index("ix_transcription_cache_route_created_at", "route", "created_at"),)
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # hex SHA-256
+    route: Mapped[str] = mapped_column(sa.String(200))  # provider/model
+    content_type: Mapped[str] = mapped_column(sa.String(100))
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    usage: Mapped[dict[str, Any]]  # the usage the original call was billed
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 # Core handles on the tables: services write plain SQL statements against these.
 tenants = Tenant.__table__
 api_keys = ApiKey.__table__
@@ -205,3 +222,4 @@ budgets = Budget.__table__
 budget_counters = BudgetCounter.__table__
 ledger_holds = LedgerHold.__table__
 budget_events = BudgetEvent.__table__
+transcription_cache = CacheEntry.__table__

@@ -145,6 +145,8 @@ class KeyCreate(_Request):
     expires_at: AwareDatetime | None = None
     allowed_models: AllowedModels | None = None
     rate_limits: RateLimits | None = None
+    # False: this key's calls never read or fill the transcription cache.
+    cache: bool = True
     budgets: Annotated[list[BudgetCreate], Meta(max_length=10)] = msgspec.field(
         default_factory=list
     )
@@ -158,6 +160,7 @@ class KeyUpdate(_Request):
     expires_at: AwareDatetime | UnsetType | None = UNSET
     allowed_models: AllowedModels | UnsetType | None = UNSET
     rate_limits: RateLimits | UnsetType | None = UNSET
+    cache: bool | UnsetType = UNSET
 
 
 class KeyRotate(_Request):
@@ -173,6 +176,7 @@ class Key(Struct, kw_only=True):
     metadata: dict[str, MetadataValue]
     allowed_models: list[str] | None
     rate_limits: RateLimits | None
+    cache: bool
     expires_at: datetime | None
     revoked_at: datetime | None
     rotated_at: datetime | None
@@ -204,6 +208,8 @@ class Quota(Struct, kw_only=True):
     budgets: list[Budget]
     rate_limits: RateLimits | None
     rate_use: RateUse | None
+    # This key's calls, refusals, audio seconds, tokens and cost since the UTC month began.
+    usage_this_month: dict[str, object]
 
 
 class AdminUserCreated(Struct, kw_only=True):

@@ -9,6 +9,8 @@ import msgspec
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./earmark.db"
 MIN_ADMIN_TOKEN_LENGTH = 16
+# prometheus-client's own variable: where `earmark serve` workers write metric samples.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class SettingsError(Exception):
@@ -24,6 +26,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Server-side secret mixed into every key digest, so a stolen database alone cannot
     # confirm a guessed key. Changing it invalidates every issued key.
     key_pepper: str = ""
+    # Add a `tenant` label to the call, audio, token and cost metrics (one series per
+    # tenant and model): off by default to keep Prometheus's series count bounded.
+    metrics_tenant_label: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -48,4 +53,14 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         admin_token=admin_token,
         config_path=environ.get("EARMARK_CONFIG") or None,
         key_pepper=environ.get("EARMARK_KEY_PEPPER", ""),
+        metrics_tenant_label=_flag(environ, "EARMARK_METRICS_TENANT_LABEL"),
     )
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be true or false, not {value!r}")

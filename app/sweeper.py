@@ -1,4 +1,5 @@
-"""The background task that finishes ledger rows whose worker died (see ``ledger.sweep``).
+"""The background task that finishes ledger rows whose worker died (see ``ledger.sweep``)
+and deletes expired cache entries.
 
 Every process runs one. A row is stale once no live worker could still be working on it:
 a reservation is forwarded within milliseconds, and a forwarded call cannot outlive its
@@ -13,7 +14,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import database, ledger
+from app import cache, database, ledger
 from app.catalog import Catalog
 
 logger = logging.getLogger("earmark")
@@ -48,6 +49,7 @@ async def run_sweeper(engine: AsyncEngine, catalog: Catalog) -> None:
         await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
         try:
             swept = await sweep_once(engine, catalog)
+            await cache.purge_expired(engine)
         except Exception:  # the database may be down; try again next round
             logger.exception("ledger sweep failed")
             continue

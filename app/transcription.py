@@ -8,6 +8,8 @@ answered call is always in the ledger.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,14 +21,17 @@ import msgspec
 from litestar import Response
 from litestar.datastructures import UploadFile
 from litestar.response import Stream
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import ledger
+from app import cache, ledger
 from app.audio import duration_ms
 from app.auth import Principal
 from app.catalog import Catalog, Route
 from app.errors import EarmarkError, InvalidRequest, ServiceUnavailable
+from app.local_provider import LocalProvider
 from app.metering import Usage, cost_nanos, estimated_audio_tokens, hold_nanos, usage_from_body
+from app.metrics import Metrics
 from app.providers import (
     Upload,
     UpstreamError,
@@ -46,6 +51,9 @@ REQUEST_TYPES = {"transcriptions": "transcription", "translations": "translation
 
 
 NO_USAGE = Usage()
+TEXT_PLAIN = "text/plain; charset=utf-8"
+_CHARSET = re.compile(r";\s*charset=[^;]*", re.IGNORECASE)
+logger = logging.getLogger("earmark")
 
 
 class PayloadTooLarge(EarmarkError):
@@ -60,6 +68,8 @@ class Gateway:
     http: httpx.AsyncClient
     catalog: Catalog
     provider_keys: dict[str, str]
+    metrics: Metrics
+    local: LocalProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +80,19 @@ class CallRequest:
     form: dict[str, Any]
     send_raw: bool
     started: float
+    cache_header: str | None = None  # x-bf-cache: no-cache, no-store
 
 
 def _elapsed_ms(since: float) -> int:
     return int((time.perf_counter() - since) * 1000)
+
+
+def _upstream_error_kind(status: int) -> str | None:
+    if status >= 500:
+        return "status_5xx"
+    if status == 429:
+        return "status_429"
+    return "status_4xx" if status >= 400 else None
 
 
 def _upload(file: UploadFile) -> Upload:
@@ -187,6 +206,7 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         endpoint=REQUEST_TYPES[call.endpoint],
         model_requested="",
     )
+    route: Route | None = None
     try:
         fields, upload = split_form(call.form)
         options = read_options(fields, call.endpoint)
@@ -208,13 +228,38 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
             route.upstream_model,
             limits=principal.rate_limits,
         )
+        gateway.metrics.call_opened(opening.hold_nanos)
     except EarmarkError as error:
+        gateway.metrics.call_ended(
+            tenant=principal.tenant_id,
+            endpoint=opening.endpoint,
+            model=route.name if route else None,
+            provider=route.provider_name if route else None,
+            status=error.status_code,
+            outcome="rejected",
+            seconds=time.perf_counter() - call.started,
+        )
         await ledger.record_rejection(
             gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started)
         )
         raise
-    forward = _Forward(gateway, call, opening, options, fields, upload)
+    forward = _Forward(gateway, call, opening, options, fields, upload, route)
     try:
+        forward.lookup = await cache.prepare(
+            route,
+            call.endpoint,
+            fields,
+            upload,
+            key_allows=principal.cache,
+            header=call.cache_header,
+        )
+        if forward.lookup and forward.lookup.read:
+            entry = await cache.find(gateway.engine, forward.lookup.key)
+            gateway.metrics.cache_lookups.labels(
+                route.name, route.provider_name, "hit" if entry else "miss"
+            ).inc()
+            if entry is not None:
+                return await forward.replay(entry)
         if not await ledger.mark_forwarded(gateway.engine, call.request_id):
             raise ServiceUnavailable(
                 "The call's budget hold expired before it could be sent; nothing was sent "
@@ -242,6 +287,7 @@ class _Forward:
         options: CallOptions,
         fields: dict[str, list[str]],
         upload: Upload,
+        requested: Route,
     ) -> None:
         self.gateway = gateway
         self.call = call
@@ -252,6 +298,8 @@ class _Forward:
         self.attempts = 0
         self.upstream_started = time.perf_counter()
         self.settled = False
+        self.requested = requested
+        self.lookup: cache.Lookup | None = None
 
     async def settle(
         self,
@@ -267,28 +315,82 @@ class _Forward:
         if self.settled:
             return
         self.settled = True
-        await ledger.settle_call(
-            self.gateway.engine,
-            self.call.request_id,
-            ledger.Settlement(
-                status=status,
-                http_status=http_status,
+        try:
+            await ledger.settle_call(
+                self.gateway.engine,
+                self.call.request_id,
+                ledger.Settlement(
+                    status=status,
+                    http_status=http_status,
+                    provider=route.provider_name,
+                    model=route.upstream_model,
+                    attempts=self.attempts,
+                    usage=usage,
+                    usage_source=source,
+                    cost_nanos=cost,
+                    latency_ms=_elapsed_ms(self.call.started),
+                    upstream_latency_ms=_elapsed_ms(self.upstream_started),
+                    error_code=error_code,
+                ),
+            )
+        finally:
+            # Counted even if the database failed: the sweeper settles the row later,
+            # and this process holds nothing any more.
+            self.gateway.metrics.call_ended(
+                tenant=self.call.principal.tenant_id,
+                endpoint=self.opening.endpoint,
+                model=route.name,
                 provider=route.provider_name,
-                model=route.upstream_model,
-                attempts=self.attempts,
+                status=http_status,
+                outcome=status,
+                seconds=time.perf_counter() - self.call.started,
                 usage=usage,
-                usage_source=source,
                 cost_nanos=cost,
-                latency_ms=_elapsed_ms(self.call.started),
-                upstream_latency_ms=_elapsed_ms(self.upstream_started),
-                error_code=error_code,
-            ),
-        )
+                hold_nanos=self.opening.hold_nanos,
+            )
 
-    async def _settle_used(self, status: str, route: Route, reported: Usage) -> None:
+    async def _settle_used(self, status: str, route: Route, reported: Usage) -> Usage:
         """Settle an answered call at the cost of what it used (see ``_meter``)."""
         usage, source, cost = _meter(route, reported, self.opening.probed_audio_ms or 0)
         await self.settle(status, 200, route, usage=usage, source=source, cost=cost)
+        return usage
+
+    async def _keep(self, route: Route, content_type: str, body: bytes, usage: Usage) -> None:
+        """Store the requested model's answer for later identical calls. The call is
+        settled and answered whatever happens here."""
+        if not (self.lookup and self.lookup.write and route.name == self.requested.name):
+            return
+        try:
+            await cache.store(self.gateway.engine, self.lookup, route, content_type, body, usage)
+        except SQLAlchemyError as error:
+            logger.warning("could not store %s in the cache: %s", self.call.request_id, error)
+
+    async def replay(self, entry: cache.Entry) -> Response[Any]:
+        """Answer from the cache: settled at the hit price, nothing sent upstream."""
+        route, lookup = self.requested, self.lookup
+        assert lookup is not None
+        cost = cost_nanos(lookup.config.hit_price, entry.usage)
+        await self.settle("succeeded", 200, route, usage=entry.usage, source="cache", cost=cost)
+        headers = {cache.HEADER: "hit"}
+        debug = {
+            "cache_hit": True,
+            "cache_id": entry.key,
+            "hit_type": "direct",
+            "requested_provider": route.provider_name,
+            "requested_model": route.model,
+        }
+        if not entry.content_type.startswith("application/json"):
+            return _ok(entry.body, entry.content_type, headers)
+        decoded = msgspec.json.decode(entry.body)
+        if self.options.stream:
+            return Stream(
+                _replay_events(decoded),
+                status_code=200,
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+            )
+        decoded["extra_fields"] = {**self._extra_fields(route), "cache_debug": debug}
+        return _ok(msgspec.json.encode(decoded), "application/json", headers)
 
     def _upstream_format(self, route: Route) -> str:
         # OpenAI sends no usage with `text`; ask for JSON and render the text here, so a
@@ -306,19 +408,36 @@ class _Forward:
             self.attempts += 1
             self.upstream_started = time.perf_counter()
             api_key = self.gateway.provider_keys.get(route.provider_name)
+            metrics = self.gateway.metrics
             try:
-                response = await send(
-                    self.gateway.http, route, api_key, self.call.endpoint, fields, self.upload
-                )
+                if route.provider.kind == "local":
+                    response = await self.gateway.local.send(
+                        route, self.call.endpoint, fields, self.upload
+                    )
+                else:
+                    response = await send(
+                        self.gateway.http, route, api_key, self.call.endpoint, fields, self.upload
+                    )
             except UpstreamError as error:
+                kind = "timeout" if isinstance(error, UpstreamTimeout) else "unreachable"
+                metrics.upstream_attempt(route.provider_name, route.name, self._attempt_s(), kind)
                 failure = error
                 continue
+            metrics.upstream_attempt(
+                route.provider_name,
+                route.name,
+                self._attempt_s(),
+                _upstream_error_kind(response.status_code),
+            )
             if should_fall_back(response) and not last:
                 await response.aclose()
                 continue
             return await self._answer(route, response)
         assert failure is not None
         raise failure
+
+    def _attempt_s(self) -> float:
+        return time.perf_counter() - self.upstream_started
 
     async def _answer(self, route: Route, response: httpx.Response) -> Response[Any]:
         content_type = response.headers.get("content-type", "")
@@ -372,30 +491,39 @@ class _Forward:
             extra["raw_response"] = raw
         return extra
 
+    def _cache_headers(self) -> dict[str, str]:
+        return {cache.HEADER: "miss"} if self.lookup else {}
+
     async def _success(self, route: Route, content_type: str, body: bytes) -> Response[Any]:
         if not content_type.startswith("application/json"):
-            await self._settle_used("succeeded", route, NO_USAGE)
-            return Response(body, media_type=content_type or "text/plain", status_code=200)
+            usage = await self._settle_used("succeeded", route, NO_USAGE)
+            media_type = content_type or "text/plain"
+            await self._keep(route, media_type, body, usage)
+            return _ok(body, media_type, self._cache_headers())
         try:
             decoded = msgspec.json.decode(body)
         except msgspec.DecodeError:
+            self.gateway.metrics.upstream_errors.labels(route.provider_name, "malformed").inc()
             raise UpstreamError(
                 f"{route.provider_name} sent a malformed JSON answer.", code="upstream_malformed"
             ) from None
-        await self._settle_used("succeeded", route, usage_from_body(decoded))
+        usage = await self._settle_used("succeeded", route, usage_from_body(decoded))
         if self._upstream_format(route) != self.options.response_format:
             text = decoded.get("text", "") if isinstance(decoded, dict) else ""
-            return Response(f"{text}\n", media_type="text/plain; charset=utf-8", status_code=200)
+            rendered = f"{text}\n".encode()
+            await self._keep(route, TEXT_PLAIN, rendered, usage)
+            return _ok(rendered, TEXT_PLAIN, self._cache_headers())
+        await self._keep(route, "application/json", body, usage)
         if isinstance(decoded, dict):
             raw = msgspec.json.decode(body) if self._sends_raw(route) else None  # untouched
             decoded["extra_fields"] = self._extra_fields(route, raw)
-        return Response(
-            msgspec.json.encode(decoded), media_type="application/json", status_code=200
-        )
+            if self.lookup:
+                decoded["extra_fields"]["cache_debug"] = {"cache_hit": False}
+        return _ok(msgspec.json.encode(decoded), "application/json", self._cache_headers())
 
     async def _relay(self, route: Route, response: httpx.Response) -> AsyncIterator[bytes]:
         """Relay the provider's events unchanged, watching for the final usage."""
-        reported = NO_USAGE
+        done: dict[str, Any] | None = None
         pending = b""
         finished = False
         try:
@@ -403,17 +531,32 @@ class _Forward:
                 pending = (pending + chunk).replace(b"\r\n", b"\n")
                 *events, pending = pending.split(b"\n\n")
                 for event in events:
-                    reported = _done_usage(event) or reported
+                    done = _done_event(event) or done
                 yield chunk
             finished = True
         finally:
             # Runs on normal end, upstream failure and client disconnect alike.
             with anyio.CancelScope(shield=True):
                 await response.aclose()
-                await self._settle_used("succeeded" if finished else "interrupted", route, reported)
+                reported = usage_from_body(done) if done else NO_USAGE
+                usage = await self._settle_used(
+                    "succeeded" if finished else "interrupted", route, reported
+                )
+                # Kept as its final result: the JSON answer the same call without `stream`
+                # gets (and only for `json`, which that answer is).
+                if finished and done is not None and self.options.response_format == "json":
+                    final = {key: value for key, value in done.items() if key != "type"}
+                    await self._keep(route, "application/json", msgspec.json.encode(final), usage)
 
 
-def _done_usage(event: bytes) -> Usage | None:
+def _ok(body: bytes, media_type: str, headers: dict[str, str]) -> Response[bytes]:
+    if media_type.startswith("text/"):  # Litestar appends "; charset=utf-8" itself
+        media_type = _CHARSET.sub("", media_type)
+    return Response(body, status_code=200, media_type=media_type, headers=headers)
+
+
+def _done_event(event: bytes) -> dict[str, Any] | None:
+    """The payload of a ``transcript.text.done`` event (final text and usage), if it is one."""
     for line in event.split(b"\n"):
         if not line.startswith(b"data:"):
             continue
@@ -422,5 +565,15 @@ def _done_usage(event: bytes) -> Usage | None:
         except msgspec.DecodeError:
             continue
         if isinstance(payload, dict) and payload.get("type") == "transcript.text.done":
-            return usage_from_body(payload)
+            return payload
     return None
+
+
+async def _replay_events(final: dict[str, Any]) -> AsyncIterator[bytes]:
+    """A cached final result as the stream a provider would send: the text, then done."""
+    text = final.get("text", "")
+    for event in (
+        {"type": "transcript.text.delta", "delta": text},
+        {**final, "type": "transcript.text.done"},
+    ):
+        yield b"data: " + msgspec.json.encode(event) + b"\n\n"

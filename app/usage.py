@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import ColumnElement, case, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import database
 from app.errors import InvalidRequest
@@ -123,6 +123,12 @@ async def usage_report(
         data=[_shape(row, groups) for row in rows],
         totals=_shape(totals, []),
     )
+
+
+async def key_totals(conn: AsyncConnection, key_id: str, start: datetime) -> dict[str, Any]:
+    """One key's totals since ``start`` (what ``/v1/quota`` shows for this month)."""
+    query = select(*_metrics()).where(ledger.c.key_id == key_id, ledger.c.created_at >= start)
+    return _shape((await conn.execute(query)).one(), [])
 
 
 def to_csv(report: UsageReport) -> str:

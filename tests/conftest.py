@@ -14,7 +14,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -37,13 +37,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _require_postgres() -> str:
-    if POSTGRES_URL:
-        return POSTGRES_URL
-    reason = "EARMARK_TEST_POSTGRES_URL is not set: PostgreSQL tests NOT RUN"
+def not_run(reason: str) -> NoReturn:
+    """Skip loudly on a developer's machine; under CI a missing service is a failure."""
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def _require_postgres() -> str:
+    if POSTGRES_URL:
+        return POSTGRES_URL
+    not_run("EARMARK_TEST_POSTGRES_URL is not set: PostgreSQL tests NOT RUN")
 
 
 def postgres_database(name: str) -> str:
@@ -105,7 +109,7 @@ def database_url(
         asyncio.run(ledger_invariants(url))
     finally:
         if request.param == "postgres":  # the next test gets an empty database regardless
-            asyncio.run(_truncate(url))
+            asyncio.run(empty_database(url))
 
 
 OPEN = ("reserved", "forwarded")
@@ -142,7 +146,7 @@ async def ledger_invariants(url: str) -> None:
         await engine.dispose()
 
 
-async def _truncate(url: str) -> None:
+async def empty_database(url: str) -> None:
     engine = create_engine(url)
     try:
         names = ", ".join(table.name for table in Base.metadata.sorted_tables)

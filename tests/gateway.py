@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.settings import Settings
@@ -19,6 +20,7 @@ from tests.processes import earmark_env, free_port
 from tests.servers import ServerThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
+SPEECH = (FIXTURES / "speech.wav").read_bytes()
 KEY_ENV = "EARMARK_TEST_PROVIDER_KEY"
 
 CONFIG = """
@@ -86,6 +88,37 @@ timeout_seconds = 0.5
 
 [providers.slow.models.whisper-1]
 price = {{ per_audio_minute = "0.006" }}
+
+[providers.cached]
+base_url = "{fake}/v1"
+api_key_env = "{key_env}"
+cache = {{ ttl_seconds = 3600 }}
+
+[providers.cached.models.whisper-1]
+price = {{ per_audio_minute = "0.006" }}
+
+[providers.cached.models.gpt-4o-stream]
+deployment = "gpt-4o-transcribe"
+
+[providers.cached.models.gpt-4o-stream.price]
+input_text_per_million = "2.50"
+input_audio_per_million = "6.00"
+output_per_million = "10.00"
+
+[providers.cached.models.paid-hits]
+deployment = "whisper-1"
+price = {{ per_audio_minute = "0.006" }}
+cache = {{ ttl_seconds = 3600, hit_price = {{ per_audio_minute = "0.001" }} }}
+
+[providers.cached.models.brief]
+deployment = "whisper-1"
+price = {{ per_audio_minute = "0.006" }}
+cache = {{ ttl_seconds = 1, max_entries = 2 }}
+
+[providers.cached.models.tiny]
+deployment = "whisper-1"
+price = {{ per_audio_minute = "0.006" }}
+cache = {{ max_entry_bytes = 10 }}
 """
 
 
@@ -120,6 +153,22 @@ class Gateway:
             client.close()
         self.http.close()
 
+    def post_audio(
+        self,
+        key: dict[str, Any],
+        model: str,
+        audio: bytes = b"",
+        headers: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> httpx.Response:
+        """A transcription as curl would send it (``audio``: speech.wav by default)."""
+        return self.http.post(
+            "/v1/audio/transcriptions",
+            headers={"authorization": f"Bearer {key['secret']}", **(headers or {})},
+            data={"model": model, **fields},
+            files={"file": ("speech.wav", audio or SPEECH, "audio/wav")},
+        )
+
     def calls(self, key: dict[str, Any]) -> list[dict[str, Any]]:
         return self.admin("GET", f"/admin/keys/{key['id']}/calls")["data"]
 
@@ -143,7 +192,26 @@ def serve_gateway(database_url: str, fake_url: str, config_dir: Path) -> Iterato
             gateway.close()
 
 
-__all__ = ["API_KEY", "FIXTURES", "KEY_ENV", "Gateway", "serve_gateway"]
+__all__ = ["API_KEY", "FIXTURES", "KEY_ENV", "Gateway", "scrape", "serve_gateway", "total"]
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name`` over every series whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (n, series), value in samples.items() if n == name and wanted <= series)
 
 
 def process_env(database_url: str, fake_url: str, directory: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ import pytest
 from app.catalog import Catalog
 from app.config import ConfigError, load_config, parse_config, provider_api_keys
 from app.errors import InvalidRequest, NotFound, PermissionDenied
+from app.metering import Price
 
 EXAMPLE = Path(__file__).parent.parent / "earmark.example.toml"
 
@@ -49,11 +50,31 @@ def test_the_readme_example_parses_and_resolves():
             "providers.x.models.m.price.per_audio_second",
         ),
         ("not toml ===", "not valid TOML"),
+        ('[providers.l]\nkind = "local"\nbase_url = "http://x"\n', "providers.l.base_url"),
+        ('[providers.l]\nkind = "local"\n[providers.l.models.m]\n', "providers.l.models.m.engine"),
+        (
+            '[providers.l]\nkind = "local"\n[providers.l.models.m]\nengine = "vosk"\n',
+            "providers.l.models.m.engine",
+        ),
+        ('[providers.l]\nkind = "local"\nworkers = 0\n', "providers.l.workers"),
+        (
+            '[providers.x]\nbase_url = "http://x"\n'
+            '[providers.x.models.m]\nengine = "pocketsphinx"\n',
+            "providers.x.models.m",
+        ),
     ],
 )
 def test_config_errors_name_the_entry(toml, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         parse_config(toml)
+
+
+def test_without_a_config_file_the_local_engine_is_served():
+    config = load_config(None)
+    (provider,) = config.providers.values()
+    assert provider.kind == "local"
+    assert provider.models["pocketsphinx"].engine == "pocketsphinx"
+    assert provider.models["pocketsphinx"].price == Price()  # free unless configured
 
 
 def test_bad_fallback_and_missing_secret_are_config_errors():

@@ -6,7 +6,7 @@ import threading
 import pytest
 from sqlalchemy import make_url
 
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, empty_database
 from tests.fake_provider import API_KEY
 from tests.gateway import FIXTURES, KEY_ENV, Gateway
 from tests.processes import free_port
@@ -120,3 +120,4 @@ def test_database_down_is_503_and_nothing_goes_upstream(
             gateway.close()
     finally:
         proxy.close()
+        asyncio.run(empty_database(migrated_postgres))  # the next test starts from nothing

@@ -4,6 +4,7 @@ other at once, and `--workers 2` serves from both workers."""
 import httpx
 
 from tests.conftest import ADMIN, ADMIN_TOKEN, bearer
+from tests.gateway import scrape, total
 from tests.processes import earmark_env, serving
 
 
@@ -45,3 +46,8 @@ def test_two_workers_serve_the_same_database(database_url, tmp_path):
                 assert (
                     fresh.get(f"{base}/v1/quota", headers=bearer(key["secret"])).status_code == 200
                 )
+        # Whichever worker answers the scrape counts every worker's requests.
+        for _ in range(4):  # scrape() opens a new connection each time
+            samples = scrape(base)
+            quota = {"route": "/v1/quota", "method": "GET", "status": "200"}
+            assert total(samples, "earmark_http_requests_total", **quota) == 20

@@ -56,9 +56,11 @@ def test_json_transcription_with_extra_fields_and_exact_cost(gateway):
 def test_text_formats_come_back_as_plain_strings_and_are_still_metered(gateway, fmt):
     key = gateway.new_key()
     with SPEECH.open("rb") as audio:
-        result = gateway.sdk(key["secret"]).audio.transcriptions.create(
+        raw = gateway.sdk(key["secret"]).audio.transcriptions.with_raw_response.create(
             model="whisper", file=audio, response_format=fmt
         )
+    assert raw.headers["content-type"] == "text/plain; charset=utf-8"
+    result = raw.parse()
     assert isinstance(result, str)
     assert TEXT in result
     if fmt == "vtt":

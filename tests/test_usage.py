@@ -14,12 +14,7 @@ SPEECH = (FIXTURES / "speech.wav").read_bytes()
 
 
 def _call(gateway, key, model):
-    return gateway.http.post(
-        "/v1/audio/transcriptions",
-        headers={"authorization": f"Bearer {key['secret']}"},
-        data={"model": model},
-        files={"file": ("speech.wav", SPEECH, "audio/wav")},
-    ).status_code
+    return gateway.post_audio(key, model).status_code
 
 
 @pytest.fixture

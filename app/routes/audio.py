@@ -15,6 +15,13 @@ from app.request_id import request_id
 from app.transcription import MAX_BODY_BYTES, CallRequest, Gateway, handle_call
 
 SendRaw = Annotated[str | None, HeaderParameter(name="x-bf-send-back-raw-response")]
+CacheDirective = Annotated[
+    str | None,
+    HeaderParameter(
+        name="x-bf-cache",
+        description="no-cache: do not answer from the cache; no-store: do not keep this answer",
+    ),
+]
 
 
 @post(
@@ -28,6 +35,7 @@ async def audio_call(
     principal: NamedDependency[Principal],
     gateway: NamedDependency[Gateway],
     send_raw: SendRaw = None,
+    cache_directive: CacheDirective = None,
 ) -> Response[Any]:
     call = CallRequest(
         request_id=request_id(request.scope),
@@ -36,6 +44,7 @@ async def audio_call(
         form=data,
         send_raw=(send_raw or "").lower() == "true",
         started=time.perf_counter(),
+        cache_header=cache_directive,
     )
     try:
         return await handle_call(gateway, call)

@@ -6,7 +6,7 @@ from litestar import get
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database, rate_limits
+from app import budgets, database, rate_limits, usage
 from app.auth import Principal
 from app.schemas import Quota
 
@@ -15,14 +15,12 @@ from app.schemas import Quota
 async def quota(
     principal: NamedDependency[Principal], engine: NamedDependency[AsyncEngine]
 ) -> Quota:
-    limits = principal.rate_limits
+    limits, now = principal.rate_limits, database.utcnow()
     async with database.read(engine) as conn:
         on_path = await budgets.views_on_path(conn, principal.key_id, principal.tenant_id)
-        use = (
-            await rate_limits.current_use(conn, principal.key_id, limits, database.utcnow())
-            if limits
-            else None
-        )
+        use = await rate_limits.current_use(conn, principal.key_id, limits, now) if limits else None
+        month_start, _ = budgets.period_bounds("month", now)
+        month = await usage.key_totals(conn, principal.key_id, month_start)
     return Quota(
         key_id=principal.key_id,
         key_name=principal.key_name,
@@ -35,6 +33,7 @@ async def quota(
         budgets=on_path,
         rate_limits=limits,
         rate_use=use,
+        usage_this_month=month,
     )
 
 
