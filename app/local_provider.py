@@ -4,7 +4,8 @@ The gateway forwards to it exactly as to a remote provider and gets an ``httpx.R
 back, so metering, fallbacks and response shaping do not know the difference. The work
 (decoding and recognition, ``local_engine.py``) runs in a bounded pool of worker
 processes, created at the first call: a long file never stalls the event loop, and at
-most ``workers`` files are decoded at once per gateway process; the rest wait their turn.
+most ``workers`` files are decoded at once per gateway process; the rest wait their turn,
+still spooled, so memory holds at most ``workers`` uploads whatever the queue's length.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class LocalProvider:
 
     def __init__(self) -> None:
         self._pools: dict[str, ProcessPoolExecutor] = {}
+        self._turns: dict[str, asyncio.Semaphore] = {}
+
+    def _turn(self, route: Route) -> asyncio.Semaphore:
+        turn = self._turns.get(route.provider_name)
+        if turn is None:
+            turn = self._turns[route.provider_name] = asyncio.Semaphore(route.provider.workers)
+        return turn
 
     def _pool(self, route: Route) -> ProcessPoolExecutor:
         pool = self._pools.get(route.provider_name)
@@ -54,6 +62,19 @@ class LocalProvider:
                 f"{route.name}; use one of {', '.join(sorted(FORMATS))}.",
                 "response_format",
             )
+        async with self._turn(route):
+            transcript = await self._transcribe(route, endpoint, options, upload)
+        if isinstance(transcript, httpx.Response):
+            return transcript
+        granularities = fields.get("timestamp_granularities[]", []) + fields.get(
+            "timestamp_granularities", []
+        )
+        return render(transcript, response_format, TASKS[endpoint], "word" in granularities)
+
+    async def _transcribe(
+        self, route: Route, endpoint: str, options: dict[str, str], upload: Upload
+    ) -> dict[str, Any] | httpx.Response:
+        """Read the upload only now that a worker is free for it, and run the engine."""
         upload.file.seek(0)
         audio = (
             upload.file.read() if upload.in_memory else await asyncio.to_thread(upload.file.read)
@@ -69,7 +90,7 @@ class LocalProvider:
         )
         loop = asyncio.get_running_loop()
         try:
-            transcript = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 loop.run_in_executor(self._pool(route), work), route.provider.timeout_seconds
             )
         except local_engine.EngineError as error:
@@ -85,10 +106,6 @@ class LocalProvider:
             raise UpstreamError(
                 f"{route.provider_name}'s worker process died.", code="upstream_unreachable"
             ) from None
-        granularities = fields.get("timestamp_granularities[]", []) + fields.get(
-            "timestamp_granularities", []
-        )
-        return render(transcript, response_format, TASKS[endpoint], "word" in granularities)
 
     def close(self) -> None:
         for pool in self._pools.values():
