@@ -106,20 +106,25 @@ def parse_config(text: str, source: str = "earmark.toml") -> Config:
             model_where = f"{where}.models.{model_name}"
             model = _convert(model_raw, ModelConfig, model_where, source)
             _check_model(provider, model, model_where, source)
-            for where_price, price in (
-                ("price", model.price),
-                ("cache.hit_price", (model.cache or provider.cache or CacheConfig()).hit_price),
-            ):
-                try:
-                    price.check()
-                except ValueError as error:
-                    raise ConfigError(f"{source}: {model_where}.{where_price}: {error}") from None
             models[model_name] = model
         providers[name] = msgspec.structs.replace(provider, models=models)
     return Config(providers=providers)
 
 
+def _check_price(price: Price, where: str, source: str) -> None:
+    try:
+        price.check()
+    except ValueError as error:
+        raise ConfigError(f"{source}: {where}: {error}") from None
+
+
+def _check_cache(cache: CacheConfig | None, where: str, source: str) -> None:
+    if cache is not None:
+        _check_price(cache.hit_price, f"{where}.cache.hit_price", source)
+
+
 def _check_provider(provider: ProviderConfig, where: str, source: str) -> None:
+    _check_cache(provider.cache, where, source)
     if provider.kind == "local":
         if provider.base_url is not None:
             raise ConfigError(f"{source}: {where}.base_url: a local provider has no URL")
@@ -128,6 +133,8 @@ def _check_provider(provider: ProviderConfig, where: str, source: str) -> None:
 
 
 def _check_model(provider: ProviderConfig, model: ModelConfig, where: str, source: str) -> None:
+    _check_price(model.price, f"{where}.price", source)
+    _check_cache(model.cache, where, source)
     if provider.kind == "local" and model.engine is None:
         raise ConfigError(f"{source}: {where}.engine: required for a local model")
     if provider.kind != "local" and (model.engine or model.model_path):

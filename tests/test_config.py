@@ -49,6 +49,16 @@ def test_the_readme_example_parses_and_resolves():
             '[providers.x.models.m]\nprice = {per_audio_second = "abc"}\n',
             "providers.x.models.m.price.per_audio_second",
         ),
+        (
+            '[providers.x]\nbase_url = "http://x"\n'
+            'cache = {hit_price = {per_audio_second = "-1"}}\n[providers.x.models.m]\n',
+            "providers.x.cache.hit_price",
+        ),
+        (
+            '[providers.x]\nbase_url = "http://x"\n'
+            '[providers.x.models.m]\ncache = {hit_price = {per_audio_second = "-1"}}\n',
+            "providers.x.models.m.cache.hit_price",
+        ),
         ("not toml ===", "not valid TOML"),
         ('[providers.l]\nkind = "local"\nbase_url = "http://x"\n', "providers.l.base_url"),
         ('[providers.l]\nkind = "local"\n[providers.l.models.m]\n', "providers.l.models.m.engine"),
