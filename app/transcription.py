@@ -51,7 +51,7 @@ REQUEST_TYPES = {"transcriptions": "transcription", "translations": "translation
 
 
 NO_USAGE = Usage()
-TEXT_PLAIN = "text/plain; charset=utf-8"
+TEXT_PLAIN = "text/plain"  # Litestar adds the charset (see _ok)
 _CHARSET = re.compile(r";\s*charset=[^;]*", re.IGNORECASE)
 logger = logging.getLogger("earmark")
 
