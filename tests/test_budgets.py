@@ -40,15 +40,6 @@ def test_periods_are_utc_calendar_periods(period, now, start, end):
     assert budgets.period_bounds("none", datetime.now(UTC)) == (budgets.EPOCH, None)
 
 
-def _transcribe(client: httpx.Client, secret: str, model: str = "openai/whisper-1"):
-    return client.post(
-        "/v1/audio/transcriptions",
-        headers={"authorization": f"Bearer {secret}"},
-        data={"model": model},
-        files={"file": ("speech.wav", SPEECH, "audio/wav")},
-    )
-
-
 def test_budget_admin_lifecycle_is_audited(gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "5.00", "period": "day"}])
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
@@ -86,9 +77,9 @@ def test_money_must_be_an_exact_decimal_string(gateway, amount):
 
 def test_a_call_that_would_break_the_budget_is_402_before_upstream(gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "0.001", "period": "day"}])
-    first = _transcribe(gateway.http, key["secret"])
+    first = gateway.post_audio(key, "openai/whisper-1")
     assert first.status_code == 200
-    refused = _transcribe(gateway.http, key["secret"])
+    refused = gateway.post_audio(key, "openai/whisper-1")
     assert refused.status_code == 402
     error = refused.json()["error"]
     assert error["type"] == "budget_exceeded"
@@ -121,17 +112,17 @@ def test_tenant_budgets_cover_every_key_and_top_ups_reopen_them(gateway):
     )
     assert budget["owner"] == "tenant"
     second = gateway.new_key()
-    assert _transcribe(gateway.http, first["secret"]).status_code == 200
-    assert _transcribe(gateway.http, second["secret"]).status_code == 402
+    assert gateway.post_audio(first, "openai/whisper-1").status_code == 200
+    assert gateway.post_audio(second, "openai/whisper-1").status_code == 402
     gateway.admin("POST", f"/admin/budgets/{budget['id']}/top-up", json={"amount_usd": "0.001"})
-    assert _transcribe(gateway.http, second["secret"]).status_code == 200
+    assert gateway.post_audio(second, "openai/whisper-1").status_code == 200
 
 
 def test_failed_calls_release_their_holds(gateway, database_url):
     key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "none"}])
     gateway.script({"status": 500}, {"status": 400, "body": {"error": {"message": "no"}}})
-    assert _transcribe(gateway.http, key["secret"]).status_code == 502
-    assert _transcribe(gateway.http, key["secret"]).status_code == 400
+    assert gateway.post_audio(key, "openai/whisper-1").status_code == 502
+    assert gateway.post_audio(key, "openai/whisper-1").status_code == 400
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
     assert budget["spent_usd"] == "0.000000000"
     assert budget["held_usd"] == "0.000000000"
@@ -227,7 +218,7 @@ def test_only_successes_are_charged_and_holds_return_to_zero(gateway, database_u
     scripted = {"slow": {"delay": 1.5}, "flaky": {"status": 500}}.get(model.split("/")[0])
     if scripted:
         gateway.script(scripted)
-    assert _transcribe(gateway.http, key["secret"], model).status_code == status
+    assert gateway.post_audio(key, model).status_code == status
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
     assert budget["held_usd"] == "0.000000000"
     (call,) = gateway.calls(key)
@@ -282,7 +273,7 @@ def test_spend_plus_holds_never_exceed_the_limit_while_calls_race(gateway, datab
 
 def test_spend_history_per_period(gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "month"}])
-    assert _transcribe(gateway.http, key["secret"]).status_code == 200
+    assert gateway.post_audio(key, "openai/whisper-1").status_code == 200
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
     (period,) = gateway.admin("GET", f"/admin/budgets/{budget['id']}/periods")
     assert period["period_start"] == budget["period_start"]

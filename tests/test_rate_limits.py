@@ -6,25 +6,17 @@ import asyncio
 import pytest
 
 from tests.conftest import ADMIN
-from tests.gateway import FIXTURES, burst, process_env
+from tests.gateway import burst, process_env
 from tests.processes import serving_many
 
-SPEECH = (FIXTURES / "speech.wav").read_bytes()
-
-
-def _call(gateway, key):
-    return gateway.http.post(
-        "/v1/audio/transcriptions",
-        headers={"authorization": f"Bearer {key['secret']}"},
-        data={"model": "openai/whisper-1"},
-        files={"file": ("speech.wav", SPEECH, "audio/wav")},
-    )
+MODEL = "openai/whisper-1"
 
 
 def test_requests_per_minute(gateway):
     key = gateway.new_key(rate_limits={"requests_per_minute": 3})
-    assert [_call(gateway, key).status_code for _ in range(3)] == [200, 200, 200]
-    refused = _call(gateway, key)
+    statuses = [gateway.post_audio(key, MODEL).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    refused = gateway.post_audio(key, MODEL)
     assert refused.status_code == 429
     error = refused.json()["error"]
     assert error["type"] == "rate_limit_error"
@@ -42,8 +34,8 @@ def test_requests_per_minute(gateway):
 
 def test_audio_seconds_per_window(gateway):
     key = gateway.new_key(rate_limits={"audio_seconds_per_window": 10, "window_seconds": 3600})
-    assert _call(gateway, key).status_code == 200  # 5.8 s of 10
-    refused = _call(gateway, key)  # 11.7 s would exceed 10
+    assert gateway.post_audio(key, MODEL).status_code == 200  # 5.8 s of 10
+    refused = gateway.post_audio(key, MODEL)  # 11.7 s would exceed 10
     assert refused.status_code == 429
     assert "10 audio seconds per 3600 s" in refused.json()["error"]["message"]
     assert int(refused.headers["retry-after"]) > 3500
@@ -59,16 +51,16 @@ def test_calls_in_flight(gateway, fake_provider):
     finally:
         fake_provider.script.latency = 0.0
     assert statuses == [200, 429]
-    assert _call(gateway, key).status_code == 200  # the slot is free again
+    assert gateway.post_audio(key, MODEL).status_code == 200  # the slot is free again
 
 
 def test_limits_are_updated_and_cleared_by_admins(gateway):
     key = gateway.new_key(rate_limits={"requests_per_minute": 1})
-    assert _call(gateway, key).status_code == 200
-    assert _call(gateway, key).status_code == 429
+    assert gateway.post_audio(key, MODEL).status_code == 200
+    assert gateway.post_audio(key, MODEL).status_code == 429
     url = f"/admin/keys/{key['id']}"
     gateway.admin("PATCH", url, json={"rate_limits": {"requests_per_minute": 5}})
-    assert _call(gateway, key).status_code == 200
+    assert gateway.post_audio(key, MODEL).status_code == 200
     cleared = gateway.admin("PATCH", url, json={"rate_limits": None})
     assert cleared["rate_limits"] is None
     bad = gateway.http.patch(url, json={"rate_limits": {"requests_per_minute": 0}}, headers=ADMIN)
