@@ -19,12 +19,13 @@ from litestar.handlers import BaseRouteHandler
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import database, key_format
-from app.admin_users import verify_admin_user
+from app import budgets, database, key_format
+from app.admin_users import PasswordChecker
 from app.errors import AuthenticationFailed, PermissionDenied
 from app.keys import stored_rate_limits
 from app.models import api_keys, key_secrets, tenants
 from app.schemas import RateLimits
+from app.throttle import SignInThrottle, TooManyAttempts
 
 _KEY_HEADERS = ("x-bf-vk", "x-api-key", "api-key")
 _ADMIN_CHALLENGE = {"www-authenticate": 'Basic realm="earmark-admin"'}
@@ -42,6 +43,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     rate_limits: RateLimits | None
     cache: bool
     expires_at: datetime | None
+    # A budget on the key's path that is used up this period: every call is refused.
+    exhausted_budget_id: str | None = None
 
 
 def _basic_credentials(value: str) -> tuple[str, str] | None:
@@ -85,6 +88,7 @@ _LOOKUP = (
         key_secrets.c.valid_until,
         tenants.c.name.label("tenant_name"),
         tenants.c.status.label("tenant_status"),
+        budgets.exhausted_on_path(api_keys.c.id, api_keys.c.tenant_id).label("exhausted"),
     )
     .select_from(key_secrets)
     .join(api_keys, api_keys.c.id == key_secrets.c.key_id)
@@ -104,9 +108,10 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
             "mistyped (its checksum does not match)."
         )
     digest = key_format.digest(secret, pepper)
-    async with database.read(engine) as conn:
-        row = (await conn.execute(_LOOKUP.where(key_secrets.c.digest == digest))).first()
     now = database.utcnow()
+    async with database.read(engine) as conn:
+        query = _LOOKUP.where(key_secrets.c.digest == digest)
+        row = (await conn.execute(query, budgets.period_starts(now))).first()
     shown = key_format.display_prefix(secret)
     if row is None or row.deleted_at is not None:
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}….")
@@ -135,6 +140,7 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         rate_limits=stored_rate_limits(row.rate_limits),
         cache=row.cache,
         expires_at=row.expires_at,
+        exhausted_budget_id=row.exhausted,
     )
 
 
@@ -147,29 +153,40 @@ async def require_tenant(connection: ASGIConnection, _: BaseRouteHandler) -> Non
 
 
 async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard for /admin: the bootstrap token as a bearer, or an admin user by HTTP Basic."""
-    settings = connection.app.state.settings
+    """Guard for /admin: the bootstrap token as a bearer, or an admin user by HTTP Basic.
+    Failures are throttled per source address and user name before anything is hashed."""
+    state = connection.app.state
     scheme, _, value = connection.headers.get("authorization", "").partition(" ")
     scheme = scheme.lower()
     key = presented_key(connection.headers)
     if key and key.startswith(key_format.PREFIX):
         raise PermissionDenied("Tenant keys cannot use the admin API.", code="tenant_key_not_admin")
+    if scheme not in ("bearer", "basic"):
+        raise _admin_refusal(
+            "Admin credentials required: `Authorization: Bearer <EARMARK_ADMIN_TOKEN>` or "
+            "HTTP Basic with an admin user (`earmark admin create-user NAME`)."
+        )
+    source = connection.client.host if connection.client else "unknown"
+    credentials = _basic_credentials(value) if scheme == "basic" else None
+    user = credentials[0] if credentials else None
+    throttle: SignInThrottle = state.sign_in_throttle
+    if (wait := throttle.retry_after(source, user)) is not None:
+        raise TooManyAttempts(wait)
     if scheme == "bearer":
         token = value.strip().encode()
-        if settings.admin_token and hmac.compare_digest(token, settings.admin_token.encode()):
+        admin_token = state.settings.admin_token
+        if admin_token and hmac.compare_digest(token, admin_token.encode()):
             connection.state.admin = "token"
             return
+        throttle.failed(source, None)
         raise _admin_refusal("Invalid admin token.")
-    if scheme == "basic":
-        credentials = _basic_credentials(value)
-        if credentials and await verify_admin_user(connection.app.state.engine, *credentials):
-            connection.state.admin = credentials[0]
-            return
-        raise _admin_refusal("Invalid admin user name or password.")
-    raise _admin_refusal(
-        "Admin credentials required: `Authorization: Bearer <EARMARK_ADMIN_TOKEN>` or HTTP "
-        "Basic with an admin user (`earmark admin create-user NAME`)."
-    )
+    passwords: PasswordChecker = state.admin_passwords
+    if credentials and await passwords.verify(state.engine, *credentials, source=source):
+        throttle.succeeded(credentials[0])
+        connection.state.admin = credentials[0]
+        return
+    throttle.failed(source, user)
+    raise _admin_refusal("Invalid admin user name or password.")
 
 
 def _admin_refusal(message: str) -> AuthenticationFailed:

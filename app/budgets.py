@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -21,10 +21,11 @@ from app import database
 from app.errors import EarmarkError, InvalidRequest, NotFound
 from app.ids import new_id
 from app.metering import NANOS_PER_USD, usd
-from app.models import budget_counters, budget_events, budgets, ledger_holds
+from app.models import UTCDateTime, budget_counters, budget_events, budgets, ledger_holds
 from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetPeriodSpend, BudgetUpdate
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PERIODS = ("day", "week", "month", "none")
 
 
 class BudgetExceeded(EarmarkError):
@@ -131,8 +132,9 @@ async def _hold(conn: AsyncConnection, budget_id: str, start: datetime, amount: 
     return held.rowcount == 1
 
 
-def _exceeded(budget: Any, view: Budget, amount: int) -> BudgetExceeded:
-    """The refusal, worded from the budget's current view (what is left, when it resets)."""
+def _exceeded(budget: Any, view: Budget, amount: int | None) -> BudgetExceeded:
+    """The refusal, worded from the budget's current view (what is left, when it resets);
+    ``amount`` is what the call may cost, None when nothing can fit."""
     owner = f"key {budget.key_id}" if budget.key_id else f"tenant {budget.tenant_id}"
     per = "in total" if budget.period == "none" else f"per {budget.period}"
     resets = (
@@ -140,11 +142,58 @@ def _exceeded(budget: Any, view: Budget, amount: int) -> BudgetExceeded:
         if view.period_end
         else "It does not reset; an admin can raise it or top it up."
     )
+    state = (
+        "is used up"
+        if amount is None
+        else f"has ${view.remaining_usd} left, and this call may cost up to ${usd(amount)}"
+    )
     return BudgetExceeded(
-        f"Budget {budget.id} (${view.limit_usd} {per} on {owner}) has "
-        f"${view.remaining_usd} left, and this call may cost up to ${usd(amount)}. {resets}",
+        f"Budget {budget.id} (${view.limit_usd} {per} on {owner}) {state}. {resets}",
         code="budget_exceeded",
     )
+
+
+def period_starts(now: datetime) -> dict[str, datetime]:
+    """The start of the current period of every kind, as ``exhausted_on_path`` binds them."""
+    return {f"{period}_start": period_bounds(period, now)[0] for period in PERIODS}
+
+
+def exhausted_on_path(key_id: Any, tenant_id: Any) -> Any:
+    """A correlated subquery: the id of a budget on the key's path whose spend alone
+    already fills it this period (no call can fit until it resets), or NULL. It binds the
+    ``period_starts`` of the moment, so that auth can refuse such a key before it reads a
+    byte of the request."""
+    counter = budget_counters.c
+    start = case(
+        *[
+            (budgets.c.period == period, bindparam(f"{period}_start", type_=UTCDateTime()))
+            for period in PERIODS
+        ]
+    )
+    return (
+        select(budgets.c.id)
+        .select_from(
+            budgets.outerjoin(
+                budget_counters,
+                and_(counter.budget_id == budgets.c.id, counter.period_start == start),
+            )
+        )
+        .where(
+            budgets.c.deleted_at.is_(None),
+            or_(budgets.c.key_id == key_id, budgets.c.tenant_id == tenant_id),
+            func.coalesce(counter.spent_nanos, 0)
+            >= budgets.c.limit_nanos + func.coalesce(counter.top_up_nanos, 0),
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+async def used_up(engine: AsyncEngine, budget_id: str) -> BudgetExceeded:
+    """The 402 for a call refused by ``exhausted_on_path``."""
+    async with database.read(engine) as conn:
+        budget = (await conn.execute(select(budgets).where(budgets.c.id == budget_id))).one()
+        return _exceeded(budget, await _view(conn, budget, database.utcnow()), None)
 
 
 async def settle(conn: AsyncConnection, ledger_id: str, actual: int) -> None:

@@ -11,7 +11,6 @@ answers are stored (a fallback's answer is another model's).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import database
 from app.catalog import Route
 from app.config import CacheConfig
+from app.executors import FairPool
+from app.form import Upload
 from app.metering import Usage
 from app.models import transcription_cache
-from app.providers import Upload
 
 HEADER = "x-bf-cache"
 # Fields whose value changes the answer; others (stream, user, …) do not.
@@ -75,17 +75,21 @@ async def prepare(
     fields: dict[str, list[str]],
     upload: Upload,
     *,
+    tenant_id: str,
     key_allows: bool,
     header: str | None,
+    files: FairPool,
 ) -> Lookup | None:
-    """The call's cache key, or None when the cache does not apply to it."""
+    """The call's cache key, or None when the cache does not apply to it. Entries are the
+    tenant's own unless the model's cache is ``shared_across_tenants``: otherwise another
+    tenant could read a transcript, or learn that a recording was sent, by its bytes."""
     read, write = _directives(header)
     if route.cache is None or not key_allows or not (read or write):
         return None
     audio = (
         _audio_digest(upload)
         if upload.in_memory
-        else await asyncio.to_thread(_audio_digest, upload)
+        else await files.run(tenant_id, _audio_digest, upload)
     )
     params = {
         name: sorted(fields[name]) if name in _UNORDERED else fields[name]
@@ -93,7 +97,8 @@ async def prepare(
         if name in fields
     }
     params.setdefault("response_format", ["json"])
-    material = msgspec.json.encode([route.name, endpoint, audio, params], order="sorted")
+    scope = "*" if route.cache.shared_across_tenants else tenant_id
+    material = msgspec.json.encode([scope, route.name, endpoint, audio, params], order="sorted")
     return Lookup(
         key=hashlib.sha256(material).hexdigest(), config=route.cache, read=read, write=write
     )

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import msgspec
 
+from app.audio import Limits
 from app.config import CacheConfig, Config, ConfigError, ModelConfig, ProviderConfig
 from app.errors import InvalidRequest, NotFound, PermissionDenied
 
@@ -30,6 +31,10 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def cache(self) -> CacheConfig | None:
         return self.config.cache or self.provider.cache
+
+    @property
+    def audio_limits(self) -> Limits:
+        return Limits(max_seconds=self.config.max_audio_seconds or self.provider.max_audio_seconds)
 
 
 class Catalog:

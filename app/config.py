@@ -14,9 +14,11 @@ from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
+from app.audio import DEFAULT_MAX_SECONDS
 from app.metering import Price
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+MaxSeconds = Annotated[int, msgspec.Meta(ge=1, le=86_400)]
 T = TypeVar("T")
 
 
@@ -32,6 +34,9 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_entry_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1_048_576  # larger answers aren't kept
     # What a hit costs the caller (same form as a model's price); free by default.
     hit_price: Price = Price()
+    # Entries belong to the tenant whose call made them; true lets every tenant's
+    # identical call be answered from them (it also tells a tenant what others sent).
+    shared_across_tenants: bool = False
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +52,8 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     model_path: str | None = None
     # Overrides the provider's cache settings for this model.
     cache: CacheConfig | None = None
+    # Longest upload this model accepts, measured from the audio (the provider's own).
+    max_audio_seconds: MaxSeconds | None = None
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -61,8 +68,12 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     models: dict[str, ModelConfig] = {}
     # Cache every model of this provider (a model's own `cache` table wins).
     cache: CacheConfig | None = None
-    # `local` only: worker processes transcribing at once (per gateway process).
+    # `local` only: worker processes transcribing at once (per gateway process), and the
+    # memory each may use (0: no cap).
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    memory_limit_mb: Annotated[int, msgspec.Meta(ge=0)] = 2048
+    # Longest upload its models accept (a model's own setting wins); 3 hours by default.
+    max_audio_seconds: MaxSeconds = DEFAULT_MAX_SECONDS
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,46 +1,81 @@
 """Speech recognition on this machine, run inside the local provider's worker processes.
 
-``transcribe`` decodes any accepted audio format to 16 kHz mono PCM (FFmpeg through
-PyAV) and recognises it with PocketSphinx (its English model ships inside the PyPI
-package: no download) or faster-whisper (the operator's model directory or name). It
-returns plain data, so it crosses the process boundary cheaply; the gateway side
-(``local_provider.py``) shapes it into OpenAI's response formats.
+``transcribe`` decodes the upload (opened like every upload, by ``audio.open_container``)
+to 16 kHz mono PCM as the recogniser reads it, so memory holds a few frames, not the
+whole decoded file; it recognises with PocketSphinx (its English model ships inside the
+PyPI package: no download) or faster-whisper (the operator's model directory or name,
+which needs the whole signal). ``serve`` is a worker process's loop: one job at a time
+from a pipe, under a cap on the process's memory, dying with the gateway that started it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import resource
+import signal
+import sys
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from typing import Any
 
 SAMPLE_RATE = 16_000
 _FRAMES_PER_SECOND = 100  # PocketSphinx's frame rate
 _FILLERS = frozenset({"<s>", "</s>", "<sil>", "[NOISE]", "[SPEECH]"})
+_PR_SET_PDEATHSIG = 1
 _engines: dict[tuple[str, str | None], Any] = {}  # loaded once per worker process
 
 
 class EngineError(Exception):
-    """The audio cannot be transcribed (unreadable, or a language the engine lacks)."""
+    """The audio cannot be transcribed (unreadable, too long, or a language the engine
+    lacks); the message is the tenant's to read."""
 
 
-def decode_pcm(audio: bytes) -> bytes:
-    """16 kHz mono signed 16-bit PCM of the first audio stream."""
-    import av
+class _Pcm:
+    """The upload's first audio stream as 16 kHz mono 16-bit PCM, decoded as it is read.
+    Packets a decoder cannot read are skipped, as FFmpeg's own tools do."""
 
-    pcm = bytearray()
-    try:
-        with av.open(io.BytesIO(audio)) as container:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            for frame in container.decode(audio=0):
+    def __init__(self, container: Any, max_seconds: int) -> None:
+        self._chunks = self._decode(container)
+        self._pending = bytearray()
+        self._max_samples = max_seconds * SAMPLE_RATE
+        self.samples = 0
+
+    @staticmethod
+    def _decode(container: Any) -> Iterator[bytes]:
+        import av
+
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                continue
+            for frame in frames:
                 for out in resampler.resample(frame):
-                    pcm += bytes(out.planes[0])[: out.samples * 2]
-            for out in resampler.resample(None):
-                pcm += bytes(out.planes[0])[: out.samples * 2]
-    except (av.error.FFmpegError, IndexError, ValueError) as error:
-        raise EngineError(f"the audio could not be decoded: {error}") from None
-    return bytes(pcm)
+                    yield bytes(out.planes[0])[: out.samples * 2]
+        for out in resampler.resample(None):
+            yield bytes(out.planes[0])[: out.samples * 2]
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._pending) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._pending += chunk
+            self.samples += len(chunk) // 2
+            if self.samples > self._max_samples:
+                raise EngineError(
+                    f"the audio is longer than {self._max_samples // SAMPLE_RATE} seconds"
+                )
+        size = len(self._pending) if size < 0 else size
+        out = bytes(self._pending[:size])
+        del self._pending[:size]
+        return out
 
 
-def _pocketsphinx(pcm: bytes, language: str | None) -> dict[str, Any]:
+def _pocketsphinx(pcm: _Pcm, language: str | None) -> dict[str, Any]:
     from pocketsphinx import Decoder, Segmenter
 
     if language not in (None, "en"):
@@ -50,7 +85,7 @@ def _pocketsphinx(pcm: bytes, language: str | None) -> dict[str, Any]:
         decoder = _engines["pocketsphinx", None] = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
     segments = []
     # Voice activity splits the audio into utterances: one segment each, decoded alone.
-    for speech in Segmenter(sample_rate=SAMPLE_RATE).segment(io.BytesIO(pcm)):
+    for speech in Segmenter(sample_rate=SAMPLE_RATE).segment(pcm):
         decoder.start_utt()
         decoder.process_raw(speech.pcm, full_utt=True)
         decoder.end_utt()
@@ -72,11 +107,12 @@ def _pocketsphinx(pcm: bytes, language: str | None) -> dict[str, Any]:
                     "words": words,
                 }
             )
+    pcm.read()  # whatever the segmenter left: the duration counts all of it
     return {"language": "english", "segments": segments}
 
 
 def _faster_whisper(
-    pcm: bytes, model_path: str | None, language: str | None, prompt: str | None, task: str
+    pcm: _Pcm, model_path: str | None, language: str | None, prompt: str | None, task: str
 ) -> dict[str, Any]:
     import numpy
     from faster_whisper import WhisperModel
@@ -85,7 +121,7 @@ def _faster_whisper(
     if model is None:
         model = WhisperModel(model_path or "base", device="cpu", compute_type="int8")
         _engines["faster-whisper", model_path] = model
-    samples = numpy.frombuffer(pcm, dtype=numpy.int16).astype(numpy.float32) / 32768.0
+    samples = numpy.frombuffer(pcm.read(), dtype=numpy.int16).astype(numpy.float32) / 32768.0
     found, info = model.transcribe(
         samples, language=language, initial_prompt=prompt, task=task, word_timestamps=True
     )
@@ -116,12 +152,55 @@ def transcribe(
     language: str | None = None,
     prompt: str | None = None,
     task: str = "transcribe",
+    max_seconds: int = 10_800,
 ) -> dict[str, Any]:
     """The transcript: language, duration (seconds) and segments with their words."""
-    pcm = decode_pcm(audio)
-    if engine == "pocketsphinx":
-        result = _pocketsphinx(pcm, language)  # English only: a translation is the transcript
-    else:
-        result = _faster_whisper(pcm, model_path, language, prompt, task)
-    result["duration"] = round(len(pcm) / 2 / SAMPLE_RATE, 3)
+    from app.audio import AudioRefused, open_container, sniff
+
+    file = io.BytesIO(audio)
+    try:
+        container, _ = sniff(file)
+        with open_container(file, container) as opened:
+            if not opened.streams.audio:
+                raise EngineError("the upload holds no audio stream")
+            pcm = _Pcm(opened, max_seconds)
+            if engine == "pocketsphinx":
+                result = _pocketsphinx(pcm, language)  # English only: a translation is the same
+            else:
+                result = _faster_whisper(pcm, model_path, language, prompt, task)
+    except AudioRefused as refused:
+        raise EngineError(refused.message) from None
+    result["duration"] = round(pcm.samples / SAMPLE_RATE, 3)
     return result
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the gateway process dies, even by kill -9."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def serve(conn: Connection, memory_bytes: int | None) -> None:
+    """A worker process: transcribe jobs from ``conn`` one at a time until it closes.
+    Every answer is ("ok", transcript) or ("refused", a message for the tenant)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when workers stop
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", transcribe(**job))
+        except EngineError as error:
+            answer = ("refused", f"the audio could not be transcribed: {error}")
+        except MemoryError:
+            answer = ("refused", "the audio needs more memory to transcribe than allowed")
+        del job
+        try:
+            conn.send(answer)
+        except (EOFError, OSError):
+            return

@@ -2,18 +2,19 @@
 
 The gateway forwards to it exactly as to a remote provider and gets an ``httpx.Response``
 back, so metering, fallbacks and response shaping do not know the difference. The work
-(decoding and recognition, ``local_engine.py``) runs in a bounded pool of worker
-processes, created at the first call: a long file never stalls the event loop, and at
-most ``workers`` files are decoded at once per gateway process; the rest wait their turn,
-still spooled, so memory holds at most ``workers`` uploads whatever the queue's length.
+(decoding and recognition, ``local_engine.py``) runs in worker processes of its own,
+started at the first call: a long file never stalls the event loop; at most ``workers``
+files are transcribed at once per gateway process while the rest wait their turn, still
+spooled; each worker's memory is capped. A call that times out or is abandoned kills its
+worker (a decode cannot be interrupted any other way) and the next call starts a fresh
+one; closing the provider kills them all, and a worker dies with its gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -21,37 +22,100 @@ import msgspec
 
 from app import local_engine
 from app.catalog import Route
-from app.providers import Upload, UpstreamError, UpstreamTimeout
+from app.executors import FairPool
+from app.form import Upload
+from app.providers import UpstreamError, UpstreamTimeout
 
 FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 TASKS = {"transcriptions": "transcribe", "translations": "translate"}
+# spawn: forking a process that runs an event loop and threads is unsafe.
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+class _Worker:
+    """One worker process and the pipe to it."""
+
+    def __init__(self, memory_bytes: int | None) -> None:
+        self.conn, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(
+            target=local_engine.serve, args=(child, memory_bytes), daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    def call(self, job: dict[str, Any], timeout: float) -> tuple[str, Any]:
+        """Blocking: send a job, wait for its answer (TimeoutError, or EOFError if the
+        process died)."""
+        self.conn.send(job)
+        if not self.conn.poll(timeout):
+            raise TimeoutError
+        return self.conn.recv()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class _Workers:
+    """The worker processes of one local provider."""
+
+    def __init__(self, size: int, memory_bytes: int | None) -> None:
+        self._memory_bytes = memory_bytes
+        self._turns = asyncio.Semaphore(size)
+        self._idle: list[_Worker] = []
+        self._alive: set[_Worker] = set()
+        # One thread per worker waits on its pipe; the event loop never blocks on one.
+        self._threads = ThreadPoolExecutor(size, thread_name_prefix="earmark-local")
+
+    async def run(self, job: dict[str, Any], seconds: float) -> tuple[str, Any]:
+        loop = asyncio.get_running_loop()
+        async with self._turns:
+            worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                worker = await loop.run_in_executor(self._threads, _Worker, self._memory_bytes)
+                self._alive.add(worker)
+            try:
+                answer = await loop.run_in_executor(self._threads, worker.call, job, seconds)
+            except BaseException:
+                # Timed out, died, or the caller left: the decode may still be running, so
+                # the process goes, and with it the CPU it was spending.
+                self._alive.discard(worker)
+                await asyncio.shield(loop.run_in_executor(self._threads, worker.kill))
+                raise
+            self._idle.append(worker)
+            return answer
+
+    def close(self) -> None:
+        for worker in self._alive:
+            worker.kill()
+        self._alive.clear()
+        self._idle.clear()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 class LocalProvider:
-    """One process pool per local provider, shared by its models."""
+    """The worker processes of every local provider, and the OpenAI-shaped answers."""
 
-    def __init__(self) -> None:
-        self._pools: dict[str, ProcessPoolExecutor] = {}
-        self._turns: dict[str, asyncio.Semaphore] = {}
+    def __init__(self, files: FairPool) -> None:
+        self._files = files
+        self._workers: dict[str, _Workers] = {}
 
-    def _turn(self, route: Route) -> asyncio.Semaphore:
-        turn = self._turns.get(route.provider_name)
-        if turn is None:
-            turn = self._turns[route.provider_name] = asyncio.Semaphore(route.provider.workers)
-        return turn
-
-    def _pool(self, route: Route) -> ProcessPoolExecutor:
-        pool = self._pools.get(route.provider_name)
-        if pool is None:
-            # spawn: forking a process that runs an event loop and threads is unsafe.
-            pool = ProcessPoolExecutor(
-                max_workers=route.provider.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-            self._pools[route.provider_name] = pool
-        return pool
+    def _pool(self, route: Route) -> _Workers:
+        workers = self._workers.get(route.provider_name)
+        if workers is None:
+            provider = route.provider
+            memory = provider.memory_limit_mb * (1 << 20) if provider.memory_limit_mb else None
+            workers = self._workers[route.provider_name] = _Workers(provider.workers, memory)
+        return workers
 
     async def send(
-        self, route: Route, endpoint: str, fields: dict[str, list[str]], upload: Upload
+        self,
+        route: Route,
+        endpoint: str,
+        fields: dict[str, list[str]],
+        upload: Upload,
+        owner: str,
     ) -> httpx.Response:
         options = {name: values[-1] for name, values in fields.items() if values}
         response_format = options.get("response_format", "json")
@@ -62,55 +126,45 @@ class LocalProvider:
                 f"{route.name}; use one of {', '.join(sorted(FORMATS))}.",
                 "response_format",
             )
-        async with self._turn(route):
-            transcript = await self._transcribe(route, endpoint, options, upload)
-        if isinstance(transcript, httpx.Response):
-            return transcript
-        granularities = fields.get("timestamp_granularities[]", []) + fields.get(
-            "timestamp_granularities", []
-        )
-        return render(transcript, response_format, TASKS[endpoint], "word" in granularities)
-
-    async def _transcribe(
-        self, route: Route, endpoint: str, options: dict[str, str], upload: Upload
-    ) -> dict[str, Any] | httpx.Response:
-        """Read the upload only now that a worker is free for it, and run the engine."""
         upload.file.seek(0)
         audio = (
-            upload.file.read() if upload.in_memory else await asyncio.to_thread(upload.file.read)
+            upload.file.read()
+            if upload.in_memory
+            else await self._files.run(owner, upload.file.read)
         )
-        work = partial(
-            local_engine.transcribe,
-            route.config.engine,
-            route.config.model_path,
-            audio,
-            language=options.get("language") or None,
-            prompt=options.get("prompt") or None,
-            task=TASKS[endpoint],
-        )
-        loop = asyncio.get_running_loop()
+        job = {
+            "engine": route.config.engine,
+            "model_path": route.config.model_path,
+            "audio": audio,
+            "language": options.get("language") or None,
+            "prompt": options.get("prompt") or None,
+            "task": TASKS[endpoint],
+            "max_seconds": route.audio_limits.max_seconds,
+        }
+        del audio
+        timeout = route.provider.timeout_seconds
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._pool(route), work), route.provider.timeout_seconds
-            )
-        except local_engine.EngineError as error:
-            return _error(400, str(error), "file")
+            outcome, value = await self._pool(route).run(job, timeout)
         except TimeoutError:
             raise UpstreamTimeout(
-                f"{route.provider_name} did not finish within "
-                f"{route.provider.timeout_seconds:g} s.",
+                f"{route.provider_name} did not finish within {timeout:g} s.",
                 code="upstream_timeout",
             ) from None
-        except BrokenExecutor:
-            self._pools.pop(route.provider_name, None)  # the next call starts a new pool
+        except (EOFError, OSError):
             raise UpstreamError(
                 f"{route.provider_name}'s worker process died.", code="upstream_unreachable"
             ) from None
+        if outcome != "ok":
+            return _error(400, f"{route.name}: {value}", "file")
+        granularities = fields.get("timestamp_granularities[]", []) + fields.get(
+            "timestamp_granularities", []
+        )
+        return render(value, response_format, TASKS[endpoint], "word" in granularities)
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
-        self._pools.clear()
+        for workers in self._workers.values():
+            workers.close()
+        self._workers.clear()
 
 
 def _error(status: int, message: str, param: str | None) -> httpx.Response:

@@ -15,12 +15,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from app import __version__, migrate
+from app.admin_users import PasswordChecker
 from app.auth import require_admin, require_tenant
 from app.catalog import Catalog
 from app.config import load_config, provider_api_keys
 from app.database import create_engine
 from app.deps import provide_engine, provide_gateway, provide_principal, provide_settings
 from app.errors import EXCEPTION_HANDLERS
+from app.executors import Executors
 from app.local_provider import LocalProvider
 from app.metrics import Metrics
 from app.providers import create_client
@@ -37,6 +39,7 @@ from app.routes import (
 )
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
+from app.throttle import SignInThrottle
 from app.transcription import Gateway
 
 
@@ -47,11 +50,19 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     catalog, provider_keys = Catalog(config), provider_api_keys(config)
     engine = create_engine(settings.database_url)
     http = create_client()
-    local = LocalProvider()
+    executors = Executors.create(
+        probe=settings.probe_threads,
+        passwords=settings.password_threads,
+        files=settings.file_threads,
+    )
+    local = LocalProvider(executors.files)
     try:
         head = migrate.head_revision()
         await migrate.ensure_at_head(engine, head)
         app.state.engine = engine
+        app.state.executors = executors
+        app.state.admin_passwords = PasswordChecker(executors.passwords)
+        app.state.sign_in_throttle = SignInThrottle()
         app.state.schema_head = head
         app.state.metrics.start_series(catalog.routes.values())
         app.state.gateway = Gateway(
@@ -61,6 +72,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             provider_keys=provider_keys,
             metrics=app.state.metrics,
             local=local,
+            executors=executors,
         )
         sweeper = asyncio.create_task(run_sweeper(engine, catalog))
         try:
@@ -71,6 +83,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 await sweeper
     finally:
         local.close()
+        executors.close()
         await http.aclose()
         await engine.dispose()
 

@@ -5,7 +5,6 @@ The tenant's key and headers never go upstream; the provider's key never comes b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import httpx
@@ -13,15 +12,7 @@ import msgspec
 
 from app.catalog import Route
 from app.errors import EarmarkError
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    filename: str
-    content_type: str
-    file: BinaryIO
-    size: int
-    in_memory: bool
+from app.form import Upload
 
 
 class UpstreamError(EarmarkError):

@@ -29,6 +29,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Add a `tenant` label to the call, audio, token and cost metrics (one series per
     # tenant and model): off by default to keep Prometheus's series count bounded.
     metrics_tenant_label: bool = False
+    # Threads for each kind of blocking work (see app/executors.py).
+    probe_threads: int = 4
+    password_threads: int = 1
+    file_threads: int = 4
 
     @property
     def is_sqlite(self) -> bool:
@@ -54,6 +58,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         config_path=environ.get("EARMARK_CONFIG") or None,
         key_pepper=environ.get("EARMARK_KEY_PEPPER", ""),
         metrics_tenant_label=_flag(environ, "EARMARK_METRICS_TENANT_LABEL"),
+        probe_threads=_count(environ, "EARMARK_PROBE_THREADS", 4),
+        password_threads=_count(environ, "EARMARK_PASSWORD_THREADS", 1),
+        file_threads=_count(environ, "EARMARK_FILE_THREADS", 4),
     )
 
 
@@ -64,3 +71,12 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
     if value in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+
+def _count(environ: Mapping[str, str], name: str, default: int, maximum: int = 64) -> int:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise SettingsError(f"{name} must be a whole number from 1 to {maximum}, not {value!r}")
+    return int(value)

@@ -1,13 +1,14 @@
-"""One metered audio call: from the parsed form to the settled ledger row.
+"""One metered audio call: from the request body to the settled ledger row.
 
-validate → resolve the model → probe the audio → open the ledger row → forward (with
-fallbacks) → shape the answer as OpenAI would → settle the row with usage and cost.
-The ledger row of a non-streamed call is settled before the answer is sent, so an
-answered call is always in the ledger.
+refuse a used-up key → read the form → resolve the model → measure the audio → open the
+ledger row → forward (with fallbacks) → shape the answer as OpenAI would → settle the row
+with usage and cost. The ledger row of a non-streamed call is settled before the answer
+is sent, so an answered call is always in the ledger.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -19,21 +20,21 @@ import anyio
 import httpx
 import msgspec
 from litestar import Response
-from litestar.datastructures import UploadFile
 from litestar.response import Stream
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import cache, ledger
-from app.audio import duration_ms
+from app import budgets, cache, ledger
+from app.audio import forwarded_filename, measure
 from app.auth import Principal
 from app.catalog import Catalog, Route
 from app.errors import EarmarkError, InvalidRequest, ServiceUnavailable
+from app.executors import Executors
+from app.form import Form, Upload, read_form
 from app.local_provider import LocalProvider
 from app.metering import Usage, cost_nanos, estimated_audio_tokens, hold_nanos, usage_from_body
 from app.metrics import Metrics
 from app.providers import (
-    Upload,
     UpstreamError,
     UpstreamTimeout,
     send,
@@ -41,23 +42,18 @@ from app.providers import (
     upstream_error_body,
 )
 
-MAX_FILE_BYTES = 26_214_400  # OpenAI's 25 MiB
-MAX_BODY_BYTES = MAX_FILE_BYTES + 1_048_576  # room for the other form fields
 FORMATS = {
     "transcriptions": frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"}),
     "translations": frozenset({"json", "text", "srt", "verbose_json", "vtt"}),
 }
 REQUEST_TYPES = {"transcriptions": "transcription", "translations": "translation"}
+MAX_MODEL_LENGTH = 200  # the ledger's column
 
 
 NO_USAGE = Usage()
 TEXT_PLAIN = "text/plain"  # Litestar adds the charset (see _ok)
 _CHARSET = re.compile(r";\s*charset=[^;]*", re.IGNORECASE)
 logger = logging.getLogger("earmark")
-
-
-class PayloadTooLarge(EarmarkError):
-    status_code = 413
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +66,7 @@ class Gateway:
     provider_keys: dict[str, str]
     metrics: Metrics
     local: LocalProvider
+    executors: Executors
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +74,9 @@ class CallRequest:
     request_id: str
     principal: Principal
     endpoint: str  # transcriptions | translations
-    form: dict[str, Any]
+    body: AsyncIterator[bytes]
+    content_type: str | None
+    content_length: str | None
     send_raw: bool
     started: float
     cache_header: str | None = None  # x-bf-cache: no-cache, no-store
@@ -93,52 +92,6 @@ def _upstream_error_kind(status: int) -> str | None:
     if status == 429:
         return "status_429"
     return "status_4xx" if status >= 400 else None
-
-
-def _upload(file: UploadFile) -> Upload:
-    spool = file.file
-    spool.seek(0, 2)
-    size = spool.tell()
-    spool.seek(0)
-    if size > MAX_FILE_BYTES:
-        raise PayloadTooLarge(
-            f"The audio file is {size} bytes; the limit is {MAX_FILE_BYTES} bytes (25 MiB).",
-            param="file",
-            code="file_too_large",
-        )
-    if size == 0:
-        raise InvalidRequest("The audio file is empty.", param="file", code="empty_file")
-    return Upload(
-        filename=file.filename or "audio",
-        content_type=file.content_type or "application/octet-stream",
-        file=spool,
-        size=size,
-        in_memory=not file.rolled_to_disk,
-    )
-
-
-def split_form(form: dict[str, Any]) -> tuple[dict[str, list[str]], Upload]:
-    """The text fields, in order and repeated keys kept, and the one uploaded file."""
-    fields: dict[str, list[str]] = {}
-    upload = None
-    for name, value in form.items():
-        values = value if isinstance(value, list) else [value]
-        is_file = [isinstance(item, UploadFile) for item in values]
-        if name == "file":
-            if len(values) != 1 or not is_file[0]:
-                raise InvalidRequest(
-                    "Send exactly one audio file in the `file` field.", param="file"
-                )
-            upload = _upload(values[0])
-        elif any(is_file):
-            raise InvalidRequest(f"Only `file` may hold a file, not `{name}`.", param=name)
-        else:
-            fields[name] = values
-    if upload is None:
-        raise InvalidRequest(
-            "Missing the audio file: send it as the multipart field `file`.", param="file"
-        )
-    return fields, upload
 
 
 def _single(fields: dict[str, list[str]], name: str) -> str | None:
@@ -160,11 +113,17 @@ def read_options(fields: dict[str, list[str]], endpoint: str) -> CallOptions:
     model = (_single(fields, "model") or "").strip()
     if not model:
         raise InvalidRequest("Missing `model`: name the model to transcribe with.", param="model")
+    if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
+        raise InvalidRequest(
+            f"`model` must be a printable name of at most {MAX_MODEL_LENGTH} characters.",
+            param="model",
+        )
     response_format = _single(fields, "response_format") or "json"
     if response_format not in FORMATS[endpoint]:
+        shown = response_format if len(response_format) <= 40 else response_format[:40] + "…"
         raise InvalidRequest(
             f"`response_format` must be one of {', '.join(sorted(FORMATS[endpoint]))}; "
-            f"got {response_format!r}.",
+            f"got {shown!r}.",
             param="response_format",
         )
     stream_text = (_single(fields, "stream") or "false").lower()
@@ -197,6 +156,37 @@ def _meter(route: Route, reported: Usage, probed_ms: int) -> tuple[Usage, str, i
     return usage, source, cost_nanos(price, usage)
 
 
+async def _measure_and_hold(
+    gateway: Gateway, call: CallRequest, opening: ledger.Opening, form: Form, route: Route
+) -> tuple[Upload, list[Route]]:
+    """Measure the audio (in the probe pool, under the model's limits), then hold the most
+    the call can cost and open its ledger row, in one transaction."""
+    assert form.upload is not None
+    audio = await gateway.executors.probe.run(
+        call.principal.tenant_id, measure, form.upload.file, form.upload.size, route.audio_limits
+    )
+    opening.probed_audio_ms = audio.duration_ms
+    # Named for the format measured, so the provider decodes what was measured.
+    upload = dataclasses.replace(
+        form.upload, filename=forwarded_filename(form.upload.filename, audio.container)
+    )
+    candidates = [route, *gateway.catalog.fallbacks[route.name]]
+    prompt = _single(form.fields, "prompt") or ""
+    # A fallback may cost more than the route asked for: hold the most any could cost.
+    opening.hold_nanos = max(
+        hold_nanos(c.config.price, audio.duration_ms, prompt) for c in candidates
+    )
+    await ledger.open_call(
+        gateway.engine,
+        opening,
+        route.provider_name,
+        route.upstream_model,
+        limits=call.principal.rate_limits,
+    )
+    gateway.metrics.call_opened(opening.hold_nanos)
+    return upload, candidates
+
+
 async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
     principal = call.principal
     opening = ledger.Opening(
@@ -207,42 +197,54 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         model_requested="",
     )
     route: Route | None = None
+    form: Form | None = None
     try:
-        fields, upload = split_form(call.form)
-        options = read_options(fields, call.endpoint)
-        opening.model_requested = options.model
-        opening.response_format = options.response_format
-        opening.stream = options.stream
-        opening.upload_bytes = upload.size
-        route = gateway.catalog.resolve(options.model)
-        gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
-        probed = opening.probed_audio_ms = await duration_ms(upload.file)
-        candidates = [route, *gateway.catalog.fallbacks[route.name]]
-        prompt = _single(fields, "prompt") or ""
-        # A fallback may cost more than the route asked for: hold the most any could cost.
-        opening.hold_nanos = max(hold_nanos(c.config.price, probed, prompt) for c in candidates)
-        await ledger.open_call(
-            gateway.engine,
-            opening,
-            route.provider_name,
-            route.upstream_model,
-            limits=principal.rate_limits,
+        try:
+            # Cheapest refusals first: a used-up budget before a byte of the body is read.
+            if principal.exhausted_budget_id is not None:
+                raise await budgets.used_up(gateway.engine, principal.exhausted_budget_id)
+            form = await read_form(call.body, call.content_type, call.content_length)
+            assert form.upload is not None
+            opening.upload_bytes = form.upload.size
+            options = read_options(form.fields, call.endpoint)
+            opening.model_requested = options.model
+            opening.response_format = options.response_format
+            opening.stream = options.stream
+            route = gateway.catalog.resolve(options.model)
+            gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
+            upload, candidates = await _measure_and_hold(gateway, call, opening, form, route)
+        except EarmarkError as error:
+            gateway.metrics.call_ended(
+                tenant=principal.tenant_id,
+                endpoint=opening.endpoint,
+                model=route.name if route else None,
+                provider=route.provider_name if route else None,
+                status=error.status_code,
+                outcome="rejected",
+                seconds=time.perf_counter() - call.started,
+            )
+            await ledger.record_rejection(
+                gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started)
+            )
+            raise
+        return await _forward_call(
+            gateway, call, opening, options, form.fields, upload, route, candidates
         )
-        gateway.metrics.call_opened(opening.hold_nanos)
-    except EarmarkError as error:
-        gateway.metrics.call_ended(
-            tenant=principal.tenant_id,
-            endpoint=opening.endpoint,
-            model=route.name if route else None,
-            provider=route.provider_name if route else None,
-            status=error.status_code,
-            outcome="rejected",
-            seconds=time.perf_counter() - call.started,
-        )
-        await ledger.record_rejection(
-            gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started)
-        )
-        raise
+    finally:
+        if form is not None:
+            form.close()
+
+
+async def _forward_call(
+    gateway: Gateway,
+    call: CallRequest,
+    opening: ledger.Opening,
+    options: CallOptions,
+    fields: dict[str, list[str]],
+    upload: Upload,
+    route: Route,
+    candidates: list[Route],
+) -> Response[Any]:
     forward = _Forward(gateway, call, opening, options, fields, upload, route)
     try:
         forward.lookup = await cache.prepare(
@@ -250,8 +252,10 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
             call.endpoint,
             fields,
             upload,
-            key_allows=principal.cache,
+            tenant_id=call.principal.tenant_id,
+            key_allows=call.principal.cache,
             header=call.cache_header,
+            files=gateway.executors.files,
         )
         if forward.lookup and forward.lookup.read:
             entry = await cache.find(gateway.engine, forward.lookup.key)
@@ -412,7 +416,11 @@ class _Forward:
             try:
                 if route.provider.kind == "local":
                     response = await self.gateway.local.send(
-                        route, self.call.endpoint, fields, self.upload
+                        route,
+                        self.call.endpoint,
+                        fields,
+                        self.upload,
+                        self.call.principal.tenant_id,
                     )
                 else:
                     response = await send(

@@ -1,28 +1,65 @@
-"""Duration probing for every accepted format, from committed espeak-ng fixtures."""
+"""The meter measures the audio, not the file's claims: every accepted format, and the
+files an attacker builds to be billed less, to stall the gateway, or to make FFmpeg open
+something other than the upload."""
+
+from __future__ import annotations
 
 import io
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from app.audio import NotAudio, duration_ms
+from app.audio import (
+    MAX_WAV_CHUNKS,
+    AudioRefused,
+    Limits,
+    _opus_samples,
+    forwarded_filename,
+    measure,
+)
+from tests.audio_files import (
+    decoded_seconds,
+    encode,
+    fmt_chunk,
+    forge_streaminfo,
+    riff,
+    silent_flac,
+    tone,
+    wav,
+)
 
-pytestmark = pytest.mark.anyio
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEECH_MS = 5848  # sox: 5.84875 s
 
 
+def _measure(data: bytes, max_seconds: int = 10_800):
+    file = io.BytesIO(data)
+    audio = measure(file, len(data), Limits(max_seconds=max_seconds))
+    assert file.tell() == 0  # ready to be forwarded
+    return audio
+
+
+def _refused(data: bytes, max_seconds: int = 10_800) -> AudioRefused:
+    with pytest.raises(AudioRefused) as refused:
+        _measure(data, max_seconds)
+    assert refused.value.status_code == 400
+    assert refused.value.param == "file"
+    return refused.value
+
+
 @pytest.mark.parametrize("ext", ["wav", "flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "webm"])
-async def test_every_accepted_format_is_probed(ext):
-    with (FIXTURES / f"speech.{ext}").open("rb") as file:
-        measured = await duration_ms(file)
-        assert file.tell() == 0  # ready to be forwarded
-    assert abs(measured - SPEECH_MS) <= 60, measured  # lossy codecs pad a little
+def test_every_accepted_format_is_measured(ext):
+    audio = _measure((FIXTURES / f"speech.{ext}").read_bytes())
+    # Whole frames of compressed audio, encoder delay included: never less than played.
+    assert SPEECH_MS - 10 <= audio.duration_ms <= SPEECH_MS + 120, audio
 
 
-async def test_silence_has_its_length():
-    with (FIXTURES / "silence-1s.wav").open("rb") as file:
-        assert await duration_ms(file) == 1000
+def test_silence_has_its_length():
+    assert _measure((FIXTURES / "silence-1s.wav").read_bytes()).duration_ms == 1000
 
 
 @pytest.mark.parametrize(
@@ -32,11 +69,213 @@ async def test_silence_has_its_length():
         b"RIFF\x00\x00\x00\x00WAVEjunk",
         b"\x00" * 4096,
         (FIXTURES / "speech.mp3").read_bytes()[:200],
+        b"RIFF\x14\x00\x00\x00WAVEJUNK\xff\xff\xff\x00abcd",  # a 28-byte JUNK that overruns
     ],
-    ids=["text", "broken-wav", "zeros", "truncated-mp3"],
+    ids=["text", "broken-wav", "zeros", "truncated-mp3", "junk-overrun"],
 )
-async def test_not_audio_is_a_400_naming_the_file(content):
-    with pytest.raises(NotAudio) as raised:
-        await duration_ms(io.BytesIO(content))
-    assert raised.value.status_code == 400
-    assert raised.value.param == "file"
+def test_not_audio_is_a_400_naming_the_file(content):
+    assert _refused(content).code in ("invalid_audio", "empty_audio")
+
+
+# --- Headers that under-state ----------------------------------------------------------
+
+
+def test_every_data_chunk_of_a_wav_is_counted():
+    """Python's `wave` stopped at a 0.1 s first chunk; FFmpeg plays the 59.4 s one."""
+    data = riff((b"fmt ", fmt_chunk()), (b"data", tone(0.1)), (b"data", tone(59.4)))
+    assert decoded_seconds(data) >= 59.4
+    assert _measure(data).duration_ms >= 59_400
+
+
+def test_a_flac_header_claiming_one_second_is_ignored():
+    honest = encode("flac", "flac", tone(59.4))
+    forged = forge_streaminfo(honest, 16_000)
+    with av.open(io.BytesIO(forged)) as opened:
+        assert opened.duration < 2 * av.time_base  # what a header-trusting probe saw
+    assert decoded_seconds(forged) >= 59.4
+    assert _measure(forged).duration_ms >= 59_400
+
+
+def test_mp3_hidden_in_a_pcm_wav_is_measured_as_the_mp3_ffmpeg_finds():
+    """A header declaring 48 kHz stereo PCM over 8 kbit/s MP3 data: FFmpeg decodes MP3."""
+    mp3 = encode("mp3", "libmp3lame", tone(30))
+    data = riff((b"fmt ", fmt_chunk(48_000, 2, 16)), (b"data", mp3))
+    assert len(mp3) / 192_000 < 1  # what the PCM header says it holds
+    audio = _measure(data)
+    assert audio.codec.startswith("mp3")
+    assert audio.duration_ms >= decoded_seconds(data) * 1000 - 50
+
+
+def test_opus_packets_are_counted_from_their_toc_byte():
+    assert _opus_samples(bytes([16 << 3])) == 120  # CELT 2.5 ms, one frame
+    assert _opus_samples(bytes([(31 << 3) | 1])) == 1920  # CELT 20 ms, two frames
+    assert _opus_samples(bytes([(3 << 3) | 3, 3])) == 3 * 2880  # SILK 60 ms, three frames
+    assert _opus_samples(bytes([(12 << 3) | 2])) == 960  # hybrid 10 ms, two frames
+
+
+# --- Bombs and absurd claims -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("hours", [10, 36])
+def test_hours_of_silent_flac_claiming_one_second_are_refused(hours):
+    bomb = silent_flac(hours * 3600, claim_samples=8_000)
+    assert len(bomb) < 300_000
+    refused = _refused(bomb)
+    assert refused.code == "audio_too_long"
+    assert "10800 seconds" in refused.message and "max_audio_seconds" in refused.message
+
+
+def test_a_models_own_limit_is_named():
+    refused = _refused(wav(tone(61)), max_seconds=60)
+    assert refused.code == "audio_too_long"
+    assert "60 seconds" in refused.message
+
+
+def test_a_1_hz_wav_claiming_four_billion_samples_is_refused():
+    data = riff((b"fmt ", fmt_chunk(rate=1)), (b"data", b"\0" * 64), size_override={1: 2**32 - 1})
+    refused = _refused(data)
+    assert refused.code == "sample_rate_out_of_range"
+    assert "1 Hz" in refused.message
+
+
+def test_too_many_channels_are_refused():
+    data = riff((b"fmt ", fmt_chunk(channels=64)), (b"data", b"\0" * 1280))
+    assert _refused(data).code == "too_many_channels"
+
+
+def test_a_wav_of_empty_junk_chunks_is_refused_after_a_bounded_scan():
+    data = riff((b"fmt ", fmt_chunk()), *[(b"JUNK", b"")] * 5_000, (b"data", tone(1)))
+    refused = _refused(data)
+    assert refused.code == "too_many_chunks"
+    assert str(MAX_WAV_CHUNKS) in refused.message
+
+
+def test_packets_that_decode_to_nothing_are_capped():
+    """Opus packets whose TOC says zero frames: free to send, slow to read."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=48_000, layout="mono")
+        stream.codec_context.open()
+        for n in range(110_000):
+            packet = av.Packet(bytes([(16 << 3) | 3, 0]))
+            packet.stream, packet.time_base = stream, Fraction(1, 48_000)
+            packet.pts = packet.dts = n
+            out.mux(packet)
+    refused = _refused(buffer.getvalue(), max_seconds=60)
+    assert refused.code == "too_many_packets"
+
+
+# --- FFmpeg may open only the upload -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"ffconcat version 1.0\nfile {path}\n",
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{path}\n#EXT-X-ENDLIST\n",
+        b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        b"m=audio 5004 RTP/AVP 0\n",
+    ],
+    ids=["ffconcat", "hls", "sdp"],
+)
+def test_playlists_and_sessions_are_not_audio_and_read_nothing(payload, tmp_path):
+    """The same answer whether the named file exists, is missing or unreadable: no oracle,
+    no bytes of it, no socket bound."""
+    readable = FIXTURES / "speech.wav"
+    unreadable = tmp_path / "secret.wav"
+    unreadable.write_bytes(readable.read_bytes())
+    unreadable.chmod(0)
+    udp_before = Path("/proc/net/udp").read_text().count("\n")
+    answers = set()
+    for path in (readable, tmp_path / "missing.wav", unreadable):
+        refused = _refused(payload.replace(b"{path}", str(path).encode()))
+        answers.add((refused.code, refused.message))
+    assert len(answers) == 1
+    assert answers.pop()[0] == "invalid_audio"
+    assert Path("/proc/net/udp").read_text().count("\n") == udp_before
+
+
+@pytest.mark.parametrize(("container", "codec"), [("mp4", "aac"), ("webm", "libopus")])
+def test_metadata_that_is_not_utf8_is_not_an_error(container, codec):
+    data = _with_bad_title(container, codec)
+    assert b"\xff\xfe\xfd" in data
+    assert _measure(data).duration_ms >= 2000
+
+
+def _with_bad_title(container: str, codec: str) -> bytes:
+    pcm = tone(2)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        out.metadata["title"] = "MARKER-MARKER"
+        stream = out.add_stream(codec, rate=48_000 if codec == "libopus" else 16_000)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=stream.rate)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+        frame.planes[0].update(pcm)
+        frame.sample_rate = 16_000
+        for resampled in resampler.resample(frame):
+            out.mux(stream.encode(resampled))
+        out.mux(stream.encode(None))
+    return buffer.getvalue().replace(b"MARKER-MARKER", b"\xff\xfe\xfd" + b"X" * 10)
+
+
+# --- The WAV walk, checked against FFmpeg itself ---------------------------------------
+
+_CHUNK = st.one_of(
+    st.tuples(st.just(b"data"), st.integers(0, 3000)),
+    st.tuples(st.sampled_from([b"JUNK", b"LIST", b"fact", b"bext"]), st.integers(0, 64)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chunks=st.lists(_CHUNK, min_size=1, max_size=6),
+    forged=st.dictionaries(st.integers(0, 6), st.sampled_from([0, 1, 7, 2**32 - 1, 99_999])),
+    tail=st.binary(max_size=40),
+)
+def test_the_wav_walk_never_counts_less_than_ffmpeg_plays(chunks, forged, tail):
+    body = [(b"fmt ", fmt_chunk())]
+    for tag, length in chunks:
+        body.append((tag, tone(length / 16_000)[: length * 2] if tag == b"data" else b"x" * length))
+    data = riff(*body, size_override={i + 1: v for i, v in forged.items()}) + tail
+    try:
+        played = decoded_seconds(data, "wav")
+    except (av.FFmpegError, IndexError):
+        played = 0.0
+    try:
+        measured = _measure(data).duration_ms
+    except AudioRefused:
+        assert played * 1000 < 1, "refused audio that FFmpeg plays"
+        return
+    assert measured >= int(played * 1000), (measured, played)
+
+
+def test_a_plain_wav_is_measured_exactly():
+    assert _measure(wav(tone(12.345))).duration_ms == 12_345
+    stereo = wav(tone(3.0) * 2, rate=16_000, channels=2)
+    assert _measure(stereo).duration_ms == 3_000
+    assert _measure(wav(tone(1.0), rate=44_100)).duration_ms == 362  # 16,000 samples
+
+
+# --- What is forwarded -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "container", "sent"),
+    [
+        ("speech.wav", "wav", "speech.wav"),
+        ("speech.MP3", "mp3", "speech.mp3"),
+        ("voice.m4a", "mp4", "voice.m4a"),
+        ("recording", "webm", "recording.webm"),
+        ("a.wav", "flac", "a.flac"),  # named for the format FFmpeg will decode
+        ('x";\r\nevil: 1.mp3', "mp3", "x____evil_ 1.mp3"),
+        ("", "ogg", "audio.ogg"),
+    ],
+)
+def test_the_upload_is_forwarded_under_a_name_for_its_format(given, container, sent):
+    assert forwarded_filename(given, container) == sent
+
+
+def test_bytes_are_measured_not_the_tenants_name_for_them():
+    assert _measure(encode("flac", "flac", tone(2))).container == "flac"
+    assert _measure(encode("ogg", "libopus", tone(2))).container == "ogg"

@@ -3,7 +3,7 @@ recorded as rejected at zero cost."""
 
 import pytest
 
-from app.transcription import MAX_FILE_BYTES
+from app.form import MAX_FILE_BYTES
 from tests.gateway import FIXTURES
 from tests.processes import wav_of_size
 
@@ -174,7 +174,7 @@ def test_a_body_far_over_the_limit_is_413_before_it_is_read(gateway):
     response = _post(
         gateway,
         key,
-        content=b"x" * (30 * 1024 * 1024),
+        content=b"x" * (31 * 1024 * 1024),
         headers={"content-type": "multipart/form-data; boundary=abc"},
     )
     assert response.status_code == 413

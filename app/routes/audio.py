@@ -6,13 +6,13 @@ import time
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
-from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
-from litestar.params import HeaderParameter, MultipartBody
+from litestar.params import HeaderParameter
 
 from app.auth import Principal
+from app.form import body_chunks
 from app.request_id import request_id
-from app.transcription import MAX_BODY_BYTES, CallRequest, Gateway, handle_call
+from app.transcription import CallRequest, Gateway, handle_call
 
 SendRaw = Annotated[str | None, HeaderParameter(name="x-bf-send-back-raw-response")]
 CacheDirective = Annotated[
@@ -26,12 +26,12 @@ CacheDirective = Annotated[
 
 @post(
     ["/audio/transcriptions", "/audio/translations"],
-    request_max_body_size=MAX_BODY_BYTES,
+    # The form is read by app/form.py, which bounds it field by field.
+    request_max_body_size=None,
     summary="Transcribe, or translate into English, audio (OpenAI-compatible), metered",
 )
 async def audio_call(
     request: Request,
-    data: MultipartBody[dict[str, Any]],
     principal: NamedDependency[Principal],
     gateway: NamedDependency[Gateway],
     send_raw: SendRaw = None,
@@ -41,18 +41,14 @@ async def audio_call(
         request_id=request_id(request.scope),
         principal=principal,
         endpoint=request.url.path.rsplit("/", 1)[-1],  # transcriptions | translations
-        form=data,
+        body=body_chunks(request.receive),
+        content_type=request.headers.get("content-type"),
+        content_length=request.headers.get("content-length"),
         send_raw=(send_raw or "").lower() == "true",
         started=time.perf_counter(),
         cache_header=cache_directive,
     )
-    try:
-        return await handle_call(gateway, call)
-    finally:
-        for value in data.values():
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, UploadFile):
-                    await item.close()
+    return await handle_call(gateway, call)
 
 
 @get("/models", summary="The models this key may use")

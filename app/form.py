@@ -1,0 +1,247 @@
+"""The audio call's multipart form, read from the request stream under limits.
+
+Every byte is the tenant's, so the parser is bounded: at most ``MAX_FIELDS`` parts, text
+fields in UTF-8 of at most ``MAX_FIELD_BYTES`` each (the speaker references OpenAI
+accepts as data URLs may be larger) and ``MAX_TEXT_BYTES`` together, one file of at most
+25 MiB spooled to disk past 1 MiB. A violation is found when its first offending byte
+arrives and refused with a 400 or 413 that names the field; nothing is read past it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from litestar.types import Receive
+from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
+
+from app.errors import EarmarkError, InvalidRequest
+
+MAX_FILE_BYTES = 26_214_400  # OpenAI's 25 MiB
+MAX_FIELDS = 64
+MAX_FIELD_BYTES = 16_384
+# OpenAI takes up to four 2-10 s reference recordings as data URLs.
+LARGE_FIELDS = {"known_speaker_references[]": 2 << 20, "known_speaker_references": 2 << 20}
+MAX_TEXT_BYTES = 4 << 20
+MAX_NAME_LENGTH = 100
+MAX_BODY_BYTES = MAX_FILE_BYTES + MAX_TEXT_BYTES + (1 << 20)  # and the parts' headers
+SPOOL_MEMORY_BYTES = 1 << 20
+_IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+NOT_MULTIPART = "The request body must be multipart/form-data with the audio in a `file` field."
+
+
+class PayloadTooLarge(EarmarkError):
+    status_code = 413
+
+
+class ClientGone(EarmarkError):
+    """The client left before its request body was complete (nobody reads the answer;
+    the status is for the ledger row)."""
+
+    status_code = 499
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The client disconnected before the request body was complete.",
+            code="client_disconnected",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str
+    content_type: str
+    file: BinaryIO
+    size: int
+
+    @property
+    def in_memory(self) -> bool:
+        # A spool rolls over to disk once written past its memory size.
+        return self.size <= SPOOL_MEMORY_BYTES
+
+
+@dataclass(slots=True)
+class Form:
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    upload: Upload | None = None
+
+    def close(self) -> None:
+        if self.upload is not None:
+            self.upload.file.close()
+
+
+def file_too_large(size: int | str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The audio file is {size} bytes; the limit is {MAX_FILE_BYTES} bytes (25 MiB).",
+        param="file",
+        code="file_too_large",
+    )
+
+
+async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives (Litestar's own stream calls a disconnect a 500)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+def _boundary(content_type: str | None) -> str:
+    kind, _, params = (content_type or "").partition(";")
+    if kind.strip().lower() != "multipart/form-data":
+        raise InvalidRequest(NOT_MULTIPART, code="not_multipart")
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary" and value.strip('"'):
+            return value.strip('"')
+    raise InvalidRequest(NOT_MULTIPART, code="not_multipart")
+
+
+def _check_part(segment: MultipartSegment, count: int) -> str:
+    name = segment.name
+    if count > MAX_FIELDS:
+        raise InvalidRequest(f"The form has more than {MAX_FIELDS} fields.", code="too_many_fields")
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+        raise InvalidRequest(
+            f"Every form field needs a printable name of at most {MAX_NAME_LENGTH} characters.",
+            code="invalid_field_name",
+        )
+    encoding = (segment.header("Content-Transfer-Encoding") or "binary").strip().lower()
+    if encoding not in _IDENTITY_ENCODINGS:
+        raise InvalidRequest(
+            f"`{name}` uses Content-Transfer-Encoding {encoding!r}; send its bytes as they are.",
+            param=name,
+            code="unsupported_encoding",
+        )
+    if name != "file" and segment.charset and segment.charset.lower() not in ("utf-8", "utf8"):
+        raise InvalidRequest(
+            f"`{name}` is in charset {segment.charset!r}; form fields must be UTF-8.",
+            param=name,
+            code="unsupported_charset",
+        )
+    if name != "file" and segment.filename is not None:
+        raise InvalidRequest(f"Only `file` may hold a file, not `{name}`.", param=name)
+    return name
+
+
+def _spool() -> BinaryIO:
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+
+
+def _text(name: str, data: bytearray) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"`{name}` is not valid UTF-8.", param=name) from None
+    if "\x00" in text:
+        raise InvalidRequest(f"`{name}` contains a NUL character.", param=name)
+    return text
+
+
+async def read_form(
+    chunks: AsyncIterator[bytes], content_type: str | None, content_length: str | None
+) -> Form:
+    """Parse the body into text fields and the one ``file``; the caller closes the form."""
+    boundary = _boundary(content_type)
+    if content_length is not None and (
+        not content_length.isdigit() or int(content_length) > MAX_BODY_BYTES
+    ):
+        raise PayloadTooLarge(
+            f"The request body is {content_length} bytes; the limit is {MAX_BODY_BYTES} "
+            f"bytes (a 25 MiB file and the other fields).",
+            code="request_too_large",
+        )
+    form = Form()
+    try:
+        await _parse(chunks, boundary, form)
+    except BaseException:
+        form.close()
+        raise
+    if form.upload is None:
+        raise InvalidRequest(
+            "Missing the audio file: send it as the multipart field `file`.", param="file"
+        )
+    if not form.upload.size:
+        form.close()
+        raise InvalidRequest("The audio file is empty.", param="file", code="empty_file")
+    return form
+
+
+async def _ended(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body, then the empty chunk that tells the parser it has ended."""
+    async for chunk in chunks:
+        yield chunk
+    yield b""
+
+
+async def _parse(chunks: AsyncIterator[bytes], boundary: str, form: Form) -> None:
+    parts = text_total = 0
+    name: str | None = None
+    text: bytearray | None = None
+    spool: BinaryIO | None = None
+    filename = content_type = None
+    size = 0
+    try:
+        with PushMultipartParser(boundary, max_segment_count=MAX_FIELDS + 1) as parser:
+            async for chunk in _ended(chunks):
+                for event in parser.parse(chunk):
+                    if isinstance(event, MultipartSegment):
+                        parts += 1
+                        name = _check_part(event, parts)
+                        if name != "file":
+                            text = bytearray()
+                        elif form.upload is not None:
+                            raise InvalidRequest(
+                                "Send exactly one audio file in the `file` field.", param="file"
+                            )
+                        else:
+                            spool, size = _spool(), 0
+                            filename, content_type = event.filename, event.content_type
+                    elif event and spool is not None:  # a piece of the file
+                        size += len(event)
+                        if size > MAX_FILE_BYTES:
+                            raise file_too_large(f"more than {MAX_FILE_BYTES}")
+                        spool.write(event)
+                    elif event:  # a piece of a text field
+                        assert text is not None and name is not None
+                        text += event
+                        text_total += len(event)
+                        limit = LARGE_FIELDS.get(name, MAX_FIELD_BYTES)
+                        if len(text) > limit:
+                            raise InvalidRequest(
+                                f"`{name}` is longer than {limit} bytes.",
+                                param=name,
+                                code="field_too_long",
+                            )
+                        if text_total > MAX_TEXT_BYTES:
+                            raise PayloadTooLarge(
+                                f"The form's text fields exceed {MAX_TEXT_BYTES} bytes.",
+                                param=name,
+                                code="request_too_large",
+                            )
+                    elif spool is not None:  # the end of the file part
+                        spool.seek(0)
+                        form.upload = Upload(
+                            filename=filename or "audio",
+                            content_type=content_type or "application/octet-stream",
+                            file=spool,
+                            size=size,
+                        )
+                        spool = None
+                    else:  # the end of a text field
+                        assert text is not None and name is not None
+                        form.fields.setdefault(name, []).append(_text(name, text))
+                        text = None
+                if parser.closed:
+                    return
+    except (ParserError, ParserLimitReached):
+        raise InvalidRequest(NOT_MULTIPART, code="not_multipart") from None
+    finally:
+        if spool is not None:
+            spool.close()
