@@ -173,8 +173,7 @@ def test_packets_that_decode_to_nothing_are_capped():
     [
         b"ffconcat version 1.0\nfile {path}\n",
         b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{path}\n#EXT-X-ENDLIST\n",
-        b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
-        b"m=audio 5004 RTP/AVP 0\n",
+        b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 5004 RTP/AVP 0\n",
     ],
     ids=["ffconcat", "hls", "sdp"],
 )
