@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import unicodedata
 
 from passlib.hash import argon2
 from sqlalchemy import exc, insert, select
@@ -33,16 +34,18 @@ def _dummy_hash() -> str:
     return _hasher.hash("earmark-no-such-user")
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str) -> str:
+    name = unicodedata.normalize("NFC", name)
     if not 1 <= len(name) <= 100 or ":" in name or not name.isprintable() or name.strip() != name:
         raise InvalidRequest(
             "admin user names are 1-100 printable characters without ':' or outer spaces",
             param="name",
         )
+    return name
 
 
 async def create_admin_user(engine: AsyncEngine, name: str, password: str) -> AdminUserCreated:
-    _check_name(name)
+    name = _check_name(name)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidRequest(
             f"the password must be at least {MIN_PASSWORD_LENGTH} characters long",
@@ -83,10 +86,13 @@ class PasswordChecker:
             self._typical = took if self._typical is None else 0.8 * self._typical + 0.2 * took
 
     async def verify(self, engine: AsyncEngine, name: str, password: str, source: str) -> bool:
-        async with database.read(engine) as conn:
-            stored = await conn.scalar(
-                select(admin_users.c.password_hash).where(admin_users.c.name == name)
-            )
+        name = unicodedata.normalize("NFC", name)
+        stored = None
+        if len(name) <= 100 and name.isprintable():  # else no such user can exist
+            async with database.read(engine) as conn:
+                stored = await conn.scalar(
+                    select(admin_users.c.password_hash).where(admin_users.c.name == name)
+                )
         if stored is not None:
             return await self.pool.run(source, self._verify, password, stored)
         if self._typical is None:  # learn what a check costs, once

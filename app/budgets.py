@@ -8,8 +8,9 @@ new period is a new row: nothing resets at midnight, and nothing races there.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -25,6 +26,11 @@ from app.models import UTCDateTime, budget_counters, budget_events, budgets, led
 from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetPeriodSpend, BudgetUpdate
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_USD = 1_000_000_000
+MAX_NANOS = MAX_USD * NANOS_PER_USD
+# Limit plus top-ups of one period: spent + held + a hold then still fits a BIGINT.
+MAX_PERIOD_NANOS = 4 * MAX_NANOS
+_MONEY = re.compile(r"[0-9]{1,10}(\.[0-9]{1,9})?")
 PERIODS = ("day", "week", "month", "none")
 
 
@@ -54,17 +60,25 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None
 
 
 def usd_to_nanos(text: str, param: str) -> int:
-    try:
-        nanos = Decimal(text) * NANOS_PER_USD
-    except InvalidOperation:
-        nanos = Decimal("NaN")
-    if not nanos.is_finite() or nanos < 0 or nanos != nanos.to_integral_value():
+    """An amount as the API takes it: ASCII digits, at most 9 decimals, at most
+    ``MAX_USD`` (so every sum of limits, top-ups and holds fits a 64-bit integer)."""
+    if not _MONEY.fullmatch(text) or (nanos := int(Decimal(text) * NANOS_PER_USD)) > MAX_NANOS:
         raise InvalidRequest(
-            f"`{param}` must be a non-negative USD amount with at most 9 decimals, "
-            f'as a string such as "5.00"; got {text!r}.',
+            f"`{param}` must be a USD amount from 0 to {MAX_USD:,} with at most 9 decimals, "
+            f'as a string of ASCII digits such as "5.00"; got {text[:40]!r}.',
             param=param,
         )
-    return int(nanos)
+    return nanos
+
+
+def _check_headroom(budget_id: str, limit: int, top_up: int) -> None:
+    """A period's limit and top-ups together stay within what the counters can add up."""
+    if limit + top_up > MAX_PERIOD_NANOS:
+        most = MAX_PERIOD_NANOS // NANOS_PER_USD
+        raise InvalidRequest(
+            f"Budget {budget_id}'s limit and top-ups would exceed ${most:,} in one period.",
+            code="amount_too_large",
+        )
 
 
 def _on_path(key_id: str, tenant_id: str) -> Any:
@@ -327,8 +341,11 @@ async def update_budget(
     engine: AsyncEngine, budget_id: str, data: BudgetUpdate, actor: str
 ) -> Budget:
     limit = usd_to_nanos(data.limit_usd, "limit_usd")
+    now = database.utcnow()
     async with database.write(engine) as conn:
-        await _fetch(conn, budget_id)
+        budget = await _fetch(conn, budget_id)
+        counter = await _counter(conn, budget_id, period_bounds(budget.period, now)[0])
+        _check_headroom(budget_id, limit, counter.top_up_nanos if counter else 0)
         await conn.execute(
             update(budgets)
             .where(budgets.c.id == budget_id)
@@ -345,6 +362,10 @@ async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: st
     async with database.write(engine) as conn:
         budget = await _fetch(conn, budget_id)
         start, _ = period_bounds(budget.period, now)
+        counter = await _counter(conn, budget_id, start)
+        _check_headroom(
+            budget_id, budget.limit_nanos, (counter.top_up_nanos if counter else 0) + amount
+        )
         await _ensure_counter(conn, budget_id, start)
         await conn.execute(
             update(budget_counters)

@@ -73,20 +73,9 @@ def _empty_metrics_dir(directory: str) -> None:
 
 
 def _run_uvicorn(args: argparse.Namespace) -> None:
-    import uvicorn
+    from app import server  # imports uvicorn, after the metrics directory is set
 
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_level=args.log_level,
-        access_log=False,
-    )
+    server.run(args.host, args.port, args.workers, args.log_level)
 
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> None:

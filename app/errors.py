@@ -125,6 +125,18 @@ def handle_earmark_error(_: Request, exc: EarmarkError) -> Response[dict[str, An
 
 _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
 _PATH_IN_MESSAGE = re.compile(r"at `\$\.([^`]+)`")
+_NAMED_IN_MESSAGE = re.compile(r"^`([^`]+)`")  # a check that names its field first
+
+
+def body_param(message: str) -> str | None:
+    """The field a msgspec error about a request body names, as a dotted path: "unknown
+    field `rpm` - at `$.rate_limits`" is ``rate_limits.rpm``."""
+    path = _PATH_IN_MESSAGE.search(message)
+    field = _FIELD_IN_MESSAGE.search(message) or _NAMED_IN_MESSAGE.search(message)
+    parts = [path.group(1) if path else None, field.group(1) if field else None]
+    if parts[0] and parts[1] and parts[0].endswith(parts[1]):
+        parts.pop()
+    return ".".join(part for part in parts if part) or None
 
 
 def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
@@ -137,16 +149,12 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     key = problems[0].get("key")
     if key == "data" and message == "'data'":  # Litestar's wording for a missing body
         return "A JSON request body is required.", None
-    path = _PATH_IN_MESSAGE.search(message)
+    if not key or key == "data":
+        return message, body_param(message)
     field = _FIELD_IN_MESSAGE.search(message)
-    parts = [
-        str(key) if key and key != "data" else (path.group(1) if path else None),
-        field.group(1) if field else None,
-    ]
-    param = ".".join(part for part in parts if part) or None
-    if field is None and key and key != "data":
-        message = f"Invalid value for `{key}`: {message}"
-    return message, param
+    if field is None:
+        return f"Invalid value for `{key}`: {message}", str(key)
+    return message, f"{key}.{field.group(1)}"
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:

@@ -10,6 +10,9 @@ import secrets
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# What an id may look like in a request: anything else (NUL bytes, spaces, 10 kB) is a 400
+# before it reaches a query. Loose enough that a mistyped id is still a 404.
+ID_PATTERN = r"^[a-z]{2,8}_[0-9A-Za-z]{1,32}$"
 
 
 def new_id(prefix: str) -> str:

@@ -7,7 +7,7 @@ grace period without ever storing it.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -32,6 +32,7 @@ from app.schemas import (
 from app.tenants import fetch_tenant
 
 _visible = api_keys.c.deleted_at.is_(None)
+LATEST_EXPIRY = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def key_status(
@@ -77,7 +78,15 @@ def _to_api(row: Any, now: datetime) -> Key:
 
 
 def _check_expiry(expires_at: datetime | None, now: datetime) -> None:
-    if expires_at is not None and expires_at <= now:
+    if expires_at is None:
+        return
+    try:
+        in_range = expires_at.astimezone(UTC) < LATEST_EXPIRY
+    except OverflowError:  # 9999-12-31T23:00:00-05:00 is in the year 10000 in UTC
+        in_range = False
+    if not in_range:
+        raise InvalidRequest("expires_at must be before 9000-01-01T00:00:00Z", param="expires_at")
+    if expires_at <= now:
         raise InvalidRequest("expires_at must be in the future", param="expires_at")
 
 

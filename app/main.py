@@ -37,10 +37,13 @@ from app.routes import (
     metrics,
     tenant,
 )
+from app.routes.params import strict_json_body
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
 from app.throttle import SignInThrottle
 from app.transcription import Gateway
+
+ADMIN_MAX_BODY_BYTES = 1 << 20  # admin requests are small JSON documents
 
 
 @asynccontextmanager
@@ -100,6 +103,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *admin_usage.ROUTES,
         ],
         guards=[require_admin],
+        before_request=strict_json_body,
+        request_max_body_size=ADMIN_MAX_BODY_BYTES,
         tags=["admin"],
         security=[{"adminToken": []}, {"adminUser": []}],
     )

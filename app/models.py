@@ -51,7 +51,9 @@ class Tenant(Base):
     __tablename__ = "tenants"
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    # The name casefolded: "Acme" and "ACME" are one tenant's name.
+    name_key: Mapped[str] = mapped_column(sa.String(600), unique=True)
     status: Mapped[str] = mapped_column(sa.String(16))  # active | inactive
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
     created_at: Mapped[datetime]

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from litestar.params import Parameter
 from sqlalchemy import ColumnElement, Select
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
 
 
 def paginate(

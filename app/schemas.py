@@ -1,20 +1,24 @@
 """API types: msgspec Structs for request and response bodies, apart from the ORM models.
 
 Request bodies forbid unknown fields and bound every length, so a typo or an absurd value
-is a 400 that names the field.
+is a 400 that names the field. Names are normalised (NFC, outer spaces trimmed) and may
+hold no control or invisible characters, so two names that look alike are alike.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\S", examples=["acme"])]
-Id = Annotated[str, Meta(min_length=1, max_length=40)]
-ModelName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^\S+$")]
+from app.ids import ID_PATTERN
+
+Name = Annotated[str, Meta(min_length=1, max_length=200, examples=["acme"])]
+Id = Annotated[str, Meta(min_length=1, max_length=40, pattern=ID_PATTERN)]
+ModelName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
 AllowedModels = Annotated[
     list[ModelName],
     Meta(
@@ -36,8 +40,22 @@ TenantStatus = Literal["active", "inactive"]
 KeyStatus = Literal["active", "expired", "revoked"]
 
 
+def normalized_name(value: str) -> str:
+    """A name as stored: NFC, trimmed; ValueError if it is blank or has a character that
+    does not print (controls, zero-width and other format characters)."""
+    name = unicodedata.normalize("NFC", value).strip()
+    if not name:
+        raise ValueError("`name` cannot be blank")
+    if not name.isprintable():
+        raise ValueError("`name` cannot contain control or invisible characters")
+    return name
+
+
 class _Request(Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
+    def __post_init__(self) -> None:
+        name: Any = getattr(self, "name", UNSET)
+        if isinstance(name, str):
+            self.name = normalized_name(name)  # type: ignore[attr-defined]
 
 
 class TenantCreate(_Request):
@@ -65,11 +83,12 @@ class TenantPage(Struct, kw_only=True):
     next_cursor: str | None
 
 
+# Checked by budgets.usd_to_nanos, whose refusal says what is wrong.
 UsdAmount = Annotated[
     str,
     Meta(
-        pattern=r"^\d{1,12}(\.\d{1,9})?$",
-        description="USD as a decimal string, up to 9 decimals",
+        max_length=21,
+        description="USD as an ASCII decimal string, up to 9 decimals and $1,000,000,000",
         examples=["5.00"],
     ),
 ]

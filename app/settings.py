@@ -17,6 +17,18 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
 
+class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What a client may do to a connection before the application sees its request."""
+
+    header_seconds: float = 10.0  # to send the request line and headers
+    keepalive_seconds: float = 5.0  # idle between requests
+    max_header_bytes: int = 16_384  # request line and headers together
+    max_headers: int = 100
+    min_body_rate: int = 16_384  # bytes a second, once the grace period is over
+    body_grace_seconds: float = 10.0
+    max_connections: int = 1_000  # open at once, per process
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = DEFAULT_DATABASE_URL
     # Bootstrap admin bearer token; admin users (argon2id) work with or without it.
@@ -33,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     probe_threads: int = 4
     password_threads: int = 1
     file_threads: int = 4
+    http: HttpLimits = HttpLimits()
 
     @property
     def is_sqlite(self) -> bool:
@@ -61,6 +74,15 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         probe_threads=_count(environ, "EARMARK_PROBE_THREADS", 4),
         password_threads=_count(environ, "EARMARK_PASSWORD_THREADS", 1),
         file_threads=_count(environ, "EARMARK_FILE_THREADS", 4),
+        http=HttpLimits(
+            header_seconds=_seconds(environ, "EARMARK_HTTP_HEADER_TIMEOUT", 10.0),
+            keepalive_seconds=_seconds(environ, "EARMARK_HTTP_KEEPALIVE_TIMEOUT", 5.0),
+            max_header_bytes=_count(environ, "EARMARK_HTTP_MAX_HEADER_BYTES", 16_384, 1 << 20),
+            max_headers=_count(environ, "EARMARK_HTTP_MAX_HEADERS", 100, 10_000),
+            min_body_rate=_count(environ, "EARMARK_HTTP_MIN_BODY_RATE", 16_384, 1 << 30),
+            body_grace_seconds=_seconds(environ, "EARMARK_HTTP_BODY_GRACE", 10.0),
+            max_connections=_count(environ, "EARMARK_HTTP_MAX_CONNECTIONS", 1_000, 1 << 20),
+        ),
     )
 
 
@@ -80,3 +102,16 @@ def _count(environ: Mapping[str, str], name: str, default: int, maximum: int = 6
     if not value.isdigit() or not 1 <= int(value) <= maximum:
         raise SettingsError(f"{name} must be a whole number from 1 to {maximum}, not {value!r}")
     return int(value)
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise SettingsError(f"{name} must be a number of seconds from 0 to 3600, not {value!r}")
+    return seconds

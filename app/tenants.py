@@ -30,6 +30,11 @@ def _name_taken(name: str) -> Conflict:
     return Conflict(f"a tenant named {name!r} already exists", param="name", code="name_taken")
 
 
+def name_key(name: str) -> str:
+    """What makes two tenant names the same (names are already NFC, see schemas)."""
+    return name.casefold()
+
+
 async def create_tenant(engine: AsyncEngine, data: TenantCreate) -> Tenant:
     now = database.utcnow()
     values = {
@@ -42,7 +47,7 @@ async def create_tenant(engine: AsyncEngine, data: TenantCreate) -> Tenant:
     }
     try:
         async with database.write(engine) as conn:
-            await conn.execute(insert(tenants).values(**values))
+            await conn.execute(insert(tenants).values(**values, name_key=name_key(data.name)))
     except exc.IntegrityError:
         raise _name_taken(data.name) from None
     return Tenant(**values)
@@ -74,6 +79,8 @@ async def get_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant:
 
 async def update_tenant(engine: AsyncEngine, tenant_id: str, data: TenantUpdate) -> Tenant:
     changes = provided(data)
+    if "name" in changes:
+        changes["name_key"] = name_key(changes["name"])  # type: ignore[arg-type]
     return await _apply(engine, tenant_id, changes, name=changes.get("name"))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 
+from app.server import PROTOCOL
 from tests.processes import free_port
 
 
@@ -23,7 +24,7 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             loop="asyncio",
-            http="httptools",
+            http=PROTOCOL,  # the limits `earmark serve` applies
             timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)

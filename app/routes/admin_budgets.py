@@ -8,6 +8,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database, keys, tenants
+from app.routes.params import PathId, QueryId
 from app.schemas import (
     Budget,
     BudgetCreate,
@@ -32,7 +33,7 @@ async def _add(engine: AsyncEngine, data: BudgetCreate, actor: str, **owner: str
 @post("/keys/{key_id:str}/budgets", summary="Add a budget to a key")
 async def add_key_budget(
     request: Request,
-    key_id: FromPath[str],
+    key_id: FromPath[PathId],
     data: JSONBody[BudgetCreate],
     engine: NamedDependency[AsyncEngine],
 ) -> Budget:
@@ -43,7 +44,7 @@ async def add_key_budget(
 @post("/tenants/{tenant_id:str}/budgets", summary="Add a budget to a tenant (all its keys)")
 async def add_tenant_budget(
     request: Request,
-    tenant_id: FromPath[str],
+    tenant_id: FromPath[PathId],
     data: JSONBody[BudgetCreate],
     engine: NamedDependency[AsyncEngine],
 ) -> Budget:
@@ -54,21 +55,21 @@ async def add_tenant_budget(
 @get("/budgets", summary="List budgets, by key or tenant")
 async def list_budgets(
     engine: NamedDependency[AsyncEngine],
-    key_id: FromQuery[str | None] = None,
-    tenant_id: FromQuery[str | None] = None,
+    key_id: FromQuery[QueryId] = None,
+    tenant_id: FromQuery[QueryId] = None,
 ) -> list[Budget]:
     return await budgets.list_budgets(engine, key_id=key_id, tenant_id=tenant_id)
 
 
 @get("/budgets/{budget_id:str}", summary="A budget and its current period")
-async def get_budget(budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Budget:
+async def get_budget(budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]) -> Budget:
     return await budgets.get_budget(engine, budget_id)
 
 
 @patch("/budgets/{budget_id:str}", summary="Raise or lower a budget's limit")
 async def update_budget(
     request: Request,
-    budget_id: FromPath[str],
+    budget_id: FromPath[PathId],
     data: JSONBody[BudgetUpdate],
     engine: NamedDependency[AsyncEngine],
 ) -> Budget:
@@ -77,7 +78,7 @@ async def update_budget(
 
 @delete("/budgets/{budget_id:str}", summary="Remove a budget: it is no longer enforced")
 async def delete_budget(
-    request: Request, budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+    request: Request, budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
 ) -> None:
     await budgets.delete_budget(engine, budget_id, _actor(request))
 
@@ -89,7 +90,7 @@ async def delete_budget(
 )
 async def top_up(
     request: Request,
-    budget_id: FromPath[str],
+    budget_id: FromPath[PathId],
     data: JSONBody[TopUp],
     engine: NamedDependency[AsyncEngine],
 ) -> Budget:
@@ -98,21 +99,21 @@ async def top_up(
 
 @post("/budgets/{budget_id:str}/reset", status_code=200, summary="Zero the current period's spend")
 async def reset(
-    request: Request, budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+    request: Request, budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
 ) -> Budget:
     return await budgets.reset(engine, budget_id, _actor(request))
 
 
 @get("/budgets/{budget_id:str}/periods", summary="Spend of every period, newest first")
 async def budget_periods(
-    budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+    budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
 ) -> list[BudgetPeriodSpend]:
     return await budgets.periods(engine, budget_id)
 
 
 @get("/budgets/{budget_id:str}/events", summary="Who changed the budget, and when")
 async def budget_events(
-    budget_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+    budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
 ) -> list[BudgetEvent]:
     return await budgets.events(engine, budget_id)
 

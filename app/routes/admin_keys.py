@@ -8,7 +8,8 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import keys, ledger
-from app.pagination import DEFAULT_LIMIT, Limit
+from app.pagination import DEFAULT_LIMIT
+from app.routes.params import Cursor, Limit, PathId, QueryId
 from app.schemas import Key, KeyCreate, KeyPage, KeyRotate, KeyStatus, KeyUpdate, KeyWithSecret
 from app.settings import Settings
 
@@ -27,10 +28,10 @@ async def create_key(
 @get("/keys", summary="List keys, newest first")
 async def list_keys(
     engine: NamedDependency[AsyncEngine],
-    tenant_id: FromQuery[str | None] = None,
+    tenant_id: FromQuery[QueryId] = None,
     status: FromQuery[KeyStatus | None] = None,
     limit: FromQuery[Limit] = DEFAULT_LIMIT,
-    cursor: FromQuery[str | None] = None,
+    cursor: FromQuery[Cursor] = None,
 ) -> KeyPage:
     return await keys.list_keys(
         engine, tenant_id=tenant_id, status=status, limit=limit, cursor=cursor
@@ -38,19 +39,19 @@ async def list_keys(
 
 
 @get("/keys/{key_id:str}", summary="Read a key (never its secret)")
-async def get_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Key:
+async def get_key(key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]) -> Key:
     return await keys.get_key(engine, key_id)
 
 
 @patch("/keys/{key_id:str}", summary="Update a key's name, metadata, expiry or allowed models")
 async def update_key(
-    key_id: FromPath[str], data: JSONBody[KeyUpdate], engine: NamedDependency[AsyncEngine]
+    key_id: FromPath[PathId], data: JSONBody[KeyUpdate], engine: NamedDependency[AsyncEngine]
 ) -> Key:
     return await keys.update_key(engine, key_id, data)
 
 
 @post("/keys/{key_id:str}/revoke", status_code=200, summary="Revoke a key, effective at once")
-async def revoke_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Key:
+async def revoke_key(key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]) -> Key:
     return await keys.revoke_key(engine, key_id)
 
 
@@ -60,7 +61,7 @@ async def revoke_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]
     summary="Issue a new secret for the key; the old one lasts `grace_seconds` more",
 )
 async def rotate_key(
-    key_id: FromPath[str],
+    key_id: FromPath[PathId],
     engine: NamedDependency[AsyncEngine],
     settings: NamedDependency[Settings],
     data: JSONBody[KeyRotate | None] = None,
@@ -70,16 +71,16 @@ async def rotate_key(
 
 
 @delete("/keys/{key_id:str}", summary="Delete a key: refused from now on, kept in the ledger")
-async def delete_key(key_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> None:
+async def delete_key(key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]) -> None:
     await keys.delete_key(engine, key_id)
 
 
 @get("/keys/{key_id:str}/calls", summary="The key's ledger rows, newest first")
 async def list_key_calls(
-    key_id: FromPath[str],
+    key_id: FromPath[PathId],
     engine: NamedDependency[AsyncEngine],
     limit: FromQuery[Limit] = DEFAULT_LIMIT,
-    cursor: FromQuery[str | None] = None,
+    cursor: FromQuery[Cursor] = None,
 ) -> ledger.CallPage:
     await keys.get_key(engine, key_id)  # 404 for an unknown key, not an empty page
     return await ledger.list_calls(engine, key_id, limit, cursor)

@@ -8,7 +8,8 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import tenants
-from app.pagination import DEFAULT_LIMIT, Limit
+from app.pagination import DEFAULT_LIMIT
+from app.routes.params import Cursor, Limit, PathId
 from app.schemas import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 
 
@@ -24,19 +25,19 @@ async def list_tenants(
     engine: NamedDependency[AsyncEngine],
     status: FromQuery[TenantStatus | None] = None,
     limit: FromQuery[Limit] = DEFAULT_LIMIT,
-    cursor: FromQuery[str | None] = None,
+    cursor: FromQuery[Cursor] = None,
 ) -> TenantPage:
     return await tenants.list_tenants(engine, status=status, limit=limit, cursor=cursor)
 
 
 @get("/tenants/{tenant_id:str}", summary="Read a tenant")
-async def get_tenant(tenant_id: FromPath[str], engine: NamedDependency[AsyncEngine]) -> Tenant:
+async def get_tenant(tenant_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]) -> Tenant:
     return await tenants.get_tenant(engine, tenant_id)
 
 
 @patch("/tenants/{tenant_id:str}", summary="Update a tenant's name, metadata or status")
 async def update_tenant(
-    tenant_id: FromPath[str], data: JSONBody[TenantUpdate], engine: NamedDependency[AsyncEngine]
+    tenant_id: FromPath[PathId], data: JSONBody[TenantUpdate], engine: NamedDependency[AsyncEngine]
 ) -> Tenant:
     return await tenants.update_tenant(engine, tenant_id, data)
 
@@ -47,7 +48,7 @@ async def update_tenant(
     summary="Deactivate a tenant: its keys are refused until it is set active again",
 )
 async def deactivate_tenant(
-    tenant_id: FromPath[str], engine: NamedDependency[AsyncEngine]
+    tenant_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
 ) -> Tenant:
     return await tenants.deactivate_tenant(engine, tenant_id)
 

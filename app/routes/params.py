@@ -1,0 +1,42 @@
+"""What the admin routes read from a request: ids, cursors and page sizes, each bounded so
+that a NUL byte or ten kilobytes never reach a query, and JSON bodies decoded strictly."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Request
+from litestar.params import Parameter
+
+from app.errors import InvalidRequest, body_param
+from app.ids import ID_PATTERN
+from app.pagination import MAX_LIMIT
+
+PathId = Annotated[str, Parameter(pattern=ID_PATTERN, max_length=40)]
+QueryId = Annotated[str | None, Parameter(pattern=ID_PATTERN, max_length=40)]
+Cursor = Annotated[
+    str | None,
+    Parameter(pattern=ID_PATTERN, max_length=40, description="next_cursor of the page before"),
+]
+Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+
+
+async def strict_json_body(request: Request) -> None:
+    """``before_request`` of the admin API: decode the JSON body strictly against the
+    handler's ``data`` type (``"10"`` is not an integer, and nesting ends where the type
+    does), so Litestar's lenient conversion only ever sees bodies that were already valid."""
+    field = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if field is None:
+        return
+    body = await request.body()
+    if not body.strip():
+        return  # Litestar says a body is required, where one is
+    try:
+        msgspec.json.decode(body, type=field.annotation, strict=True)
+    except msgspec.ValidationError as error:
+        raise InvalidRequest(
+            str(error), param=body_param(str(error)), code="invalid_value"
+        ) from None
+    except msgspec.DecodeError as error:
+        raise InvalidRequest(f"The request body is not valid JSON: {error}.") from None

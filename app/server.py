@@ -1,0 +1,194 @@
+"""The HTTP server: uvicorn with httptools, held to the limits a public gateway needs.
+
+uvicorn bounds none of what a slow or hostile client does before the application sees a
+request: a connection that sends nothing, headers one byte a second, ten megabytes of
+headers, a body that trickles in forever, a thousand idle sockets. ``GuardedProtocol``
+adds, per connection: a deadline for the request line and headers, caps on their size
+and count (431), a minimum body rate once a grace period has passed (408), and a cap on
+open connections per process (503, then close). Idle keep-alive connections close after
+``keepalive_seconds``. Time the gateway itself stops reading (backpressure) is not
+counted against the client.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import time
+from asyncio import TimerHandle, Transport
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.settings import HttpLimits, load_settings
+
+PROTOCOL = "app.server:GuardedProtocol"
+_TICK_SECONDS = 1.0
+_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Busy"}
+
+
+@functools.cache
+def _limits() -> HttpLimits:
+    """This process's limits, read once from the environment (workers inherit it)."""
+    return load_settings().http
+
+
+def _raw_response(status: int, message: str) -> bytes:
+    body = f'{{"error":{{"message":"{message}","type":"invalid_request_error","param":null,'
+    body += f'"code":"http_{status}"}}}}'
+    return (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
+        + ("retry-after: 1\r\n" if status == 503 else "")
+        + f"\r\n{body}"
+    ).encode()
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = _limits()
+        self._timer: TimerHandle | None = None
+        self._refused = False
+        self._header_bytes = 0
+        self._header_count = 0
+        self._body_started = 0.0
+        self._body_bytes = 0
+
+    # --- the connection ---
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            self.transport = transport
+            self._refuse(503, "Too many open connections; retry shortly.")
+            return
+        super().connection_made(transport)
+        self._arm(self.limits.header_seconds, self._headers_overdue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.flow is None:  # refused before it was ever served
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
+
+    # --- the request line and headers ---
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = self._header_count = 0
+        self._arm(self.limits.header_seconds, self._headers_overdue)
+
+    def on_url(self, url: bytes) -> None:
+        if self._refused or not self._within_header_limits(len(url), 0):
+            return
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused or not self._within_header_limits(len(name) + len(value), 1):
+            return
+        super().on_header(name, value)
+
+    def _within_header_limits(self, size: int, count: int) -> bool:
+        self._header_bytes += size
+        self._header_count += count
+        limits = self.limits
+        if self._header_bytes > limits.max_header_bytes:
+            self._refuse(431, f"Request line and headers exceed {limits.max_header_bytes} bytes.")
+        elif self._header_count > limits.max_headers:
+            self._refuse(431, f"More than {limits.max_headers} request headers.")
+        return not self._refused
+
+    def _headers_overdue(self) -> None:
+        self._refuse(408, f"Request headers not received within {self.limits.header_seconds:g} s.")
+
+    # --- the body ---
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().on_headers_complete()
+        self._body_started, self._body_bytes = time.monotonic(), 0
+        self._arm(_TICK_SECONDS, self._check_body_rate)
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().on_message_complete()
+
+    def _check_body_rate(self) -> None:
+        limits = self.limits
+        if self.flow is not None and self.flow.read_paused:
+            self._body_started += _TICK_SECONDS  # the gateway is not reading: not the client's
+        elapsed = time.monotonic() - self._body_started - limits.body_grace_seconds
+        if elapsed > 0 and self._body_bytes < limits.min_body_rate * elapsed:
+            self._refuse(
+                408,
+                f"The request body arrived slower than {limits.min_body_rate} bytes/s.",
+                mid_request=True,
+            )
+            return
+        self._arm(_TICK_SECONDS, self._check_body_rate)
+
+    # --- refusing ---
+
+    def _refuse(self, status: int, message: str, *, mid_request: bool = False) -> None:
+        self._refused = True
+        self._disarm()
+        cycle = self.cycle
+        if cycle is not None and mid_request:
+            cycle.disconnected = True  # the application's receive() sees the client leave
+            cycle.message_event.set()
+        if cycle is None or not cycle.response_started:
+            self.transport.write(_raw_response(status, message))
+        self.transport.close()
+
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def raise_open_file_limit() -> None:
+    """Let the process hold as many sockets as the system allows it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run(host: str, port: int, workers: int, log_level: str) -> None:
+    raise_open_file_limit()
+    limits = _limits()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http=PROTOCOL,
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=int(limits.keepalive_seconds),
+    )

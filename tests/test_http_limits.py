@@ -1,0 +1,159 @@
+"""What a slow or hostile client can do to a connection of `earmark serve`: nothing that
+holds it open past a deadline, grows memory, or keeps other tenants waiting."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN
+from tests.gateway import process_env
+from tests.processes import serving
+
+LIMITS = {
+    "EARMARK_HTTP_HEADER_TIMEOUT": "1",
+    "EARMARK_HTTP_KEEPALIVE_TIMEOUT": "1",
+    "EARMARK_HTTP_BODY_GRACE": "1",
+    "EARMARK_HTTP_MIN_BODY_RATE": "10000",
+    "EARMARK_HTTP_MAX_CONNECTIONS": "20",
+    "EARMARK_HTTP_MAX_HEADER_BYTES": "8192",
+    "EARMARK_HTTP_MAX_HEADERS": "50",
+}
+
+
+# HTTP limits do not depend on the database: SQLite only.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def server(database_url: str, fake_provider, tmp_path: Path) -> Iterator[str]:
+    env = {**process_env(database_url, fake_provider.url, tmp_path), **LIMITS}
+    with serving(env, tmp_path / "serve.log") as url:
+        yield url
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took."""
+    started, data = time.monotonic(), b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - started
+
+
+def _healthy_meanwhile(url: str) -> None:
+    started = time.monotonic()
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    assert time.monotonic() - started < 1
+
+
+def test_a_connection_that_sends_nothing_is_closed(server):
+    with _connect(server) as sock:
+        _healthy_meanwhile(server)
+        data, took = _answer(sock)
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert took < 5
+
+
+def test_headers_one_byte_a_second_are_cut_off(server):
+    with _connect(server) as sock:
+        started = time.monotonic()
+        for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\n":
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.2)
+            if time.monotonic() - started > 6:
+                break
+        data, _ = _answer(sock)
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"x-big: " + b"a" * 20_000 + b"\r\n", b"".join(b"x-h%d: v\r\n" % i for i in range(10_000))],
+    ids=["one-huge-header", "ten-thousand-headers"],
+)
+def test_oversized_headers_are_431(server, headers):
+    with _connect(server) as sock:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + headers + b"\r\n")
+        except OSError:
+            pass  # the server may close before it reads everything
+        data, _ = _answer(sock)
+    assert data.startswith(b"HTTP/1.1 431 ")
+    assert b'"code":"http_431"' in data
+
+
+def test_a_body_that_trickles_in_is_cut_off_and_recorded(server):
+    key = httpx.post(
+        f"{server}/admin/keys",
+        headers=ADMIN,
+        json={
+            "tenant_id": httpx.post(
+                f"{server}/admin/tenants", headers=ADMIN, json={"name": "slow"}
+            ).json()["id"],
+            "name": "slow",
+        },
+    ).json()
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\n"
+            b"authorization: Bearer " + key["secret"].encode() + b"\r\n"
+            b"content-type: multipart/form-data; boundary=b\r\ncontent-length: 100000\r\n\r\n"
+        )
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 8:
+                sock.send(b"x")
+                time.sleep(0.5)
+        except OSError:
+            pass
+        data, _ = _answer(sock)
+        _healthy_meanwhile(server)
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 6
+    deadline = time.monotonic() + 5
+    while True:  # the handler records the refusal as the connection goes
+        calls = httpx.get(f"{server}/admin/keys/{key['id']}/calls", headers=ADMIN).json()["data"]
+        if calls or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(c["status"], c["error_code"]) for c in calls] == [
+        ("rejected", "client_disconnected")
+    ]
+
+
+def test_connections_past_the_cap_are_refused_at_once(server):
+    idle = [_connect(server) for _ in range(20)]
+    try:
+        with _connect(server) as extra:
+            data, took = _answer(extra)
+        assert data.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in data
+        assert took < 1
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.3)
+    _healthy_meanwhile(server)
+
+
+def test_an_idle_keep_alive_connection_is_closed(server):
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        data, took = _answer(sock)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert took < 4
