@@ -73,7 +73,9 @@ class _Workers:
         async with self._turns:
             worker = self._idle.pop() if self._idle else None
             if worker is None:
-                worker = await loop.run_in_executor(self._threads, _Worker, self._memory_bytes)
+                # Started from the event loop's thread, whose end (with the gateway's) the
+                # worker's parent-death signal is tied to; starting one takes milliseconds.
+                worker = _Worker(self._memory_bytes)
                 self._alive.add(worker)
             try:
                 answer = await loop.run_in_executor(self._threads, worker.call, job, seconds)

@@ -15,6 +15,17 @@ import msgspec
 
 NANOS_PER_USD = 1_000_000_000
 _MILLION = 1_000_000
+_PRICE_LIMITS = {
+    "per_audio_second": 100,
+    "per_audio_minute": 6_000,
+    "per_audio_hour": 360_000,
+    "minimum_seconds": 86_400,
+    "input_text_per_million": 100_000,
+    "input_audio_per_million": 100_000,
+    "output_per_million": 100_000,
+    "audio_tokens_per_second": 10_000,
+    "max_output_tokens_per_second": 10_000,
+}
 
 
 class Price(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -66,8 +77,12 @@ class Price(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError("give one of per_audio_second, per_audio_minute, per_audio_hour")
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            if isinstance(value, Decimal) and (value < 0 or not value.is_finite()):
+            if isinstance(value, Decimal) and (not value.is_finite() or value < 0):
                 raise ValueError(f"{name} must be a finite number >= 0")
+            # Bounds no real price nears, so that no call's cost can overflow the ledger.
+            limit = _PRICE_LIMITS.get(name)
+            if limit is not None and value is not None and value > limit:
+                raise ValueError(f"{name} must be at most {limit}")
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,8 +123,15 @@ def usd(nanos: int) -> str:
     return f"{Decimal(nanos).scaleb(-9):.9f}"
 
 
+# What a provider may report for one call: more is not a measurement (it would not fit the
+# ledger's columns either), so it counts as not reported and the probe's figure is used.
+MAX_COUNT = 2**31 - 1
+
+
 def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
 
 
 def usage_from_body(body: Any) -> Usage:
@@ -120,7 +142,8 @@ def usage_from_body(body: Any) -> Usage:
         return Usage()
     if usage.get("type") == "duration" or "seconds" in usage:
         seconds = usage.get("seconds")
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+        valid = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if valid and 0 <= seconds <= MAX_COUNT / 1000:
             return Usage(audio_ms=round(Decimal(str(seconds)) * 1000))
         return Usage()
     details = usage.get("input_token_details")

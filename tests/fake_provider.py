@@ -55,8 +55,16 @@ def _error(
 
 
 def _duration(data: bytes) -> float:
-    with av.open(io.BytesIO(data)) as container:
-        return container.duration / av.time_base
+    """What it decodes, as a provider bills: not what the file's header claims."""
+    with av.open(io.BytesIO(data), metadata_errors="replace") as container:
+        stream = container.streams.audio[0]
+        samples = 0
+        for packet in container.demux(stream):
+            try:
+                samples += sum(frame.samples for frame in packet.decode())
+            except av.FFmpegError:
+                continue  # as ffmpeg does: skip what cannot be decoded
+        return samples / stream.codec_context.sample_rate
 
 
 def _stamp(seconds: float, separator: str) -> str:
@@ -232,7 +240,7 @@ async def _serve(request: Request, endpoint: str, model_path: str | None) -> Res
         )
     try:
         duration = _duration(content)
-    except av.FFmpegError:
+    except (av.FFmpegError, IndexError, ZeroDivisionError):
         return _error(
             400, "Audio file might be corrupted or unsupported.", param="file", code="invalid_value"
         )

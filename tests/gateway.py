@@ -115,6 +115,11 @@ deployment = "whisper-1"
 price = {{ per_audio_minute = "0.006" }}
 cache = {{ ttl_seconds = 1, max_entries = 2 }}
 
+[providers.cached.models.shared]
+deployment = "whisper-1"
+price = {{ per_audio_minute = "0.006" }}
+cache = {{ ttl_seconds = 3600, shared_across_tenants = true }}
+
 [providers.cached.models.tiny]
 deployment = "whisper-1"
 price = {{ per_audio_minute = "0.006" }}
@@ -134,13 +139,14 @@ class Gateway:
         assert response.status_code < 300, response.text
         return response.json() if response.content else None
 
-    def new_key(self, **body: Any) -> dict[str, Any]:
-        tenants = self.admin("GET", "/admin/tenants")["data"]
-        tenant = (
-            tenants[0] if tenants else self.admin("POST", "/admin/tenants", json={"name": "acme"})
+    def new_key(self, tenant: str = "acme", **body: Any) -> dict[str, Any]:
+        """A key of the tenant named ``tenant`` (created if need be)."""
+        tenants = [t for t in self.admin("GET", "/admin/tenants")["data"] if t["name"] == tenant]
+        owner = (
+            tenants[0] if tenants else self.admin("POST", "/admin/tenants", json={"name": tenant})
         )
         return self.admin(
-            "POST", "/admin/keys", json={"tenant_id": tenant["id"], "name": "k", **body}
+            "POST", "/admin/keys", json={"tenant_id": owner["id"], "name": "k", **body}
         )
 
     def sdk(self, secret: str) -> OpenAI:

@@ -99,6 +99,25 @@ def test_any_change_misses(gateway: Gateway, change: dict) -> None:
     assert _upstream_count(gateway) == sent + 1
 
 
+def test_entries_belong_to_the_tenant_that_made_them(gateway: Gateway) -> None:
+    """Tenant B sending A's exact bytes neither gets A's transcript nor learns, with
+    no-store, that A sent them; a model shared across tenants may answer B."""
+    alice, bob = gateway.new_key(), gateway.new_key(tenant="bob")
+    _post(gateway, alice)
+    probe = _post(gateway, bob, headers={"x-bf-cache": "no-store"})
+    assert probe.headers["x-bf-cache"] == "miss"
+    assert probe.json()["extra_fields"]["cache_debug"] == {"cache_hit": False}
+    assert _upstream_count(gateway) == 2
+    assert _post(gateway, bob).headers["x-bf-cache"] == "miss"  # bob's own entry, now
+    assert _post(gateway, bob).headers["x-bf-cache"] == "hit"
+    assert _upstream_count(gateway) == 3
+
+    _post(gateway, alice, model="cached/shared")
+    shared = _post(gateway, bob, model="cached/shared")
+    assert shared.headers["x-bf-cache"] == "hit"
+    assert _upstream_count(gateway) == 4
+
+
 def test_aliases_and_stream_flag_share_an_entry(gateway: Gateway) -> None:
     """Same route, same semantic parameters: `stream` and the spelling of the model do
     not change the answer of whisper-1 (which ignores stream)."""

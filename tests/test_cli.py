@@ -64,7 +64,10 @@ def test_tenant_and_key_lifecycle(database_url):
     [
         (["keys", "create", "--tenant", "ten_missing", "--name", "x"], "no tenant"),
         (["keys", "create", "--tenant", "ten_x", "--name", ""], "name"),
-        (["keys", "create", "--tenant", "ten_x", "--name", "x", "--expires-at", "soon"], "expires_at"),
+        (
+            ["keys", "create", "--tenant", "ten_x", "--name", "x", "--expires-at", "soon"],
+            "expires_at",
+        ),
         (["keys", "show", "key_missing"], "no key"),
         (["tenants", "create", "acme", "--metadata", "[1]"], "JSON object"),
     ],

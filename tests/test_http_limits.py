@@ -3,6 +3,7 @@ holds it open past a deadline, grows memory, or keeps other tenants waiting."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -88,10 +89,8 @@ def test_headers_one_byte_a_second_are_cut_off(server):
 )
 def test_oversized_headers_are_431(server, headers):
     with _connect(server) as sock:
-        try:
+        with contextlib.suppress(OSError):  # the server may close before it reads it all
             sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + headers + b"\r\n")
-        except OSError:
-            pass  # the server may close before it reads everything
         data, _ = _answer(sock)
     assert data.startswith(b"HTTP/1.1 431 ")
     assert b'"code":"http_431"' in data
@@ -131,9 +130,7 @@ def test_a_body_that_trickles_in_is_cut_off_and_recorded(server):
         if calls or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert [(c["status"], c["error_code"]) for c in calls] == [
-        ("rejected", "client_disconnected")
-    ]
+    assert [(c["status"], c["error_code"]) for c in calls] == [("rejected", "client_disconnected")]
 
 
 def test_connections_past_the_cap_are_refused_at_once(server):

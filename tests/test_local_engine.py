@@ -9,7 +9,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import threading
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
+from tests.audio_files import silent_flac
 from tests.conftest import ADMIN_TOKEN
 from tests.gateway import FIXTURES, Gateway, scrape, total
 from tests.processes import earmark_env, run_cli, serving
@@ -226,3 +229,130 @@ def test_the_first_minute(tmp_path: Path) -> None:
         assert abs(float(month["audio_seconds"]) - SPEECH_MS / 1000) < 0.05
         samples = scrape(base)
     assert total(samples, "earmark_calls_total", model=MODEL, outcome="succeeded") == 1
+
+
+def _workers_of(pid: int) -> set[int]:
+    """Live spawned child processes of ``pid`` (local-engine workers; no resource tracker
+    since nothing they share needs one)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z" and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def strict_local(sqlite_template: Path, tmp_path: Path) -> Iterator[Gateway]:
+    """A local provider with a one-second timeout and a memory cap per worker."""
+    config = tmp_path / "earmark.toml"
+    config.write_text(
+        '[providers.local]\nkind = "local"\ntimeout_seconds = 3\nmemory_limit_mb = 450\n'
+        '[providers.local.models.pocketsphinx]\nengine = "pocketsphinx"\n'
+    )
+    database = tmp_path / "earmark.db"
+    shutil.copyfile(sqlite_template, database)
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{database}",
+        admin_token=ADMIN_TOKEN,
+        config_path=str(config),
+    )
+    with ServerThread(create_app(settings)) as server:
+        gateway = Gateway(server.url, "")
+        try:
+            yield gateway
+        finally:
+            gateway.close()
+
+
+def test_a_timed_out_decode_is_killed_and_the_next_call_works(strict_local: Gateway) -> None:
+    key = strict_local.new_key()
+    before = _workers_of(os.getpid())
+    assert _transcribe(strict_local, key).text  # this gateway's worker exists now
+    (worker,) = _workers_of(os.getpid()) - before
+    response = httpx.post(
+        f"{strict_local.url}/v1/audio/transcriptions",
+        headers={"authorization": f"Bearer {key['secret']}"},
+        data={"model": MODEL},
+        files={"file": ("long.wav", _long_wav(60), "audio/wav")},  # six minutes of speech
+        timeout=60,
+    )
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert worker not in _workers_of(os.getpid())  # killed, not left decoding
+    assert _transcribe(strict_local, key).text  # a fresh worker
+
+
+def test_hours_of_audio_are_decoded_within_the_memory_cap(strict_local: Gateway) -> None:
+    """Two hours decoded whole would be 230 MB of PCM held twice over; streamed, the
+    worker stays under its 450 MB address-space cap."""
+    key = strict_local.new_key()
+    silence = silent_flac(2 * 3600, rate=16_000)
+    result = strict_local.sdk(key["secret"]).audio.transcriptions.create(
+        model=MODEL, file=("silence.flac", silence), response_format="verbose_json"
+    )
+    assert result.duration == 7200.0
+    assert strict_local.calls(key)[0]["audio_ms"] == 7_200_000
+
+
+def test_no_worker_outlives_the_gateway(sqlite_template: Path, tmp_path: Path) -> None:
+    database = tmp_path / "earmark.db"
+    shutil.copyfile(sqlite_template, database)
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{database}", admin_token=ADMIN_TOKEN)
+    before = _workers_of(os.getpid())  # other gateways' workers, still serving
+    with ServerThread(create_app(settings)) as server:
+        gateway = Gateway(server.url, "")
+        try:
+            assert _transcribe(gateway, gateway.new_key()).text
+            assert _workers_of(os.getpid()) - before
+        finally:
+            gateway.close()
+    assert not _workers_of(os.getpid()) - before
+
+
+def test_a_killed_gateway_takes_its_workers_with_it(tmp_path: Path) -> None:
+    env = earmark_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'earmark.db'}", EARMARK_ADMIN_TOKEN=ADMIN_TOKEN
+    )
+    with serving(env, tmp_path / "earmark.log") as base:
+        gateway = Gateway(base, "")
+        try:
+            assert _transcribe(gateway, gateway.new_key()).text
+        finally:
+            gateway.close()
+        (serve,) = [pid for pid in _children_named(os.getpid(), b"serve")]
+        workers = _workers_of(serve)
+        assert workers
+        os.kill(serve, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+
+
+def _children_named(pid: int, word: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                if int(parent) == pid and word in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
