@@ -349,6 +349,11 @@ class _Meter:
 
 def _check_stream(stream: Any) -> None:
     context = stream.codec_context
+    if context is None:  # FFmpeg has no decoder for what the container names
+        raise AudioRefused(
+            f"The audio's codec is not one this gateway accepts ({_ACCEPTED_CODECS}).",
+            "unsupported_codec",
+        )
     name = context.name
     family = "vorbis" if "vorbis" in name else name
     known = (

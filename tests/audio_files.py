@@ -24,10 +24,11 @@ def tone(seconds: float, rate: int = TONE_RATE) -> bytes:
 def riff(*chunks: tuple[bytes, bytes], size_override: dict[int, int] | None = None) -> bytes:
     """A RIFF/WAVE file of the given (tag, body) chunks; ``size_override`` forges the
     stated size of the chunk at that index."""
-    out = b""
+    parts = []
     for index, (tag, body) in enumerate(chunks):
         size = (size_override or {}).get(index, len(body))
-        out += tag + struct.pack("<I", size) + body + (b"\0" if len(body) % 2 else b"")
+        parts.append(tag + struct.pack("<I", size) + body + (b"\0" if len(body) % 2 else b""))
+    out = b"".join(parts)
     return b"RIFF" + struct.pack("<I", 4 + len(out)) + b"WAVE" + out
 
 
