@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import msgspec
 
-from app.audio import Limits
+from app.audio.measure import Limits
 from app.config import CacheConfig, Config, ConfigError, ModelConfig, ProviderConfig
 from app.errors import InvalidRequest, NotFound, PermissionDenied
 

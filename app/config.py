@@ -14,7 +14,7 @@ from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
-from app.audio import DEFAULT_MAX_SECONDS
+from app.audio.measure import DEFAULT_MAX_SECONDS
 from app.metering import Price
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]

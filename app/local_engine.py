@@ -155,7 +155,8 @@ def transcribe(
     max_seconds: int = 10_800,
 ) -> dict[str, Any]:
     """The transcript: language, duration (seconds) and segments with their words."""
-    from app.audio import AudioRefused, open_container, sniff
+    from app.audio.container import open_container, sniff
+    from app.audio.refusals import AudioRefused
 
     file = io.BytesIO(audio)
     try:

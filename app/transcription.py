@@ -25,7 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, cache, ledger
-from app.audio import forwarded_filename, measure
+from app.audio.container import forwarded_filename
+from app.audio.measure import measure
 from app.auth import Principal
 from app.catalog import Catalog, Route
 from app.errors import EarmarkError, InvalidRequest, ServiceUnavailable

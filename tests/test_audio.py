@@ -13,14 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.audio import (
-    MAX_WAV_CHUNKS,
-    AudioRefused,
-    Limits,
-    _opus_samples,
-    forwarded_filename,
-    measure,
-)
+from app.audio.container import forwarded_filename
+from app.audio.measure import Limits, measure
+from app.audio.packets import opus_samples
+from app.audio.refusals import AudioRefused
+from app.audio.wav import MAX_WAV_CHUNKS
 from tests.audio_files import (
     decoded_seconds,
     encode,
@@ -107,10 +104,10 @@ def test_mp3_hidden_in_a_pcm_wav_is_measured_as_the_mp3_ffmpeg_finds():
 
 
 def test_opus_packets_are_counted_from_their_toc_byte():
-    assert _opus_samples(bytes([16 << 3])) == 120  # CELT 2.5 ms, one frame
-    assert _opus_samples(bytes([(31 << 3) | 1])) == 1920  # CELT 20 ms, two frames
-    assert _opus_samples(bytes([(3 << 3) | 3, 3])) == 3 * 2880  # SILK 60 ms, three frames
-    assert _opus_samples(bytes([(12 << 3) | 2])) == 960  # hybrid 10 ms, two frames
+    assert opus_samples(bytes([16 << 3])) == 120  # CELT 2.5 ms, one frame
+    assert opus_samples(bytes([(31 << 3) | 1])) == 1920  # CELT 20 ms, two frames
+    assert opus_samples(bytes([(3 << 3) | 3, 3])) == 3 * 2880  # SILK 60 ms, three frames
+    assert opus_samples(bytes([(12 << 3) | 2])) == 960  # hybrid 10 ms, two frames
 
 
 # --- Bombs and absurd claims -----------------------------------------------------------

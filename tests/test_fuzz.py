@@ -15,7 +15,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.audio import AudioRefused, Limits, measure
+from app.audio.measure import Limits, measure
+from app.audio.refusals import AudioRefused
 from tests.conftest import ADMIN
 from tests.gateway import FIXTURES, Gateway
 

@@ -1,0 +1,125 @@
+"""Which demuxer may open an upload, and opening it with nothing else allowed.
+
+The demuxer is the one the upload's first bytes name from an allow-list (never FFmpeg's
+own guess, which also knows playlists, concat lists and SDP sessions), with FFmpeg's
+``format_whitelist`` saying the same, no protocol, and an ``io_open`` that refuses any
+nested file or URL the upload names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import av
+
+from app.audio.refusals import PROBE_SECONDS, not_audio
+
+# Container (as its usual file extension) → the FFmpeg demuxer allowed to open it.
+DEMUXERS = {
+    "wav": "wav",
+    "flac": "flac",
+    "mp3": "mp3",
+    "mp4": "mov",
+    "ogg": "ogg",
+    "webm": "matroska",
+    "mpeg": "mpeg",
+}
+# Extensions a tenant may name each container by; anything else is forwarded renamed, so
+# the provider decodes the format that was measured.
+EXTENSIONS = {
+    "wav": ("wav",),
+    "flac": ("flac",),
+    "mp3": ("mp3", "mpga", "mpeg"),
+    "mp4": ("m4a", "mp4"),
+    "ogg": ("ogg", "oga", "opus"),
+    "webm": ("webm",),
+    "mpeg": ("mpeg", "mpg"),
+}
+_FORMAT_WHITELIST = ",".join(sorted(set(DEMUXERS.values())))
+
+
+def forwarded_filename(filename: str, container: str) -> str:
+    """The name the upload is forwarded under: the tenant's, with an extension that names
+    the measured container (providers pick their decoder by it) and nothing a multipart
+    header could misread."""
+    stem, dot, extension = filename.rpartition(".")
+    if not dot:
+        stem, extension = filename, ""
+    stem = re.sub(r"[^\w\- ]", "_", stem)[:100] or "audio"
+    if extension.lower() not in EXTENSIONS[container]:
+        extension = EXTENSIONS[container][0]
+    return f"{stem}.{extension.lower()}"
+
+
+def _id3v2_end(head: bytes) -> int:
+    """Where an ID3v2 tag that opens the file ends (FFmpeg skips it before probing)."""
+    if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+        return 0
+    size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+    return 10 + size + (10 if head[5] & 0x10 else 0)
+
+
+def _is_mpeg_audio_frame(header: bytes) -> bool:
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (header[1] >> 3) & 3, (header[1] >> 1) & 3
+    bitrate, rate = header[2] >> 4, (header[2] >> 2) & 3
+    return version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3
+
+
+def sniff(file: BinaryIO) -> tuple[str, int]:
+    """The container its first bytes say (a key of DEMUXERS) and where it starts."""
+    file.seek(0)
+    head = file.read(16)
+    start = _id3v2_end(head)
+    if start:
+        file.seek(start)
+        head = file.read(16)
+    magic = head[:4]
+    if magic in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "wav", start
+    if magic == b"fLaC":
+        return "flac", start
+    if magic == b"OggS":
+        return "ogg", start
+    if magic == b"\x1a\x45\xdf\xa3":
+        return "webm", start
+    if head[4:8] == b"ftyp":
+        return "mp4", start
+    if magic == b"\x00\x00\x01\xba":
+        return "mpeg", start
+    if _is_mpeg_audio_frame(head):
+        return "mp3", start
+    raise not_audio()
+
+
+def _refuse_nested_open(url: str, flags: int, options: dict[str, str]) -> None:
+    """FFmpeg asks this to open any file or URL an upload names: never."""
+    raise PermissionError("an upload may not open other files")
+
+
+@contextmanager
+def open_container(
+    file: BinaryIO, container: str, timeout: float = PROBE_SECONDS
+) -> Iterator[av.container.InputContainer]:
+    """The upload opened by its one allowed demuxer; FFmpeg's failures are ``not_audio``."""
+    file.seek(0)
+    try:
+        opened = av.open(
+            file,
+            "r",  # a spooled upload's `mode` says w+b
+            format=DEMUXERS[container],
+            container_options={"format_whitelist": _FORMAT_WHITELIST, "protocol_whitelist": "none"},
+            metadata_errors="replace",
+            timeout=timeout,
+            io_open=_refuse_nested_open,
+        )
+    except (av.FFmpegError, MemoryError, PermissionError, UnicodeError, ValueError, IndexError):
+        raise not_audio() from None
+    try:
+        yield opened
+    finally:
+        opened.close()
