@@ -180,68 +180,90 @@ async def _ended(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield b""
 
 
+class _Reader:
+    """The multipart parser's events, into a form, under the limits."""
+
+    def __init__(self, form: Form) -> None:
+        self.form = form
+        self.parts = self.text_total = 0
+        self.name = ""
+        self.text: bytearray | None = None
+        self.spool: BinaryIO | None = None
+        self.size = 0
+        self.filename: str | None = None
+        self.content_type: str | None = None
+
+    def begin(self, segment: MultipartSegment) -> None:
+        self.parts += 1
+        self.name = _check_part(segment, self.parts)
+        if self.name != "file":
+            self.text = bytearray()
+            return
+        if self.form.upload is not None:
+            raise InvalidRequest("Send exactly one audio file in the `file` field.", param="file")
+        self.spool, self.size = _spool(), 0
+        self.filename, self.content_type = segment.filename, segment.content_type
+
+    def data(self, chunk: bytes) -> None:
+        if self.spool is not None:
+            self.size += len(chunk)
+            if self.size > MAX_FILE_BYTES:
+                raise file_too_large(f"more than {MAX_FILE_BYTES}")
+            self.spool.write(chunk)
+            return
+        assert self.text is not None
+        self.text += chunk
+        self.text_total += len(chunk)
+        limit = LARGE_FIELDS.get(self.name, MAX_FIELD_BYTES)
+        if len(self.text) > limit:
+            raise InvalidRequest(
+                f"`{self.name}` is longer than {limit} bytes.",
+                param=self.name,
+                code="field_too_long",
+            )
+        if self.text_total > MAX_TEXT_BYTES:
+            raise PayloadTooLarge(
+                f"The form's text fields exceed {MAX_TEXT_BYTES} bytes.",
+                param=self.name,
+                code="request_too_large",
+            )
+
+    def end(self) -> None:
+        if self.spool is not None:
+            self.spool.seek(0)
+            self.form.upload = Upload(
+                filename=self.filename or "audio",
+                content_type=self.content_type or "application/octet-stream",
+                file=self.spool,
+                size=self.size,
+            )
+            self.spool = None
+        else:
+            assert self.text is not None
+            self.form.fields.setdefault(self.name, []).append(_text(self.name, self.text))
+            self.text = None
+
+    def close(self) -> None:
+        """Drop a file part the body ended (or was refused) in the middle of."""
+        if self.spool is not None:
+            self.spool.close()
+
+
 async def _parse(chunks: AsyncIterator[bytes], boundary: str, form: Form) -> None:
-    parts = text_total = 0
-    name: str | None = None
-    text: bytearray | None = None
-    spool: BinaryIO | None = None
-    filename = content_type = None
-    size = 0
+    reader = _Reader(form)
     try:
         with PushMultipartParser(boundary, max_segment_count=MAX_FIELDS + 1) as parser:
             async for chunk in _ended(chunks):
                 for event in parser.parse(chunk):
                     if isinstance(event, MultipartSegment):
-                        parts += 1
-                        name = _check_part(event, parts)
-                        if name != "file":
-                            text = bytearray()
-                        elif form.upload is not None:
-                            raise InvalidRequest(
-                                "Send exactly one audio file in the `file` field.", param="file"
-                            )
-                        else:
-                            spool, size = _spool(), 0
-                            filename, content_type = event.filename, event.content_type
-                    elif event and spool is not None:  # a piece of the file
-                        size += len(event)
-                        if size > MAX_FILE_BYTES:
-                            raise file_too_large(f"more than {MAX_FILE_BYTES}")
-                        spool.write(event)
-                    elif event:  # a piece of a text field
-                        assert text is not None and name is not None
-                        text += event
-                        text_total += len(event)
-                        limit = LARGE_FIELDS.get(name, MAX_FIELD_BYTES)
-                        if len(text) > limit:
-                            raise InvalidRequest(
-                                f"`{name}` is longer than {limit} bytes.",
-                                param=name,
-                                code="field_too_long",
-                            )
-                        if text_total > MAX_TEXT_BYTES:
-                            raise PayloadTooLarge(
-                                f"The form's text fields exceed {MAX_TEXT_BYTES} bytes.",
-                                param=name,
-                                code="request_too_large",
-                            )
-                    elif spool is not None:  # the end of the file part
-                        spool.seek(0)
-                        form.upload = Upload(
-                            filename=filename or "audio",
-                            content_type=content_type or "application/octet-stream",
-                            file=spool,
-                            size=size,
-                        )
-                        spool = None
-                    else:  # the end of a text field
-                        assert text is not None and name is not None
-                        form.fields.setdefault(name, []).append(_text(name, text))
-                        text = None
+                        reader.begin(event)
+                    elif event:
+                        reader.data(event)
+                    else:
+                        reader.end()
                 if parser.closed:
                     return
     except (ParserError, ParserLimitReached):
         raise InvalidRequest(NOT_MULTIPART, code="not_multipart") from None
     finally:
-        if spool is not None:
-            spool.close()
+        reader.close()
