@@ -37,7 +37,6 @@ class _Job:
 class FairPool:
     def __init__(self, name: str, threads: int, max_queued: int = 1024) -> None:
         self.name = name
-        self.threads = threads
         self.max_queued = max_queued
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"earmark-{name}")
         self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()
