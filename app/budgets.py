@@ -39,6 +39,21 @@ class BudgetExceeded(EarmarkError):
     error_type = "budget_exceeded"
 
 
+class BudgetBusy(EarmarkError):
+    """The call fits once the calls in flight settle: retry soon (no x-should-retry: false)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, budget_id: str, retry_after: int) -> None:
+        super().__init__(
+            f"Budget {budget_id} is held by calls in flight; this call fits once they "
+            f"settle. Retry after {retry_after} s.",
+            code="budget_busy",
+            headers={"retry-after": str(retry_after)},
+        )
+
+
 class Hold(msgspec.Struct, frozen=True):
     budget_id: str
     period_start: datetime
@@ -107,9 +122,18 @@ async def _ensure_counter(conn: AsyncConnection, budget_id: str, start: datetime
 
 
 async def reserve(
-    conn: AsyncConnection, key_id: str, tenant_id: str, amount: int, now: datetime
+    conn: AsyncConnection,
+    key_id: str,
+    tenant_id: str,
+    amount: int,
+    now: datetime,
+    *,
+    expected: int | None = None,
+    retry_after: int = 1,
 ) -> list[Hold]:
-    """Hold ``amount`` against every budget on the key's path, or raise BudgetExceeded.
+    """Hold ``amount`` against every budget on the key's path, or refuse: ``BudgetBusy``
+    (429) when the call would fit (``expected`` on top of what is spent) once the calls in
+    flight settle, ``BudgetExceeded`` (402) when what is spent alone leaves no room.
 
     Budgets are taken in id order so concurrent reservations lock counters in the same
     order (no deadlocks on PostgreSQL). The caller's transaction makes it all-or-nothing.
@@ -126,6 +150,10 @@ async def reserve(
             # Usually the period's counter exists; create it only when the hold found none.
             await _ensure_counter(conn, budget.id, start)
             if not await _hold(conn, budget.id, start, amount):
+                counter = await _counter(conn, budget.id, start)
+                room = budget.limit_nanos + counter.top_up_nanos - counter.spent_nanos
+                if counter.held_nanos and (amount if expected is None else expected) <= room:
+                    raise BudgetBusy(budget.id, retry_after)
                 raise _exceeded(budget, await _view(conn, budget, now), amount)
         holds.append(Hold(budget.id, start, amount))
     return holds

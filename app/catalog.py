@@ -13,6 +13,7 @@ import msgspec
 from app.audio.measure import Limits
 from app.config import CacheConfig, Config, ConfigError, ModelConfig, ProviderConfig
 from app.errors import InvalidRequest, NotFound, PermissionDenied
+from app.metering import Billing
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +32,10 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def cache(self) -> CacheConfig | None:
         return self.config.cache or self.provider.cache
+
+    @property
+    def billing(self) -> Billing:
+        return self.config.billing or self.provider.billing
 
     @property
     def audio_limits(self) -> Limits:

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 
 from app.audio.measure import DEFAULT_MAX_SECONDS
-from app.metering import Price
+from app.metering import Billing, Price
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 MaxSeconds = Annotated[int, msgspec.Meta(ge=1, le=86_400)]
@@ -54,6 +54,8 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     cache: CacheConfig | None = None
     # Longest upload this model accepts, measured from the audio (the provider's own).
     max_audio_seconds: MaxSeconds | None = None
+    # How the provider bills this model's audio (the provider's `billing` otherwise).
+    billing: Billing | None = None
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,6 +76,8 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     memory_limit_mb: Annotated[int, msgspec.Meta(ge=0)] = 2048
     # Longest upload its models accept (a model's own setting wins); 3 hours by default.
     max_audio_seconds: MaxSeconds = DEFAULT_MAX_SECONDS
+    # How it bills audio: whole seconds rounded up unless it says otherwise.
+    billing: Billing = Billing()
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -134,8 +138,17 @@ def _check_cache(cache: CacheConfig | None, where: str, source: str) -> None:
         _check_price(cache.hit_price, f"{where}.cache.hit_price", source)
 
 
+def _check_billing(billing: Billing | None, where: str, source: str) -> None:
+    if billing is not None:
+        try:
+            billing.check()
+        except ValueError as error:
+            raise ConfigError(f"{source}: {where}.billing: {error}") from None
+
+
 def _check_provider(provider: ProviderConfig, where: str, source: str) -> None:
     _check_cache(provider.cache, where, source)
+    _check_billing(provider.billing, where, source)
     if provider.kind == "local":
         if provider.base_url is not None:
             raise ConfigError(f"{source}: {where}.base_url: a local provider has no URL")
@@ -145,6 +158,7 @@ def _check_provider(provider: ProviderConfig, where: str, source: str) -> None:
 
 def _check_model(provider: ProviderConfig, model: ModelConfig, where: str, source: str) -> None:
     _check_price(model.price, f"{where}.price", source)
+    _check_billing(model.billing, where, source)
     _check_cache(model.cache, where, source)
     if provider.kind == "local" and model.engine is None:
         raise ConfigError(f"{source}: {where}.engine: required for a local model")

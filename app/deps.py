@@ -7,8 +7,8 @@ from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Principal
+from app.gateway.call import Gateway
 from app.settings import Settings
-from app.transcription import Gateway
 
 
 def provide_engine(state: State) -> AsyncEngine:

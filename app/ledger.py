@@ -19,9 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import budgets, database, rate_limits
 from app.metering import Usage, usd
-from app.models import ledger, ledger_holds
+from app.models import ledger, ledger_holds, upstream_attempts
 from app.pagination import paginate, split_page
 from app.schemas import RateLimits
+
+OPEN = ("reserved", "forwarded")
 
 
 class Opening(msgspec.Struct, kw_only=True):
@@ -36,7 +38,23 @@ class Opening(msgspec.Struct, kw_only=True):
     stream: bool = False
     upload_bytes: int | None = None
     probed_audio_ms: int | None = None
+    expected_nanos: int = 0
     hold_nanos: int = 0
+
+
+class AttemptRecord(msgspec.Struct, kw_only=True):
+    """One upstream attempt of a call, as ``upstream_attempts`` keeps it."""
+
+    n: int
+    provider: str
+    model: str
+    started_at: datetime
+    outcome: str  # answered | refused | failed | uncertain
+    http_status: int | None
+    error: str | None
+    bytes_sent: int
+    latency_ms: int
+    charged_nanos: int
 
 
 class Settlement(msgspec.Struct, kw_only=True):
@@ -48,9 +66,11 @@ class Settlement(msgspec.Struct, kw_only=True):
     usage: Usage = Usage()
     usage_source: str | None = None
     cost_nanos: int = 0
+    review: str | None = None  # uncertain | hold_overrun | worker_lost
     latency_ms: int
     upstream_latency_ms: int | None = None
     error_code: str | None = None
+    attempt_records: list[AttemptRecord] = []
 
 
 class Call(msgspec.Struct, kw_only=True):
@@ -77,7 +97,9 @@ class Call(msgspec.Struct, kw_only=True):
     output_tokens: int | None
     total_tokens: int | None
     usage_source: str | None
+    review: str | None
     cost_usd: str
+    expected_usd: str
     hold_usd: str
     latency_ms: int | None
     upstream_latency_ms: int | None
@@ -115,6 +137,7 @@ async def open_call(
     model: str,
     now: datetime | None = None,
     limits: RateLimits | None = None,
+    retry_after: int = 1,
 ) -> None:
     """Admit the call under its key's rate limits, hold its maximum cost on every budget
     on its path and write its row, in one transaction: all or nothing
@@ -125,7 +148,13 @@ async def open_call(
         if limits is not None:
             await rate_limits.admit(conn, opening.key_id, limits, opening.probed_audio_ms or 0, now)
         holds = await budgets.reserve(
-            conn, opening.key_id, opening.tenant_id, opening.hold_nanos, now
+            conn,
+            opening.key_id,
+            opening.tenant_id,
+            opening.hold_nanos,
+            now,
+            expected=opening.expected_nanos,
+            retry_after=retry_after,
         )
         await _insert_row(
             conn, opening, status="reserved", provider=provider, model=model, created_at=now
@@ -163,14 +192,20 @@ async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement)
     from ``reserved``."""
     values = msgspec.structs.asdict(settlement)
     values.update(_usage_columns(values.pop("usage")))
+    records = values.pop("attempt_records")
     async with database.write(engine) as conn:
         result = await conn.execute(
             update(ledger)
-            .where(ledger.c.id == call_id, ledger.c.status.in_(("reserved", "forwarded")))
+            .where(ledger.c.id == call_id, ledger.c.status.in_(OPEN))
             .values(**values, completed_at=database.utcnow())
         )
         if result.rowcount != 1:
             return False
+        if records:
+            await conn.execute(
+                insert(upstream_attempts),
+                [{"call_id": call_id, **msgspec.structs.asdict(record)} for record in records],
+            )
         await budgets.settle(conn, call_id, settlement.cost_nanos)
     return True
 
@@ -201,7 +236,7 @@ async def sweep(
         and_(ledger.c.status == "reserved", ledger.c.created_at < reserved_before),
         and_(ledger.c.status == "forwarded", ledger.c.created_at < forwarded_before),
     )
-    query = select(ledger.c.id, ledger.c.status, ledger.c.hold_nanos).where(stale).limit(limit)
+    query = select(ledger.c.id, ledger.c.status, ledger.c.expected_nanos).where(stale).limit(limit)
     async with database.write(engine) as conn:
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
@@ -209,13 +244,15 @@ async def sweep(
         now = database.utcnow()
         for row in rows:
             released = row.status == "reserved"
-            cost = 0 if released else row.hold_nanos
+            cost = 0 if released else row.expected_nanos
             await conn.execute(
                 update(ledger)
                 .where(ledger.c.id == row.id, ledger.c.status == row.status)
                 .values(
                     status="released" if released else "expired",
-                    error_code="worker_lost" if released else "worker_lost_review",
+                    error_code="worker_lost",
+                    review=None if released else "worker_lost",
+                    usage_source=None if released else "expected",
                     cost_nanos=cost,
                     completed_at=now,
                 )
@@ -225,9 +262,14 @@ async def sweep(
 
 
 def _to_api(row: Any) -> Call:
-    money = ("cost_usd", "hold_usd")
+    money = ("cost_usd", "expected_usd", "hold_usd")
     fields = {name: getattr(row, name) for name in Call.__struct_fields__ if name not in money}
-    return Call(**fields, cost_usd=usd(row.cost_nanos), hold_usd=usd(row.hold_nanos))
+    return Call(
+        **fields,
+        cost_usd=usd(row.cost_nanos),
+        expected_usd=usd(row.expected_nanos),
+        hold_usd=usd(row.hold_nanos),
+    )
 
 
 async def list_calls(engine: AsyncEngine, key_id: str, limit: int, cursor: str | None) -> CallPage:

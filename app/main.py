@@ -23,9 +23,10 @@ from app.database import create_engine
 from app.deps import provide_engine, provide_gateway, provide_principal, provide_settings
 from app.errors import EXCEPTION_HANDLERS
 from app.executors import Executors
-from app.local_provider import LocalProvider
+from app.gateway.call import Gateway
 from app.metrics import Metrics
-from app.providers import create_client
+from app.providers import build_providers
+from app.providers.remote import create_client
 from app.request_id import add_request_id_header
 from app.routes import (
     admin_budgets,
@@ -41,7 +42,6 @@ from app.routes.params import strict_json_body
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
 from app.throttle import SignInThrottle
-from app.transcription import Gateway
 
 ADMIN_MAX_BODY_BYTES = 1 << 20  # admin requests are small JSON documents
 
@@ -58,7 +58,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         passwords=settings.password_threads,
         files=settings.file_threads,
     )
-    local = LocalProvider(executors.files)
+    providers = build_providers(config, provider_keys, http, executors.files)
     try:
         head = migrate.head_revision()
         await migrate.ensure_at_head(engine, head)
@@ -70,11 +70,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.metrics.start_series(catalog.routes.values())
         app.state.gateway = Gateway(
             engine=engine,
-            http=http,
             catalog=catalog,
-            provider_keys=provider_keys,
+            providers=providers,
             metrics=app.state.metrics,
-            local=local,
             executors=executors,
         )
         sweeper = asyncio.create_task(run_sweeper(engine, catalog))
@@ -85,7 +83,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
     finally:
-        local.close()
+        for provider in providers.values():
+            await provider.close()
         executors.close()
         await http.aclose()
         await engine.dispose()

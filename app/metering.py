@@ -25,6 +25,7 @@ _PRICE_LIMITS = {
     "output_per_million": 100_000,
     "audio_tokens_per_second": 10_000,
     "max_output_tokens_per_second": 10_000,
+    "output_tokens_per_second": 10_000,
 }
 
 
@@ -43,6 +44,8 @@ class Price(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     audio_tokens_per_second: Decimal = Decimal(10)
     # Upper bound on transcript tokens per second of audio, for the budget hold.
     max_output_tokens_per_second: Decimal = Decimal(20)
+    # A typical transcript's tokens per second of speech, for an uncertain attempt's cost.
+    output_tokens_per_second: Decimal = Decimal(4)
 
     def per_second(self) -> Fraction | None:
         """The duration price per second, whichever unit the config used."""
@@ -159,21 +162,79 @@ def usage_from_body(body: Any) -> Usage:
     )
 
 
-def hold_nanos(price: Price, probed_ms: int, prompt: str) -> int:
+class Billing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a provider turns a call's audio into billed seconds, and the margin held."""
+
+    # Billed in whole increments of this many seconds, rounded up (0: to the millisecond).
+    round_up_seconds: Decimal = Decimal(1)
+    # Held beyond the expected duration, for providers that count container padding.
+    hold_padding_seconds: Decimal = Decimal(0)
+
+    def billed_ms(self, audio_ms: int) -> int:
+        step = Fraction(self.round_up_seconds) * 1000
+        if step <= 0:
+            return audio_ms
+        steps = -(-Fraction(audio_ms) // step)  # ceiling
+        return int(steps * step)
+
+    def check(self) -> None:
+        for name in ("round_up_seconds", "hold_padding_seconds"):
+            value = getattr(self, name)
+            if not value.is_finite() or not 0 <= value <= 3600:
+                raise ValueError(f"{name} must be from 0 to 3600")
+
+
+NO_USAGE = Usage()
+
+
+def meter(
+    price: Price, billing: Billing, reported: Usage, probed_ms: int
+) -> tuple[Usage, str, int]:
+    """What an answered call is billed: (usage, its source, cost). The provider's usage
+    wins; the measured audio, billed as the provider bills it, fills in the seconds; a
+    token-priced call with no token count is billed an estimate, never zero."""
+    source = "probe" if reported == NO_USAGE else "provider"
+    audio_ms = billing.billed_ms(probed_ms) if reported.audio_ms is None else reported.audio_ms
+    usage = msgspec.structs.replace(reported, audio_ms=audio_ms)
+    if price.is_token_priced and usage.total_tokens is None:
+        usage = msgspec.structs.replace(
+            usage, input_audio_tokens=estimated_audio_tokens(price, probed_ms)
+        )
+        source = "estimate"
+    return usage, source, cost_nanos(price, usage)
+
+
+def expected_nanos(price: Price, billing: Billing, probed_ms: int, prompt: str) -> int:
+    """What one attempt is expected to cost: exact for duration prices (the measured audio
+    billed as the provider bills it); for token prices, tokens estimated from the audio
+    (``audio_tokens_per_second``), the prompt (about four bytes a token) and a typical
+    transcript (``output_tokens_per_second``)."""
+    billed = billing.billed_ms(probed_ms)
+    output = Fraction(price.output_tokens_per_second) * billed / 1000
+    estimate = Usage(
+        audio_ms=billed,
+        input_text_tokens=len(prompt.encode()) // 4,
+        input_audio_tokens=estimated_audio_tokens(price, billed),
+        output_tokens=-(-output.numerator // output.denominator),
+    )
+    return cost_nanos(price, estimate)
+
+
+def hold_nanos(price: Price, billing: Billing, probed_ms: int, prompt: str) -> int:
     """The most a call can cost, reserved before it goes upstream.
 
-    Exact for duration prices (whole seconds rounded up, plus one second for container
-    padding the provider may count); a calibrated upper bound for token prices: audio
-    tokens at ``audio_tokens_per_second``, one text token per prompt byte at most, and
-    ``max_output_tokens_per_second`` of transcript. The ledger keeps hold and actual side
-    by side so the bound can be checked.
+    Its expected cost for duration prices, plus ``hold_padding_seconds``; a calibrated
+    upper bound for token prices: audio tokens at ``audio_tokens_per_second``, one text
+    token per prompt byte at most, and ``max_output_tokens_per_second`` of transcript. A
+    call that costs more is still charged in full, flagged and counted as an overrun.
     """
-    seconds = -(-probed_ms // 1000) + 1
-    output = Fraction(price.max_output_tokens_per_second) * seconds
+    padding = int(Fraction(billing.hold_padding_seconds) * 1000)
+    billed = billing.billed_ms(probed_ms + padding)
+    output = Fraction(price.max_output_tokens_per_second) * billed / 1000
     bound = Usage(
-        audio_ms=seconds * 1000,
+        audio_ms=billed,
         input_text_tokens=len(prompt.encode()),
-        input_audio_tokens=estimated_audio_tokens(price, seconds * 1000),
+        input_audio_tokens=estimated_audio_tokens(price, billed),
         output_tokens=-(-output.numerator // output.denominator),
     )
     return cost_nanos(price, bound)

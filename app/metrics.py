@@ -45,7 +45,8 @@ NONE = "none"  # label value when a call never reached a model or provider
 ENDPOINTS = ("transcription", "translation")
 TOKEN_KINDS = ("input_text", "input_audio", "output")
 UPSTREAM_ERROR_KINDS = (
-    "timeout", "unreachable", "status_5xx", "status_429", "status_4xx", "malformed",
+    "timeout", "unreachable", "reset", "broken_stream", "abandoned", "worker_died",
+    "status_5xx", "status_429", "status_4xx", "malformed",
 )  # fmt: skip
 
 _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
@@ -122,6 +123,17 @@ class Metrics:
             "Tenant requests the gateway refused: auth, forbidden, budget, rate_limit, bad_input.",
             ("reason",),
         )
+        self.uncertain_attempts = counter(
+            "earmark_uncertain_attempts_total",
+            "Upstream attempts the provider had whole but never answered (timeout, reset, "
+            "broken stream): charged their expected cost and listed for review.",
+            ("provider",),
+        )
+        self.hold_overruns = counter(
+            "earmark_hold_overruns_total",
+            "Calls charged more than they held (charged in full, and listed for review).",
+            ("model", "provider"),
+        )
         self.cache_lookups = counter(
             "earmark_cache_lookups_total",
             "Transcription cache lookups: hit (answered without the provider) or miss.",
@@ -153,6 +165,8 @@ class Metrics:
                 for result in ("hit", "miss"):
                     self.cache_lookups.labels(model, provider, result)
             self.upstream_duration.labels(provider, model)
+            self.uncertain_attempts.labels(provider)
+            self.hold_overruns.labels(model, provider)
             for kind in UPSTREAM_ERROR_KINDS:
                 self.upstream_errors.labels(provider, kind)
             for endpoint in ENDPOINTS:

@@ -111,8 +111,30 @@ class LedgerEntry(Base):
     __tablename__ = "ledger"
     __table_args__ = (
         sa.Index("ix_ledger_key_id_id", "key_id", "id"),
+        sa.Index("ix_ledger_key_id_created_at", "key_id", "created_at"),
         sa.Index("ix_ledger_tenant_id_id", "tenant_id", "id"),
         sa.Index("ix_ledger_created_at", "created_at"),
+        # Rows still open, and rows for review: few, whatever the ledger's size, so the
+        # sweeper, the rate limits' in-flight count and the review list stay bounded.
+        sa.Index(
+            "ix_ledger_open",
+            "key_id",
+            "created_at",
+            sqlite_where=sa.text("status IN ('reserved', 'forwarded')"),
+            postgresql_where=sa.text("status IN ('reserved', 'forwarded')"),
+        ),
+        sa.Index(
+            "ix_ledger_open_created_at",
+            "created_at",
+            sqlite_where=sa.text("status IN ('reserved', 'forwarded')"),
+            postgresql_where=sa.text("status IN ('reserved', 'forwarded')"),
+        ),
+        sa.Index(
+            "ix_ledger_review",
+            "id",
+            sqlite_where=sa.text("review IS NOT NULL"),
+            postgresql_where=sa.text("review IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # the request id
@@ -140,12 +162,37 @@ class LedgerEntry(Base):
     # provider: usage as reported; probe: duration measured here; estimate: tokens estimated.
     usage_source: Mapped[str | None] = mapped_column(sa.String(16))
     cost_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # 1e-9 USD
+    # What it is expected to cost (the measured audio at its model's price and billing
+    # rule): charged for an attempt whose outcome is uncertain, or a row swept.
+    expected_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     # The most this call could cost, reserved against its budgets before going upstream.
     hold_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    # Why a person should look at it: uncertain (charged for an attempt the provider may
+    # have billed), hold_overrun (charged more than it held), worker_lost (swept).
+    review: Mapped[str | None] = mapped_column(sa.String(16))
     latency_ms: Mapped[int | None]
     upstream_latency_ms: Mapped[int | None]
     created_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
+
+
+class UpstreamAttempt(Base):
+    """One upstream attempt of a call: where it went, what came back, what it cost."""
+
+    __tablename__ = "upstream_attempts"
+
+    call_id: Mapped[str] = mapped_column(sa.ForeignKey("ledger.id"), primary_key=True)
+    n: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(sa.String(100))
+    model: Mapped[str] = mapped_column(sa.String(200))  # the provider's model
+    started_at: Mapped[datetime]
+    # answered | refused | failed (nothing billed) | uncertain (may have been billed)
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    http_status: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(sa.String(32))
+    bytes_sent: Mapped[int] = mapped_column(sa.BigInteger)
+    latency_ms: Mapped[int]
+    charged_nanos: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class Budget(Base):
@@ -223,5 +270,6 @@ ledger = LedgerEntry.__table__
 budgets = Budget.__table__
 budget_counters = BudgetCounter.__table__
 ledger_holds = LedgerHold.__table__
+upstream_attempts = UpstreamAttempt.__table__
 budget_events = BudgetEvent.__table__
 transcription_cache = CacheEntry.__table__

@@ -1,5 +1,5 @@
 """Rows whose worker died are finished: never-forwarded holds released, forwarded ones
-charged their hold for review, and a late worker cannot go upstream after a sweep."""
+charged their expected cost for review, and a late worker cannot go upstream after a sweep."""
 
 from datetime import timedelta
 
@@ -23,13 +23,14 @@ async def _key(engine):
     return tenant, key
 
 
-async def _open(engine, tenant, key, call_id, age: timedelta, hold=700):
+async def _open(engine, tenant, key, call_id, age: timedelta, hold=700, expected=600):
     opening = ledger.Opening(
         id=call_id,
         key_id=key.id,
         tenant_id=tenant.id,
         endpoint="transcription",
         model_requested="m",
+        expected_nanos=expected,
         hold_nanos=hold,
     )
     await ledger.open_call(engine, opening, "p", "m", now=database.utcnow() - age)
@@ -54,13 +55,11 @@ async def test_sweep_releases_reserved_and_charges_forwarded(engine):
         rows = {row.id: row for row in (await conn.execute(select(ledger_table))).all()}
         (counter,) = (await conn.execute(select(budget_counters))).all()
     assert (rows["req_never_sent"].status, rows["req_never_sent"].cost_nanos) == ("released", 0)
-    assert (rows["req_sent_then_lost"].status, rows["req_sent_then_lost"].cost_nanos) == (
-        "expired",
-        700,
-    )
-    assert rows["req_sent_then_lost"].error_code == "worker_lost_review"
+    lost = rows["req_sent_then_lost"]
+    assert (lost.status, lost.cost_nanos, lost.review) == ("expired", 600, "worker_lost")
+    assert (lost.error_code, lost.usage_source) == ("worker_lost", "expected")
     assert rows["req_in_flight"].status == "reserved"
-    assert counter.spent_nanos == 700  # the lost forwarded call, which the provider may bill
+    assert counter.spent_nanos == 600  # the lost forwarded call, which the provider may bill
     assert counter.held_nanos == 700  # only the call still in flight
 
     # The worker of the released call wakes up: it must not go upstream, nor settle.

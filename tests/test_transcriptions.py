@@ -68,9 +68,11 @@ def test_text_formats_come_back_as_plain_strings_and_are_still_metered(gateway, 
     if fmt == "srt":
         assert result.startswith("1\n00:00:00,000 --> ")
     call = _only(gateway.calls(key))
-    assert call["audio_ms"] == SPEECH_MS  # no usage in text formats: the probe's duration
+    # No usage in text formats: the measured duration, billed in whole seconds as OpenAI does.
+    assert call["probed_audio_ms"] == SPEECH_MS
+    assert call["audio_ms"] == 6000
     assert call["usage_source"] == "probe"
-    assert call["cost_usd"] == "0.000584800"
+    assert call["cost_usd"] == "0.000600000"
 
 
 def test_verbose_json_with_word_timestamps(gateway):

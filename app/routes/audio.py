@@ -11,8 +11,8 @@ from litestar.params import HeaderParameter
 
 from app.auth import Principal
 from app.form import body_chunks
+from app.gateway.call import CallRequest, Gateway, handle_call
 from app.request_id import request_id
-from app.transcription import CallRequest, Gateway, handle_call
 
 SendRaw = Annotated[str | None, HeaderParameter(name="x-bf-send-back-raw-response")]
 CacheDirective = Annotated[

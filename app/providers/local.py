@@ -1,7 +1,7 @@
 """The ``local`` provider kind: transcription on this machine, answered as OpenAI would.
 
-The gateway forwards to it exactly as to a remote provider and gets an ``httpx.Response``
-back, so metering, fallbacks and response shaping do not know the difference. The work
+The gateway forwards to it exactly as to a remote provider and gets the same kind of
+answer back, so metering, fallbacks and response shaping do not know the difference. The work
 (decoding and recognition, ``local_engine.py``) runs in worker processes of its own,
 started at the first call: a long file never stalls the event loop; at most ``workers``
 files are transcribed at once per gateway process while the rest wait their turn, still
@@ -17,14 +17,11 @@ import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import msgspec
 
-from app import local_engine
-from app.catalog import Route
+from app.config import ProviderConfig
 from app.executors import FairPool
-from app.form import Upload
-from app.providers import UpstreamError, UpstreamTimeout
+from app.providers import AttemptFailed, UpstreamRequest, UpstreamResponse, local_engine
 
 FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 TASKS = {"transcriptions": "transcribe", "translations": "translate"}
@@ -97,28 +94,17 @@ class _Workers:
 
 
 class LocalProvider:
-    """The worker processes of every local provider, and the OpenAI-shaped answers."""
+    """One local provider: its worker processes, and answers shaped as OpenAI's."""
 
-    def __init__(self, files: FairPool) -> None:
+    def __init__(self, name: str, config: ProviderConfig, files: FairPool) -> None:
+        self.name = name
+        self.config = config
         self._files = files
-        self._workers: dict[str, _Workers] = {}
+        memory = config.memory_limit_mb * (1 << 20) if config.memory_limit_mb else None
+        self._workers = _Workers(config.workers, memory)
 
-    def _pool(self, route: Route) -> _Workers:
-        workers = self._workers.get(route.provider_name)
-        if workers is None:
-            provider = route.provider
-            memory = provider.memory_limit_mb * (1 << 20) if provider.memory_limit_mb else None
-            workers = self._workers[route.provider_name] = _Workers(provider.workers, memory)
-        return workers
-
-    async def send(
-        self,
-        route: Route,
-        endpoint: str,
-        fields: dict[str, list[str]],
-        upload: Upload,
-        owner: str,
-    ) -> httpx.Response:
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        route, fields, upload = request.route, request.fields, request.upload
         options = {name: values[-1] for name, values in fields.items() if values}
         response_format = options.get("response_format", "json")
         if response_format not in FORMATS:
@@ -132,7 +118,7 @@ class LocalProvider:
         audio = (
             upload.file.read()
             if upload.in_memory
-            else await self._files.run(owner, upload.file.read)
+            else await self._files.run(request.owner, upload.file.read)
         )
         job = {
             "engine": route.config.engine,
@@ -140,38 +126,37 @@ class LocalProvider:
             "audio": audio,
             "language": options.get("language") or None,
             "prompt": options.get("prompt") or None,
-            "task": TASKS[endpoint],
+            "task": TASKS[request.endpoint],
             "max_seconds": route.audio_limits.max_seconds,
         }
+        request.progress.bytes_sent = len(audio)
         del audio
-        timeout = route.provider.timeout_seconds
+        timeout = self.config.timeout_seconds
+        # This machine bills nothing: a worker killed mid-call did no billable work.
         try:
-            outcome, value = await self._pool(route).run(job, timeout)
+            outcome, value = await self._workers.run(job, timeout)
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"{route.provider_name} did not finish within {timeout:g} s.",
-                code="upstream_timeout",
+            raise AttemptFailed(
+                f"{self.name} did not finish within {timeout:g} s", kind="timeout", reached=False
             ) from None
         except (EOFError, OSError):
-            raise UpstreamError(
-                f"{route.provider_name}'s worker process died.", code="upstream_unreachable"
+            raise AttemptFailed(
+                f"{self.name}'s worker process died", kind="worker_died", reached=False
             ) from None
         if outcome != "ok":
             return _error(400, f"{route.name}: {value}", "file")
         granularities = fields.get("timestamp_granularities[]", []) + fields.get(
             "timestamp_granularities", []
         )
-        return render(value, response_format, TASKS[endpoint], "word" in granularities)
+        return render(value, response_format, TASKS[request.endpoint], "word" in granularities)
 
-    def close(self) -> None:
-        for workers in self._workers.values():
-            workers.close()
-        self._workers.clear()
+    async def close(self) -> None:
+        self._workers.close()
 
 
-def _error(status: int, message: str, param: str | None) -> httpx.Response:
+def _error(status: int, message: str, param: str | None) -> UpstreamResponse:
     body = {"error": {"message": message, "type": "invalid_request_error", "param": param}}
-    return httpx.Response(status, json=body)
+    return UpstreamResponse(status, "application/json", body=msgspec.json.encode(body))
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -184,13 +169,13 @@ def _timestamp(seconds: float, separator: str) -> str:
 
 def render(
     transcript: dict[str, Any], response_format: str, task: str, words: bool
-) -> httpx.Response:
+) -> UpstreamResponse:
     """The transcript in one of OpenAI's response formats, with whisper-1's duration usage."""
     segments = transcript["segments"]
     text = " ".join(segment["text"] for segment in segments)
     usage = {"type": "duration", "seconds": transcript["duration"]}
     if response_format == "text":
-        return httpx.Response(200, text=f"{text}\n")
+        return UpstreamResponse(200, "text/plain; charset=utf-8", body=f"{text}\n".encode())
     if response_format in ("srt", "vtt"):
         separator = "," if response_format == "srt" else "."
         cues = [
@@ -202,7 +187,7 @@ def render(
             body = "\n".join(f"{n}\n{cue}" for n, cue in enumerate(cues, 1))
         else:
             body = "WEBVTT\n\n" + "\n".join(cues)
-        return httpx.Response(200, text=body)
+        return UpstreamResponse(200, "text/plain; charset=utf-8", body=body.encode())
     if response_format == "json":
         return _json({"text": text, "usage": usage})
     verbose: dict[str, Any] = {
@@ -232,7 +217,5 @@ def render(
     return _json(verbose)
 
 
-def _json(body: dict[str, Any]) -> httpx.Response:
-    return httpx.Response(
-        200, content=msgspec.json.encode(body), headers={"content-type": "application/json"}
-    )
+def _json(body: dict[str, Any]) -> UpstreamResponse:
+    return UpstreamResponse(200, "application/json", body=msgspec.json.encode(body))

@@ -1,0 +1,159 @@
+"""Everything decided before a call may go upstream, cheapest refusals first.
+
+A key with a used-up budget is refused before a byte of the body is read; the form's
+fields are checked before the audio is opened; the audio is measured (in the probe pool,
+under the model's limits) before anything is held; then, in one transaction, the rate
+limits admit the call, its expected cost is held on every budget on its path, and its
+ledger row is written. Any refusal is an ``EarmarkError`` (a 4xx or 503).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from app import budgets, ledger
+from app.audio.container import forwarded_filename
+from app.audio.measure import measure
+from app.catalog import Route
+from app.errors import InvalidRequest
+from app.form import Form, Upload, read_form
+from app.metering import expected_nanos, hold_nanos
+
+if TYPE_CHECKING:
+    from app.gateway.call import CallRequest, Gateway
+
+FORMATS = {
+    "transcriptions": frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"}),
+    "translations": frozenset({"json", "text", "srt", "verbose_json", "vtt"}),
+}
+MAX_MODEL_LENGTH = 200  # the ledger's column
+
+
+class CallOptions(msgspec.Struct, frozen=True):
+    model: str
+    response_format: str
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A call whose ledger row is open, holding its expected cost."""
+
+    options: CallOptions
+    fields: dict[str, list[str]]
+    upload: Upload  # named for the format measured, so the provider decodes what was
+    route: Route  # the model asked for
+    candidates: list[Route]  # it, then its fallbacks
+    audio_ms: int
+    prompt: str
+
+    def expected_on(self, route: Route) -> int:
+        """What one attempt on ``route`` is expected to cost: held, and charged when its
+        outcome is uncertain."""
+        return expected_nanos(route.config.price, route.billing, self.audio_ms, self.prompt)
+
+
+def single(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest(f"`{name}` was given more than once.", param=name)
+    return values[0]
+
+
+def read_options(fields: dict[str, list[str]], endpoint: str) -> CallOptions:
+    model = (single(fields, "model") or "").strip()
+    if not model:
+        raise InvalidRequest("Missing `model`: name the model to transcribe with.", param="model")
+    if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
+        raise InvalidRequest(
+            f"`model` must be a printable name of at most {MAX_MODEL_LENGTH} characters.",
+            param="model",
+        )
+    response_format = single(fields, "response_format") or "json"
+    if response_format not in FORMATS[endpoint]:
+        shown = response_format if len(response_format) <= 40 else response_format[:40] + "…"
+        raise InvalidRequest(
+            f"`response_format` must be one of {', '.join(sorted(FORMATS[endpoint]))}; "
+            f"got {shown!r}.",
+            param="response_format",
+        )
+    stream_text = (single(fields, "stream") or "false").lower()
+    if stream_text not in ("true", "false"):
+        raise InvalidRequest("`stream` must be true or false.", param="stream")
+    temperature = single(fields, "temperature")
+    if temperature is not None:
+        try:
+            valid = 0 <= float(temperature) <= 1
+        except ValueError:
+            valid = False
+        if not valid:
+            raise InvalidRequest("`temperature` must be a number from 0 to 1.", param="temperature")
+    return CallOptions(model=model, response_format=response_format, stream=stream_text == "true")
+
+
+class Admission:
+    """One call's admission. ``route`` is known (for a refusal's metrics) once resolved;
+    ``close`` drops the spooled upload."""
+
+    def __init__(self, gateway: Gateway, call: CallRequest, opening: ledger.Opening) -> None:
+        self.gateway = gateway
+        self.call = call
+        self.opening = opening
+        self.form: Form | None = None
+        self.route: Route | None = None
+
+    async def run(self) -> Admitted:
+        gateway, call, opening = self.gateway, self.call, self.opening
+        principal = call.principal
+        if principal.exhausted_budget_id is not None:
+            raise await budgets.used_up(gateway.engine, principal.exhausted_budget_id)
+        form = self.form = await read_form(call.body, call.content_type, call.content_length)
+        assert form.upload is not None
+        opening.upload_bytes = form.upload.size
+        options = read_options(form.fields, call.endpoint)
+        opening.model_requested = options.model
+        opening.response_format = options.response_format
+        opening.stream = options.stream
+        route = self.route = gateway.catalog.resolve(options.model)
+        gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
+        audio = await gateway.executors.probe.run(
+            principal.tenant_id, measure, form.upload.file, form.upload.size, route.audio_limits
+        )
+        admitted = Admitted(
+            options=options,
+            fields=form.fields,
+            upload=dataclasses.replace(
+                form.upload, filename=forwarded_filename(form.upload.filename, audio.container)
+            ),
+            route=route,
+            candidates=[route, *gateway.catalog.fallbacks[route.name]],
+            audio_ms=audio.duration_ms,
+            prompt=single(form.fields, "prompt") or "",
+        )
+        opening.probed_audio_ms = audio.duration_ms
+        opening.expected_nanos = admitted.expected_on(route)
+        # A fallback may cost more than the route asked for: hold the most any could cost.
+        opening.hold_nanos = max(
+            hold_nanos(c.config.price, c.billing, audio.duration_ms, admitted.prompt)
+            for c in admitted.candidates
+        )
+        await ledger.open_call(
+            gateway.engine,
+            opening,
+            route.provider_name,
+            route.upstream_model,
+            limits=principal.rate_limits,
+            retry_after=gateway.typical_call_seconds(route),
+        )
+        gateway.metrics.call_opened(opening.hold_nanos)
+        return admitted
+
+    def close(self) -> None:
+        if self.form is not None:
+            self.form.close()

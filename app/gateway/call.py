@@ -1,0 +1,196 @@
+"""One metered call, end to end: admit, answer from the cache or forward, answer, settle.
+
+Whatever happens after admission (an answer, a refusal, no answer, the client leaving,
+a bug) settles the ledger row exactly once; a non-streamed answer is settled before it
+is sent, a stream when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import Response
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import cache, ledger
+from app.auth import Principal
+from app.catalog import Catalog, Route
+from app.errors import EarmarkError, ServiceUnavailable
+from app.executors import Executors
+from app.gateway import forwarding, shaping, streaming
+from app.gateway.admission import Admission, Admitted
+from app.gateway.forwarding import Forwarded
+from app.gateway.settlement import Settlement, reject
+from app.metering import NO_USAGE, Usage, usage_from_body
+from app.metrics import Metrics
+from app.providers import AttemptFailed, Provider
+
+logger = logging.getLogger("earmark")
+
+
+@dataclass(slots=True)
+class Gateway:
+    """What audio calls need of the process: built in the lifespan."""
+
+    engine: AsyncEngine
+    catalog: Catalog
+    providers: dict[str, Provider]
+    metrics: Metrics
+    executors: Executors
+    # Seconds a call of each model typically takes (a moving average), for Retry-After.
+    call_seconds: dict[str, float] = field(default_factory=dict)
+
+    def observe_call(self, route: Route, seconds: float) -> None:
+        before = self.call_seconds.get(route.name, seconds)
+        self.call_seconds[route.name] = 0.9 * before + 0.1 * seconds
+
+    def typical_call_seconds(self, route: Route) -> int:
+        return min(30, max(1, math.ceil(self.call_seconds.get(route.name, 1.0))))
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    request_id: str
+    principal: Principal
+    endpoint: str  # transcriptions | translations
+    body: AsyncIterator[bytes]
+    content_type: str | None
+    content_length: str | None
+    send_raw: bool
+    started: float
+    cache_header: str | None = None  # x-bf-cache: no-cache, no-store
+
+
+async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
+    opening = ledger.Opening(
+        id=call.request_id,
+        key_id=call.principal.key_id,
+        tenant_id=call.principal.tenant_id,
+        endpoint=shaping.REQUEST_TYPES[call.endpoint],
+        model_requested="",
+    )
+    admission = Admission(gateway, call, opening)
+    try:
+        try:
+            admitted = await admission.run()
+        except EarmarkError as error:
+            await reject(gateway, call, opening, admission.route, error)
+            raise
+        settlement = Settlement(gateway, call, opening, admitted)
+        try:
+            return await _serve(gateway, call, admitted, settlement)
+        except BaseException as error:
+            # Whatever went wrong, the row is settled (cancellation included).
+            status = error.status_code if isinstance(error, EarmarkError) else 500
+            code = error.code if isinstance(error, EarmarkError) else type(error).__name__
+            with anyio.CancelScope(shield=True):
+                await settlement.failed(status, code, admitted.route)
+            raise
+    finally:
+        admission.close()
+
+
+async def _serve(
+    gateway: Gateway, call: CallRequest, admitted: Admitted, settlement: Settlement
+) -> Response[Any]:
+    principal = call.principal
+    lookup = await cache.prepare(
+        admitted.route,
+        call.endpoint,
+        admitted.fields,
+        admitted.upload,
+        tenant_id=principal.tenant_id,
+        key_allows=principal.cache,
+        header=call.cache_header,
+        files=gateway.executors.files,
+    )
+    if lookup and lookup.read:
+        entry = await cache.find(gateway.engine, lookup.key)
+        route = admitted.route
+        gateway.metrics.cache_lookups.labels(
+            route.name, route.provider_name, "hit" if entry else "miss"
+        ).inc()
+        if entry is not None:
+            await settlement.cached(entry.usage, lookup.config.hit_price)
+            return shaping.replay(call, admitted, entry)
+    if not await ledger.mark_forwarded(gateway.engine, call.request_id):
+        raise ServiceUnavailable(
+            "The call's budget hold expired before it could be sent; nothing was sent "
+            "upstream. Retry it.",
+            code="hold_expired",
+        )
+    settlement.upstream_started = call.started
+    forwarded = await forwarding.forward(gateway, call, admitted, settlement.attempts)
+    return await _answer(gateway, call, admitted, settlement, forwarded, lookup)
+
+
+async def _answer(
+    gateway: Gateway,
+    call: CallRequest,
+    admitted: Admitted,
+    settlement: Settlement,
+    forwarded: Forwarded,
+    lookup: cache.Lookup | None,
+) -> Response[Any]:
+    route, upstream = forwarded.route, forwarded.response
+    if upstream is None:
+        timeout = forwarded.failure is not None and forwarded.failure.kind == "timeout"
+        code = "upstream_timeout" if timeout else "upstream_unreachable"
+        charged = await settlement.failed(504 if timeout else 502, code, route)
+        raise shaping.no_answer(forwarded, charged)
+    if upstream.status >= 400:
+        response, status, code = shaping.refusal(route, upstream)
+        await settlement.failed(status, code, route)
+        return response
+    if upstream.events is not None:
+
+        async def finish(done: dict[str, Any] | None, ended: str) -> None:
+            if ended == "broken":
+                forwarded.attempts[-1].uncertain(admitted.expected_on(route), "broken_stream")
+            reported = usage_from_body(done) if done else NO_USAGE
+            status = "succeeded" if ended == "finished" else "interrupted"
+            usage = await settlement.answered(route, reported, status=status)
+            # Kept as its final result: the JSON answer the same call without `stream`
+            # gets (and only for `json`, which that answer is).
+            if ended == "finished" and done and admitted.options.response_format == "json":
+                final = msgspec.json.encode({k: v for k, v in done.items() if k != "type"})
+                await _keep(gateway, lookup, admitted, route, "application/json", final, usage)
+
+        return streaming.relay(upstream, finish)
+    try:
+        shaped = shaping.answer(call, admitted, route, upstream, lookup is not None)
+    except AttemptFailed as failure:  # answered, so billed: but not the answer it claimed
+        forwarded.attempts[-1].uncertain(admitted.expected_on(route), failure.kind)
+        gateway.metrics.upstream_errors.labels(route.provider_name, "malformed").inc()
+        charged = await settlement.failed(502, "upstream_malformed", route)
+        forwarded.failure = failure
+        raise shaping.no_answer(forwarded, charged) from None
+    usage = await settlement.answered(route, shaped.reported)
+    await _keep(gateway, lookup, admitted, route, shaped.content_type, shaped.kept, usage)
+    return shaped.response
+
+
+async def _keep(
+    gateway: Gateway,
+    lookup: cache.Lookup | None,
+    admitted: Admitted,
+    route: Route,
+    content_type: str,
+    body: bytes,
+    usage: Usage,
+) -> None:
+    """Store the requested model's answer for later identical calls; the call is settled
+    and answered whatever happens here."""
+    if not (lookup and lookup.write and route.name == admitted.route.name):
+        return
+    try:
+        await cache.store(gateway.engine, lookup, route, content_type, body, usage)
+    except SQLAlchemyError as error:
+        logger.warning("could not keep an answer in the cache: %s", error)

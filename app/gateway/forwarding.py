@@ -1,0 +1,136 @@
+"""Upstream attempts: the requested model, then its fallbacks, each attempt recorded.
+
+An attempt's outcome says what the provider may have billed: ``answered`` (a 2xx: it
+billed the usage it reports), ``refused`` (an error status: it billed nothing),
+``failed`` (it never had the whole request, or is this machine: nothing billed), or
+``uncertain`` (it had the whole request and no answer came: a timeout or a reset after
+sending; it may have done and billed the work, so the attempt is charged its expected
+cost and the call goes to review). A provider's own trouble (5xx, 429, a failure) moves
+on to the next fallback; an uncertain attempt stays charged when a fallback then answers,
+because both providers may bill.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from app import database
+from app.catalog import Route
+from app.providers import AttemptFailed, Progress, UpstreamRequest, UpstreamResponse
+
+if TYPE_CHECKING:
+    from app.gateway.admission import Admitted
+    from app.gateway.call import CallRequest, Gateway
+
+
+@dataclass(slots=True)
+class Attempt:
+    n: int
+    route: Route
+    started_at: datetime
+    outcome: str = "failed"  # answered | refused | failed | uncertain
+    http_status: int | None = None
+    error: str | None = None  # timeout, unreachable, reset, broken_stream, status_5xx, …
+    bytes_sent: int = 0
+    latency_ms: int = 0
+    charged_nanos: int = 0  # what this attempt adds to the call's cost beyond the answer's
+
+    def uncertain(self, expected: int, error: str) -> None:
+        self.outcome, self.error, self.charged_nanos = "uncertain", error, expected
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """Where forwarding ended: the last attempt's answer, or its failure."""
+
+    attempts: list[Attempt]
+    route: Route  # the last attempt's
+    response: UpstreamResponse | None
+    failure: AttemptFailed | None
+
+    @property
+    def charged_nanos(self) -> int:
+        return sum(attempt.charged_nanos for attempt in self.attempts)
+
+
+def upstream_format(route: Route, response_format: str, stream: bool) -> str:
+    """OpenAI sends no usage with `text`: ask a token-priced model for JSON and render the
+    text here, so the call is billed its real tokens whatever format the caller chose."""
+    if response_format == "text" and route.config.price.is_token_priced and not stream:
+        return "json"
+    return response_format
+
+
+def _error_kind(status: int) -> str | None:
+    if status >= 500:
+        return "status_5xx"
+    if status == 429:
+        return "status_429"
+    return "status_4xx" if status >= 400 else None
+
+
+async def forward(
+    gateway: Gateway, call: CallRequest, admitted: Admitted, attempts: list[Attempt]
+) -> Forwarded:
+    """Attempt each candidate in turn; ``attempts`` (the caller's, so that a call abandoned
+    mid-attempt still knows what was sent) receives one record per attempt."""
+    options = admitted.options
+    for n, route in enumerate(admitted.candidates, 1):
+        last = n == len(admitted.candidates)
+        attempt = Attempt(n=n, route=route, started_at=database.utcnow())
+        attempts.append(attempt)
+        fields = {
+            **admitted.fields,
+            "model": [route.upstream_model],
+            "response_format": [upstream_format(route, options.response_format, options.stream)],
+        }
+        request = UpstreamRequest(
+            route=route,
+            endpoint=call.endpoint,
+            fields=fields,
+            upload=admitted.upload,
+            request_id=call.request_id,
+            owner=call.principal.tenant_id,
+            progress=Progress(),
+        )
+        started = time.perf_counter()
+        try:
+            response = await gateway.providers[route.provider_name].send(request)
+        except AttemptFailed as failure:
+            attempt.bytes_sent = failure.bytes_sent
+            attempt.latency_ms = int((time.perf_counter() - started) * 1000)
+            if failure.reached:
+                attempt.uncertain(admitted.expected_on(route), failure.kind)
+                gateway.metrics.uncertain_attempts.labels(route.provider_name).inc()
+            else:
+                attempt.error = failure.kind
+            gateway.metrics.upstream_attempt(
+                route.provider_name, route.name, time.perf_counter() - started, failure.kind
+            )
+            if last:
+                return Forwarded(attempts, route, None, failure)
+            continue
+        except BaseException:
+            # The caller left (or something broke) mid-attempt: a provider that had the
+            # whole request may do the work anyway.
+            attempt.bytes_sent = request.progress.bytes_sent
+            attempt.latency_ms = int((time.perf_counter() - started) * 1000)
+            if request.progress.reached:
+                attempt.uncertain(admitted.expected_on(route), "abandoned")
+            raise
+        attempt.latency_ms = int((time.perf_counter() - started) * 1000)
+        attempt.bytes_sent = request.progress.bytes_sent
+        attempt.http_status = response.status
+        attempt.outcome = "answered" if response.status < 400 else "refused"
+        attempt.error = _error_kind(response.status)
+        gateway.metrics.upstream_attempt(
+            route.provider_name, route.name, time.perf_counter() - started, attempt.error
+        )
+        if (response.status >= 500 or response.status == 429) and not last:
+            await response.close()
+            continue
+        return Forwarded(attempts, route, response, None)
+    raise AssertionError("a route has at least one candidate")

@@ -1,0 +1,84 @@
+"""Server-sent event streams: a provider's relayed as it comes, a cached answer replayed.
+
+The relay passes the provider's bytes through unchanged while it watches for the
+``transcript.text.done`` event that carries the final text and usage; however the stream
+ends (finished, broken off by the provider, or left by the client) it says so once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+from litestar.response import Stream
+
+from app.providers import AttemptFailed, UpstreamResponse
+
+# How a stream ended, and the done event's payload if one came.
+Finish = Callable[[dict[str, Any] | None, str], Awaitable[None]]
+_EVENT_STREAM = {"media_type": "text/event-stream"}
+
+
+def relay(upstream: UpstreamResponse, finish: Finish) -> Stream:
+    return Stream(
+        _relayed(upstream, finish),
+        **_EVENT_STREAM,
+        status_code=200,
+        headers={"cache-control": "no-cache"},
+    )
+
+
+async def _relayed(upstream: UpstreamResponse, finish: Finish) -> AsyncIterator[bytes]:
+    assert upstream.events is not None
+    done: dict[str, Any] | None = None
+    pending = b""
+    ended = "left"  # until the loop says otherwise: the client went away
+    try:
+        async for chunk in upstream.events:
+            pending = (pending + chunk).replace(b"\r\n", b"\n")
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                done = done_event(event) or done
+            yield chunk
+        ended = "finished"
+    except AttemptFailed:
+        ended = "finished" if done is not None else "broken"  # the client sees the end
+    finally:
+        with anyio.CancelScope(shield=True):
+            await upstream.close()
+            await finish(done, ended)
+
+
+def done_event(event: bytes) -> dict[str, Any] | None:
+    """The payload of a ``transcript.text.done`` event (final text and usage), if it is one."""
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            payload = msgspec.json.decode(line[5:].strip())
+        except msgspec.DecodeError:
+            continue
+        if isinstance(payload, dict) and payload.get("type") == "transcript.text.done":
+            return payload
+    return None
+
+
+def replay_stream(final: dict[str, Any], headers: dict[str, str]) -> Stream:
+    """A cached final result as the stream a provider would send: the text, then done."""
+    return Stream(
+        _replayed(final),
+        **_EVENT_STREAM,
+        status_code=200,
+        headers={**headers, "cache-control": "no-cache"},
+    )
+
+
+async def _replayed(final: dict[str, Any]) -> AsyncIterator[bytes]:
+    text = final.get("text", "")
+    for event in (
+        {"type": "transcript.text.delta", "delta": text},
+        {**final, "type": "transcript.text.done"},
+    ):
+        yield b"data: " + msgspec.json.encode(event) + b"\n\n"
