@@ -256,6 +256,20 @@ async def settle(conn: AsyncConnection, ledger_id: str, actual: int) -> None:
     )
 
 
+async def correct(conn: AsyncConnection, ledger_id: str, delta: int) -> None:
+    """Change what a settled call was charged by ``delta`` in every period it held in."""
+    counter = budget_counters.c
+    await conn.execute(
+        update(budget_counters)
+        .where(
+            ledger_holds.c.ledger_id == ledger_id,
+            counter.budget_id == ledger_holds.c.budget_id,
+            counter.period_start == ledger_holds.c.period_start,
+        )
+        .values(spent_nanos=counter.spent_nanos + delta)
+    )
+
+
 # --- Admin operations ------------------------------------------------------------------
 
 

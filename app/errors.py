@@ -170,7 +170,15 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict
     return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
-def _database_unavailable(exc: sql_errors.DBAPIError) -> bool:
+DATABASE_ERRORS = (sql_errors.DBAPIError, ConnectionError)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached now (not a bad statement)."""
+    if isinstance(exc, ConnectionError):
+        return True
+    if not isinstance(exc, sql_errors.DBAPIError):
+        return False
     if exc.connection_invalidated or isinstance(
         exc, sql_errors.OperationalError | sql_errors.InterfaceError
     ):
@@ -180,17 +188,20 @@ def _database_unavailable(exc: sql_errors.DBAPIError) -> bool:
     return sqlstate[:2] in ("08", "53", "57")
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    def __init__(
+        self, message: str = "The gateway's database is unavailable. Retry shortly."
+    ) -> None:
+        super().__init__(message, code="database_unavailable", headers={"retry-after": "1"})
+
+
 def handle_database_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
-    """The database cannot be reached: refuse (nothing goes upstream without a hold)."""
-    if isinstance(exc, sql_errors.DBAPIError) and not _database_unavailable(exc):
+    """The database cannot be reached. (The audio call path says itself, before sending
+    anything, that nothing was sent; an answer it got is settled from the journal.)"""
+    if not database_unavailable(exc):
         return handle_unexpected(request, exc)
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return error_response(
-        503,
-        "The gateway's database is unavailable; nothing was sent upstream. Retry shortly.",
-        code="database_unavailable",
-        headers={"retry-after": "1"},
-    )
+    return handle_earmark_error(request, DatabaseUnavailable())
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:

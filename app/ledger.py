@@ -105,6 +105,7 @@ class Call(msgspec.Struct, kw_only=True):
     upstream_latency_ms: int | None
     created_at: datetime
     completed_at: datetime | None
+    upstream_attempts: list[AttemptRecord] = []
 
 
 class CallPage(msgspec.Struct, kw_only=True):
@@ -210,6 +211,35 @@ async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement)
     return True
 
 
+async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
+    """A settlement kept in the journal: settled as a live one is if its row is still open;
+    if the sweeper got there first (and charged the expected cost), corrected to what the
+    call really cost. True if it changed anything."""
+    if await settle_call(engine, call_id, settlement):
+        return True
+    values = msgspec.structs.asdict(settlement)
+    values.update(_usage_columns(values.pop("usage")))
+    records = values.pop("attempt_records")
+    async with database.write(engine) as conn:
+        swept = (
+            await conn.execute(
+                select(ledger.c.cost_nanos).where(
+                    ledger.c.id == call_id, ledger.c.status == "expired"
+                )
+            )
+        ).first()
+        if swept is None:
+            return False  # already settled (this line was applied before) or never opened
+        await conn.execute(update(ledger).where(ledger.c.id == call_id).values(**values))
+        if records:
+            await conn.execute(
+                insert(upstream_attempts),
+                [{"call_id": call_id, **msgspec.structs.asdict(record)} for record in records],
+            )
+        await budgets.correct(conn, call_id, settlement.cost_nanos - swept.cost_nanos)
+    return True
+
+
 async def record_rejection(
     engine: AsyncEngine, opening: Opening, http_status: int, error_code: str | None, latency_ms: int
 ) -> None:
@@ -261,20 +291,49 @@ async def sweep(
     return len(rows)
 
 
-def _to_api(row: Any) -> Call:
-    money = ("cost_usd", "expected_usd", "hold_usd")
-    fields = {name: getattr(row, name) for name in Call.__struct_fields__ if name not in money}
+_DERIVED = ("cost_usd", "expected_usd", "hold_usd", "upstream_attempts")
+
+
+def _to_api(row: Any, attempts: list[AttemptRecord]) -> Call:
+    fields = {name: getattr(row, name) for name in Call.__struct_fields__ if name not in _DERIVED}
     return Call(
         **fields,
         cost_usd=usd(row.cost_nanos),
         expected_usd=usd(row.expected_nanos),
         hold_usd=usd(row.hold_nanos),
+        upstream_attempts=attempts,
     )
 
 
-async def list_calls(engine: AsyncEngine, key_id: str, limit: int, cursor: str | None) -> CallPage:
-    query = select(ledger).where(ledger.c.key_id == key_id)
+async def list_calls(
+    engine: AsyncEngine,
+    limit: int,
+    cursor: str | None,
+    *,
+    key_id: str | None = None,
+    tenant_id: str | None = None,
+    review: bool = False,
+) -> CallPage:
+    """Ledger rows newest first, each with its upstream attempts: of a key, of a tenant,
+    or (``review``) every call charged for an uncertain attempt, an overrun or a sweep."""
+    query = select(ledger)
+    if key_id:
+        query = query.where(ledger.c.key_id == key_id)
+    if tenant_id:
+        query = query.where(ledger.c.tenant_id == tenant_id)
+    if review:
+        query = query.where(ledger.c.review.is_not(None))
     async with database.read(engine) as conn:
         rows = (await conn.execute(paginate(query, ledger.c.id, limit, cursor))).all()
-    page, next_cursor = split_page(rows, limit, lambda row: row.id)
-    return CallPage(data=[_to_api(row) for row in page], next_cursor=next_cursor)
+        page, next_cursor = split_page(rows, limit, lambda row: row.id)
+        attempts: dict[str, list[AttemptRecord]] = {row.id: [] for row in page}
+        if page:
+            found = await conn.execute(
+                select(upstream_attempts)
+                .where(upstream_attempts.c.call_id.in_(list(attempts)))
+                .order_by(upstream_attempts.c.call_id, upstream_attempts.c.n)
+            )
+            for attempt in found:
+                fields = {name: getattr(attempt, name) for name in AttemptRecord.__struct_fields__}
+                attempts[attempt.call_id].append(AttemptRecord(**fields))
+    return CallPage(data=[_to_api(row, attempts[row.id]) for row in page], next_cursor=next_cursor)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -24,12 +25,14 @@ from app.deps import provide_engine, provide_gateway, provide_principal, provide
 from app.errors import EXCEPTION_HANDLERS
 from app.executors import Executors
 from app.gateway.call import Gateway
+from app.journal import Journal
 from app.metrics import Metrics
 from app.providers import build_providers
 from app.providers.remote import create_client
 from app.request_id import add_request_id_header
 from app.routes import (
     admin_budgets,
+    admin_calls,
     admin_keys,
     admin_tenants,
     admin_usage,
@@ -40,7 +43,7 @@ from app.routes import (
 )
 from app.routes.params import strict_json_body
 from app.settings import Settings, load_settings
-from app.sweeper import run_sweeper
+from app.sweeper import replay_journal, run_sweeper
 from app.throttle import SignInThrottle
 
 ADMIN_MAX_BODY_BYTES = 1 << 20  # admin requests are small JSON documents
@@ -68,14 +71,16 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.sign_in_throttle = SignInThrottle()
         app.state.schema_head = head
         app.state.metrics.start_series(catalog.routes.values())
-        app.state.gateway = Gateway(
+        gateway = app.state.gateway = Gateway(
             engine=engine,
             catalog=catalog,
             providers=providers,
             metrics=app.state.metrics,
             executors=executors,
+            journal=Journal(Path(settings.journal_dir), executors.files),
         )
-        sweeper = asyncio.create_task(run_sweeper(engine, catalog))
+        await replay_journal(gateway)  # what an earlier run kept while the database was away
+        sweeper = asyncio.create_task(run_sweeper(gateway, settings.sweeping))
         try:
             yield
         finally:
@@ -100,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *admin_keys.ROUTES,
             *admin_budgets.ROUTES,
             *admin_usage.ROUTES,
+            *admin_calls.ROUTES,
         ],
         guards=[require_admin],
         before_request=strict_json_body,

@@ -134,6 +134,12 @@ class Metrics:
             "Calls charged more than they held (charged in full, and listed for review).",
             ("model", "provider"),
         )
+        self.journal_settlements = counter(
+            "earmark_journal_settlements_total",
+            "Settlements the database could not take: kept in the local journal, and "
+            "applied from it once the database answered.",
+            ("event",),
+        )
         self.cache_lookups = counter(
             "earmark_cache_lookups_total",
             "Transcription cache lookups: hit (answered without the provider) or miss.",
@@ -181,6 +187,8 @@ class Metrics:
                 self.tokens.labels(model, provider, kind)
         for reason in (*REFUSAL_REASONS.values(), BAD_INPUT):
             self.refusals.labels(reason)
+        for event in ("kept", "applied"):
+            self.journal_settlements.labels(event)
 
     def call_opened(self, hold_nanos: int) -> None:
         self.holds_in_flight.inc()

@@ -29,6 +29,14 @@ class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 1_000  # open at once, per process
 
 
+class Sweeping(msgspec.Struct, frozen=True, kw_only=True):
+    """When the sweeper runs, and when it calls a ledger row abandoned."""
+
+    interval_seconds: float = 30.0
+    reserved_after_seconds: float = 60.0  # a reservation is forwarded within milliseconds
+    margin_seconds: float = 300.0  # beyond the longest fallback chain's timeouts
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = DEFAULT_DATABASE_URL
     # Bootstrap admin bearer token; admin users (argon2id) work with or without it.
@@ -46,6 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     password_threads: int = 1
     file_threads: int = 4
     http: HttpLimits = HttpLimits()
+    sweeping: Sweeping = Sweeping()
+    # Where settlements wait when the database cannot take them (one file per process).
+    journal_dir: str = "./earmark-journal"
 
     @property
     def is_sqlite(self) -> bool:
@@ -83,6 +94,12 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             body_grace_seconds=_seconds(environ, "EARMARK_HTTP_BODY_GRACE", 10.0),
             max_connections=_count(environ, "EARMARK_HTTP_MAX_CONNECTIONS", 1_000, 1 << 20),
         ),
+        sweeping=Sweeping(
+            interval_seconds=_seconds(environ, "EARMARK_SWEEP_INTERVAL", 30.0),
+            reserved_after_seconds=_seconds(environ, "EARMARK_SWEEP_RESERVED_AFTER", 60.0),
+            margin_seconds=_seconds(environ, "EARMARK_SWEEP_FORWARDED_MARGIN", 300.0),
+        ),
+        journal_dir=environ.get("EARMARK_JOURNAL_DIR") or "./earmark-journal",
     )
 
 

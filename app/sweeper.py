@@ -1,9 +1,11 @@
-"""The background task that finishes ledger rows whose worker died (see ``ledger.sweep``)
-and deletes expired cache entries.
+"""The background task that keeps the ledger whole: it applies settlements kept in the
+journal while the database was away, finishes ledger rows whose worker died (see
+``ledger.sweep``), and deletes expired cache entries.
 
 Every process runs one. A row is stale once no live worker could still be working on it:
 a reservation is forwarded within milliseconds, and a forwarded call cannot outlive its
-providers' timeouts along its fallback chain.
+providers' timeouts along its fallback chain. The journal is replayed first, so a call
+answered during an outage is settled at what it cost, not swept at what it might have.
 """
 
 from __future__ import annotations
@@ -11,20 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING
 
 from app import cache, database, ledger
 from app.catalog import Catalog
+from app.settings import Sweeping
+
+if TYPE_CHECKING:
+    from app.gateway.call import Gateway
 
 logger = logging.getLogger("earmark")
 
-SWEEP_INTERVAL_SECONDS = 30.0
-RESERVED_STALE_AFTER = timedelta(seconds=60)
-FORWARDED_MARGIN = timedelta(seconds=300)
 
-
-def forwarded_stale_after(catalog: Catalog) -> timedelta:
+def forwarded_stale_after(catalog: Catalog, margin_seconds: float) -> timedelta:
     longest = max(
         (
             sum(route.provider.timeout_seconds for route in [catalog.routes[name], *chain])
@@ -32,24 +33,31 @@ def forwarded_stale_after(catalog: Catalog) -> timedelta:
         ),
         default=0.0,
     )
-    return timedelta(seconds=longest) + FORWARDED_MARGIN
+    return timedelta(seconds=longest + margin_seconds)
 
 
-async def sweep_once(engine: AsyncEngine, catalog: Catalog) -> int:
+async def replay_journal(gateway: Gateway) -> int:
+    applied = await gateway.journal.replay(gateway.engine)
+    gateway.metrics.journal_settlements.labels("applied").inc(applied)
+    return applied
+
+
+async def sweep_once(gateway: Gateway, sweeping: Sweeping) -> int:
+    await replay_journal(gateway)
     now = database.utcnow()
     return await ledger.sweep(
-        engine,
-        reserved_before=now - RESERVED_STALE_AFTER,
-        forwarded_before=now - forwarded_stale_after(catalog),
+        gateway.engine,
+        reserved_before=now - timedelta(seconds=sweeping.reserved_after_seconds),
+        forwarded_before=now - forwarded_stale_after(gateway.catalog, sweeping.margin_seconds),
     )
 
 
-async def run_sweeper(engine: AsyncEngine, catalog: Catalog) -> None:
+async def run_sweeper(gateway: Gateway, sweeping: Sweeping) -> None:
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        await asyncio.sleep(sweeping.interval_seconds)
         try:
-            swept = await sweep_once(engine, catalog)
-            await cache.purge_expired(engine)
+            swept = await sweep_once(gateway, sweeping)
+            await cache.purge_expired(gateway.engine)
         except Exception:  # the database may be down; try again next round
             logger.exception("ledger sweep failed")
             continue

@@ -164,8 +164,10 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, admin_token=ADMIN_TOKEN)
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url, admin_token=ADMIN_TOKEN, journal_dir=str(tmp_path / "journal")
+    )
 
 
 @pytest.fixture
@@ -201,7 +203,7 @@ def fake_provider() -> Iterator[Any]:
     from tests.servers import ServerThread
 
     script = Script()
-    with ServerThread(create_fake_provider(script)) as server:
+    with ServerThread(create_fake_provider(script), "tests.servers:ResettableProtocol") as server:
         server.script = script  # type: ignore[attr-defined]
         yield server
 

@@ -2,7 +2,11 @@
 
 It answers like OpenAI (and like Groq and Azure OpenAI where they differ): every response
 format, duration and token usage, SSE streams for gpt-4o models, OpenAI error bodies. It
-records what it was sent, and a test can script its next answers (status, delay, no usage).
+records what it was sent and what it billed (the seconds it decoded, for every request it
+did the work of), and a test can script its next answers: a status, a delay (an answer
+after the gateway's timeout is still billed), no usage, a reset of the connection during
+the upload (not billed) or after doing the work (billed), a stream broken off after some
+events (billed).
 """
 
 from __future__ import annotations
@@ -89,11 +93,16 @@ def _token_usage(duration: float, prompt: str) -> dict[str, Any]:
 
 
 def _answer(
-    model: str, fmt: str, duration: float, fields: dict[str, list[str]], usage: bool
+    model: str,
+    fmt: str,
+    duration: float,
+    fields: dict[str, list[str]],
+    usage: bool,
+    report_seconds: int | None = None,
 ) -> Response:
     prompt = fields.get("prompt", [""])[0]
     if model in WHISPER:
-        meter = {"type": "duration", "seconds": math.ceil(duration)}
+        meter = {"type": "duration", "seconds": report_seconds or math.ceil(duration)}
     else:
         meter = _token_usage(duration, prompt)
     extra = {"x_groq": {"id": "req_fake"}} if model in GROQ else {}
@@ -137,8 +146,18 @@ def _answer(
     )
 
 
-async def _events(duration: float, prompt: str, usage: bool, latency: float):
-    for word in TEXT.split(" "):
+def _reset(request: Request) -> None:
+    """Drop the connection without an answer (see tests.servers.ResettableProtocol)."""
+    request.scope["extensions"]["earmark.transport"].abort()  # type: ignore[typeddict-item]
+
+
+async def _events(
+    duration: float, prompt: str, usage: bool, latency: float, request: Request, cut: int | None
+):
+    for n, word in enumerate(TEXT.split(" ")):
+        if cut is not None and n == cut:
+            _reset(request)
+            return
         yield f'data: {{"type":"transcript.text.delta","delta":"{word} "}}\n\n'.encode()
         await asyncio.sleep(latency)
     done: dict[str, Any] = {"type": "transcript.text.done", "text": TEXT}
@@ -177,6 +196,11 @@ def _parse_form(body: bytes, content_type: str) -> tuple[dict[str, list[str]], U
 
 async def _serve(request: Request, endpoint: str, model_path: str | None) -> Response:
     script: Script = request.app.state.script
+    behaviour = script.next.popleft() if script.next else {}
+    if behaviour.get("reset") == "during_upload":  # before reading the body: nothing billed
+        script.requests.append({"path": request.url.path, "reset": "during_upload"})
+        _reset(request)
+        return Response(b"", status_code=500)  # never sent: the connection is gone
     try:
         fields, upload = _parse_form(await request.body(), request.headers.get("content-type", ""))
     except (KeyError, ParserError):
@@ -195,7 +219,6 @@ async def _serve(request: Request, endpoint: str, model_path: str | None) -> Res
         },
     }
     script.requests.append(record)
-    behaviour = script.next.popleft() if script.next else {}
     await asyncio.sleep(behaviour.get("delay", script.latency))
     if "status" in behaviour:
         return Response(
@@ -245,13 +268,17 @@ async def _serve(request: Request, endpoint: str, model_path: str | None) -> Res
             400, "Audio file might be corrupted or unsupported.", param="file", code="invalid_value"
         )
     usage = not behaviour.get("no_usage", False)
+    record["billed_seconds"] = duration  # it did the work, whatever happens to the answer
     if fields.get("stream", ["false"])[0] == "true" and model in GPT4O:
         prompt = fields.get("prompt", [""])[0]
-        return Stream(
-            _events(duration, prompt, usage, behaviour.get("chunk_delay", 0.0)),
-            media_type="text/event-stream",
-        )
-    return _answer(model, fmt, duration, fields, usage)
+        events = _events(
+            duration, prompt, usage, behaviour.get("chunk_delay", 0.0), request,
+            behaviour.get("break_stream_after"),
+        )  # fmt: skip
+        return Stream(events, media_type="text/event-stream")
+    if behaviour.get("reset") == "after_work":
+        _reset(request)
+    return _answer(model, fmt, duration, fields, usage, behaviour.get("report_seconds"))
 
 
 @post("/v1/audio/{endpoint:str}", request_max_body_size=None, status_code=200)

@@ -189,7 +189,12 @@ class Gateway:
 def serve_gateway(database_url: str, fake_url: str, config_dir: Path) -> Iterator[Gateway]:
     config = config_dir / "earmark.toml"
     config.write_text(CONFIG.format(fake=fake_url, key_env=KEY_ENV, closed=free_port()))
-    settings = Settings(database_url=database_url, admin_token=ADMIN_TOKEN, config_path=str(config))
+    settings = Settings(
+        database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        config_path=str(config),
+        journal_dir=str(config_dir / "journal"),
+    )
     with ServerThread(create_app(settings)) as server:
         gateway = Gateway(server.url, fake_url)
         try:
@@ -231,6 +236,7 @@ def process_env(database_url: str, fake_url: str, directory: Path) -> dict[str, 
         database_url,
         EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
         EARMARK_CONFIG=str(config),
+        EARMARK_JOURNAL_DIR=str(directory / "journal"),
         **{KEY_ENV: API_KEY},
     )
 

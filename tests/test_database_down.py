@@ -1,7 +1,6 @@
 """A gateway whose database goes away refuses calls with 503 and sends nothing upstream."""
 
 import asyncio
-import threading
 
 import pytest
 from sqlalchemy import make_url
@@ -9,66 +8,7 @@ from sqlalchemy import make_url
 from tests.conftest import ADMIN_TOKEN, empty_database
 from tests.fake_provider import API_KEY
 from tests.gateway import FIXTURES, KEY_ENV, Gateway
-from tests.processes import free_port
-from tests.servers import ServerThread
-
-
-class TcpProxy:
-    """A loopback TCP proxy to PostgreSQL that a test can cut, as a database restart would."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.port = free_port()
-        self.target = (target_host, target_port)
-        self.loop = asyncio.new_event_loop()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
-
-    async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.writers |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def _cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-
-    def cut(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._cut(), self.loop).result()
-
-    def close(self) -> None:
-        if self.server is not None and self.server.is_serving():
-            self.cut()
-        asyncio.run_coroutine_threadsafe(self._drain(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-    async def _drain(self) -> None:
-        assert self.server is not None
-        await self.server.wait_closed()
-        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+from tests.servers import ServerThread, TcpProxy
 
 
 @pytest.mark.postgres

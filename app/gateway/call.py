@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +23,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import cache, ledger
 from app.auth import Principal
 from app.catalog import Catalog, Route
-from app.errors import EarmarkError, ServiceUnavailable
+from app.errors import (
+    DATABASE_ERRORS,
+    DatabaseUnavailable,
+    EarmarkError,
+    ServiceUnavailable,
+    database_unavailable,
+)
 from app.executors import Executors
 from app.gateway import forwarding, shaping, streaming
 from app.gateway.admission import Admission, Admitted
 from app.gateway.forwarding import Forwarded
 from app.gateway.settlement import Settlement, reject
+from app.journal import Journal
 from app.metering import NO_USAGE, Usage, usage_from_body
 from app.metrics import Metrics
 from app.providers import AttemptFailed, Provider
@@ -44,6 +52,7 @@ class Gateway:
     providers: dict[str, Provider]
     metrics: Metrics
     executors: Executors
+    journal: Journal
     # Seconds a call of each model typically takes (a moving average), for Retry-After.
     call_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -79,7 +88,8 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
     admission = Admission(gateway, call, opening)
     try:
         try:
-            admitted = await admission.run()
+            with _nothing_sent():
+                admitted = await admission.run()
         except EarmarkError as error:
             await reject(gateway, call, opening, admission.route, error)
             raise
@@ -100,6 +110,19 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
 async def _serve(
     gateway: Gateway, call: CallRequest, admitted: Admitted, settlement: Settlement
 ) -> Response[Any]:
+    with _nothing_sent():
+        lookup, cached = await _before_upstream(gateway, call, admitted, settlement)
+    if cached is not None:
+        return cached
+    settlement.upstream_started = call.started
+    forwarded = await forwarding.forward(gateway, call, admitted, settlement.attempts)
+    return await _answer(gateway, call, admitted, settlement, forwarded, lookup)
+
+
+async def _before_upstream(
+    gateway: Gateway, call: CallRequest, admitted: Admitted, settlement: Settlement
+) -> tuple[cache.Lookup | None, Response[Any] | None]:
+    """The cache's answer if it has one; otherwise the row is claimed for going upstream."""
     principal = call.principal
     lookup = await cache.prepare(
         admitted.route,
@@ -119,16 +142,27 @@ async def _serve(
         ).inc()
         if entry is not None:
             await settlement.cached(entry.usage, lookup.config.hit_price)
-            return shaping.replay(call, admitted, entry)
+            return lookup, shaping.replay(call, admitted, entry)
     if not await ledger.mark_forwarded(gateway.engine, call.request_id):
         raise ServiceUnavailable(
             "The call's budget hold expired before it could be sent; nothing was sent "
             "upstream. Retry it.",
             code="hold_expired",
         )
-    settlement.upstream_started = call.started
-    forwarded = await forwarding.forward(gateway, call, admitted, settlement.attempts)
-    return await _answer(gateway, call, admitted, settlement, forwarded, lookup)
+    return lookup, None
+
+
+@contextmanager
+def _nothing_sent() -> Iterator[None]:
+    """The database failed before anything went upstream: the tenant may safely retry."""
+    try:
+        yield
+    except DATABASE_ERRORS as error:
+        if not database_unavailable(error):
+            raise
+        raise DatabaseUnavailable(
+            "The gateway's database is unavailable; nothing was sent upstream. Retry shortly."
+        ) from None
 
 
 async def _answer(
@@ -152,8 +186,10 @@ async def _answer(
     if upstream.events is not None:
 
         async def finish(done: dict[str, Any] | None, ended: str) -> None:
-            if ended == "broken":
+            if ended == "broken":  # the provider did the work: charged as uncertain, once
                 forwarded.attempts[-1].uncertain(admitted.expected_on(route), "broken_stream")
+                await settlement.settle("interrupted", 200, route, error_code="broken_stream")
+                return
             reported = usage_from_body(done) if done else NO_USAGE
             status = "succeeded" if ended == "finished" else "interrupted"
             usage = await settlement.answered(route, reported, status=status)

@@ -9,18 +9,22 @@ than it held, is marked for review and counted. A refused call is written once, 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from app import ledger
 from app.catalog import Route
-from app.errors import EarmarkError
+from app.errors import DATABASE_ERRORS, EarmarkError, database_unavailable
 from app.metering import NO_USAGE, Usage, cost_nanos, meter
 
 if TYPE_CHECKING:
     from app.gateway.admission import Admitted
     from app.gateway.call import CallRequest, Gateway
     from app.gateway.forwarding import Attempt
+
+
+logger = logging.getLogger("earmark")
 
 
 def _elapsed_ms(since: float) -> int:
@@ -138,6 +142,14 @@ class Settlement:
         )
         try:
             await ledger.settle_call(gateway.engine, self.call.request_id, settlement)
+        except DATABASE_ERRORS as error:
+            if not database_unavailable(error):
+                raise
+            # The tenant keeps the answer the provider gave (and billed): the settlement
+            # waits, durably, for the database to come back.
+            await gateway.journal.append(self.call.request_id, settlement)
+            gateway.metrics.journal_settlements.labels("kept").inc()
+            logger.warning("settlement of %s kept in the journal: %s", self.call.request_id, error)
         finally:
             # Counted even if the database failed: this process holds nothing any more.
             gateway.metrics.call_ended(

@@ -43,12 +43,26 @@ async def _relayed(upstream: UpstreamResponse, finish: Finish) -> AsyncIterator[
                 done = done_event(event) or done
             yield chunk
         ended = "finished"
-    except AttemptFailed:
-        ended = "finished" if done is not None else "broken"  # the client sees the end
+    except AttemptFailed as failure:
+        ended = "finished" if done is not None else "broken"
+        if ended == "broken":  # as OpenAI signals it mid-stream: the SDKs raise on it
+            yield _error_event(failure)
     finally:
         with anyio.CancelScope(shield=True):
             await upstream.close()
             await finish(done, ended)
+
+
+def _error_event(failure: AttemptFailed) -> bytes:
+    error = {
+        "error": {
+            "message": f"{failure.message}; the transcript is incomplete.",
+            "type": "upstream_error",
+            "param": None,
+            "code": failure.kind,
+        }
+    }
+    return b"event: error\ndata: " + msgspec.json.encode(error) + b"\n\n"
 
 
 def done_event(event: bytes) -> dict[str, Any] | None:

@@ -83,7 +83,7 @@ async def list_key_calls(
     cursor: FromQuery[Cursor] = None,
 ) -> ledger.CallPage:
     await keys.get_key(engine, key_id)  # 404 for an unknown key, not an empty page
-    return await ledger.list_calls(engine, key_id, limit, cursor)
+    return await ledger.list_calls(engine, limit, cursor, key_id=key_id)
 
 
 ROUTES = [

@@ -1,0 +1,97 @@
+"""Settlements the database could not take, kept on this machine until it can.
+
+When the ledger cannot be written after a provider answered, the tenant still gets the
+answer: the settlement is first appended to this process's journal (one JSON line,
+fsynced), so a crash after the answer loses nothing either. Every process replays every
+journal in the directory when it starts and before each sweep. A line is applied by the
+same conditional update a live settle uses, so a line applied twice changes nothing; a
+journal whose lines are all applied is deleted, once its process is gone or it is ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import ledger
+from app.errors import DATABASE_ERRORS, database_unavailable
+from app.executors import FairPool
+
+logger = logging.getLogger("earmark")
+_PREFIX = "settlements-"
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    call_id: str
+    settlement: ledger.Settlement
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Journal:
+    def __init__(self, directory: Path, files: FairPool) -> None:
+        self.directory = directory
+        self.files = files
+        self.path = directory / f"{_PREFIX}{os.getpid()}.jsonl"
+        self._lock = asyncio.Lock()  # an append and our own replay never interleave
+        self.pending = 0  # lines of ours not yet applied
+
+    def _write(self, line: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as out:
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+
+    async def append(self, call_id: str, settlement: ledger.Settlement) -> None:
+        """Keep a settlement durably until ``replay`` applies it."""
+        line = msgspec.json.encode(Entry(call_id=call_id, settlement=settlement)) + b"\n"
+        async with self._lock:
+            await self.files.run("journal", self._write, line)
+            self.pending += 1
+
+    async def replay(self, engine: AsyncEngine) -> int:
+        """Apply every complete line of every journal here; the count applied now. Stops
+        quietly while the database is still away."""
+        applied = 0
+        async with self._lock:
+            for path in sorted(self.directory.glob(f"{_PREFIX}*.jsonl")):
+                try:
+                    applied += await self._replay_file(engine, path)
+                except DATABASE_ERRORS as error:
+                    if not database_unavailable(error):
+                        raise
+                    break
+        if applied:
+            logger.warning("applied %d settlements kept while the database was away", applied)
+        return applied
+
+    async def _replay_file(self, engine: AsyncEngine, path: Path) -> int:
+        owner = int(path.stem.removeprefix(_PREFIX))
+        ours = path == self.path
+        data = await self.files.run("journal", path.read_bytes)
+        applied = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # still being written by a live process: the next round has it
+            entry = msgspec.json.decode(line, type=Entry)
+            if await ledger.apply_settlement(engine, entry.call_id, entry.settlement):
+                applied += 1
+        if ours or not _alive(owner):
+            await self.files.run("journal", path.unlink, True)
+            if ours:
+                self.pending = 0
+        return applied

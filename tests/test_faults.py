@@ -1,0 +1,166 @@
+"""What the provider billed is what the ledger charges, whatever fails: a timeout or a
+reset after the provider did the work is charged its expected cost and listed for review;
+a reset during the upload is not charged; a fallback after an uncertain attempt is charged
+too; an overrun of the hold is charged and flagged; and the tenant is told which it was."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.audio_files import tone, wav
+from tests.gateway import FIXTURES, Gateway, scrape, total
+from tests.processes import wav_of_size
+
+SPEECH = FIXTURES / "speech.wav"
+COST = "0.000600000"  # speech.wav at $0.006 a minute: 6 s, billed in whole seconds
+
+
+def _billed(gateway: Gateway, wait_for: int = 0) -> list[float]:
+    """What the fake provider billed (it finishes its work after the gateway gave up)."""
+    deadline = time.monotonic() + 5
+    while True:
+        billed = [r["billed_seconds"] for r in gateway.upstream_requests() if "billed_seconds" in r]
+        if len(billed) >= wait_for or time.monotonic() > deadline:
+            return billed
+        time.sleep(0.05)
+
+
+def _review(gateway: Gateway) -> list[dict]:
+    return gateway.admin("GET", "/admin/calls", params={"review": "true"})["data"]
+
+
+@pytest.mark.parametrize(
+    ("model", "behaviour", "status", "kind"),
+    [
+        ("slow/whisper-1", {"delay": 1.5}, 504, "timeout"),
+        ("openai/whisper-1", {"reset": "after_work"}, 502, "reset"),
+    ],
+    ids=["answer-after-the-timeout", "reset-after-the-work"],
+)
+def test_work_the_provider_did_without_answering_is_charged_for_review(
+    gateway: Gateway, model, behaviour, status, kind
+):
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "day"}])
+    gateway.script(behaviour)
+    with pytest.raises(openai.APIStatusError) as raised, SPEECH.open("rb") as audio:
+        gateway.sdk(key["secret"]).audio.transcriptions.create(model=model, file=audio)
+    assert raised.value.status_code == status
+    message = raised.value.body["message"]
+    assert "may have done the work" in message and f"${COST}" in message
+    assert _billed(gateway, wait_for=1)  # it did the work, and bills it
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["cost_usd"], call["review"]) == ("failed", COST, "uncertain")
+    assert call["usage_source"] == "expected"
+    (attempt,) = call["upstream_attempts"]
+    assert (attempt["outcome"], attempt["error"]) == ("uncertain", kind)
+    assert attempt["charged_nanos"] == 600_000
+    assert [c["id"] for c in _review(gateway)] == [call["id"]]
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert (budget["spent_usd"], budget["held_usd"]) == (COST, "0.000000000")
+    samples = scrape(gateway.url)
+    assert total(samples, "earmark_uncertain_attempts_total", provider=model.split("/")[0]) == 1
+
+
+def test_a_reset_during_the_upload_is_not_charged(gateway: Gateway):
+    key = gateway.new_key()
+    gateway.script({"reset": "during_upload"})
+    big = wav_of_size(20_000_000)  # larger than the socket buffers: the upload is cut
+    response = gateway.post_audio(key, "openai/whisper-1", big)
+    assert response.status_code == 502, response.text
+    assert "nothing was charged" in response.json()["error"]["message"]
+    assert _billed(gateway) == []
+    (call,) = gateway.calls(key)
+    assert (call["cost_usd"], call["review"]) == ("0.000000000", None)
+    (attempt,) = call["upstream_attempts"]
+    assert attempt["outcome"] == "failed"
+    assert attempt["bytes_sent"] < 20_000_000
+
+
+def test_a_fallback_after_an_uncertain_attempt_is_charged_as_well(gateway: Gateway):
+    """Both providers may bill: the ledger shows both attempts and charges both."""
+    key = gateway.new_key()
+    gateway.script({"reset": "after_work"})
+    with SPEECH.open("rb") as audio:
+        result = gateway.sdk(key["secret"]).audio.transcriptions.create(
+            model="flaky/whisper-1", file=audio
+        )
+    assert result.to_dict()["extra_fields"]["provider"] == "openai"
+    assert len(_billed(gateway)) == 2
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["review"]) == ("succeeded", "uncertain")
+    assert call["cost_usd"] == "0.001200000"
+    assert [(a["provider"], a["outcome"]) for a in call["upstream_attempts"]] == [
+        ("flaky", "uncertain"),
+        ("openai", "answered"),
+    ]
+
+
+def test_a_stream_broken_off_is_charged_its_expected_cost(gateway: Gateway):
+    key = gateway.new_key()
+    gateway.script({"break_stream_after": 3})
+    with SPEECH.open("rb") as audio:
+        stream = gateway.sdk(key["secret"]).audio.transcriptions.create(
+            model="openai/gpt-4o-transcribe", file=audio, stream=True
+        )
+        with pytest.raises(openai.APIError) as raised:
+            list(stream)
+    assert "broke off the stream" in str(raised.value)
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["review"]) == ("interrupted", "uncertain")
+    assert Decimal(call["cost_usd"]) == Decimal(call["expected_usd"]) > 0
+    assert call["upstream_attempts"][0]["error"] == "broken_stream"
+
+
+def test_a_provider_reporting_more_than_was_held_is_charged_and_flagged(gateway: Gateway):
+    key = gateway.new_key()
+    gateway.script({"report_seconds": 100})
+    gateway.post_audio(key, "openai/whisper-1").raise_for_status()
+    (call,) = gateway.calls(key)
+    assert call["cost_usd"] == "0.010000000"  # what the provider says it billed
+    assert call["hold_usd"] == COST
+    assert call["review"] == "hold_overrun"
+    assert total(scrape(gateway.url), "earmark_hold_overruns_total", model="openai/whisper-1") == 1
+
+
+def test_the_sdks_retries_get_exactly_k_answers_from_a_budget_that_fits_k(gateway: Gateway):
+    """Eight callers at once, a budget for three at their real cost: the five that cannot
+    fit yet are told to retry (429 budget_busy), and once the three settle, that nothing
+    is left (402)."""
+    key = gateway.new_key(budgets=[{"limit_usd": "0.0018", "period": "day"}])
+    gateway.script(*[{"delay": 0.3}] * 3)
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=key["secret"], max_retries=3)
+
+    async def everyone() -> list[str]:
+        def one() -> str:
+            try:
+                with SPEECH.open("rb") as audio:
+                    client.audio.transcriptions.create(model="openai/whisper-1", file=audio)
+            except openai.APIStatusError as error:
+                return str(error.status_code)
+            return "200"
+
+        return list(await asyncio.gather(*(asyncio.to_thread(one) for _ in range(8))))
+
+    try:
+        outcomes = asyncio.run(everyone())
+    finally:
+        client.close()
+    assert sorted(outcomes) == ["200"] * 3 + ["402"] * 5
+    assert len(_billed(gateway)) == 3
+    refusals = [c for c in gateway.calls(key) if c["status"] == "rejected"]
+    assert {c["error_code"] for c in refusals} == {"budget_busy", "budget_exceeded"}
+
+
+def test_a_short_file_after_a_long_one_still_fits_exactly(gateway: Gateway):
+    """Holds are the expected cost, not a padded one: $0.0008 fits 2 s and 6 s exactly."""
+    key = gateway.new_key(budgets=[{"limit_usd": "0.0008", "period": "day"}])
+    assert gateway.post_audio(key, "openai/whisper-1", wav(tone(2))).status_code == 200
+    assert gateway.post_audio(key, "openai/whisper-1").status_code == 200
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert budget["spent_usd"] == budget["limit_usd"] == "0.000800000"
