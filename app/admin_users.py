@@ -95,8 +95,8 @@ class PasswordChecker:
                 )
         if stored is not None:
             return await self.pool.run(source, self._verify, password, stored)
-        if self._typical is None:  # learn what a check costs, once
-            await self.pool.run(source, self._verify, password, _dummy_hash())
+        if self._typical is None:  # learn what a check costs, once (hashing in the pool)
+            await self.pool.run(source, lambda: self._verify(password, _dummy_hash()))
         else:  # wait in the same queue as long as a check takes, without the CPU
             await self.pool.run(source, time.sleep, self._typical)
         return False

@@ -25,7 +25,7 @@ from app.errors import AuthenticationFailed, PermissionDenied
 from app.keys import stored_rate_limits
 from app.models import api_keys, key_secrets, tenants
 from app.schemas import RateLimits
-from app.throttle import SignInThrottle, TooManyAttempts
+from app.throttle import SignInThrottle
 
 _KEY_HEADERS = ("x-bf-vk", "x-api-key", "api-key")
 _ADMIN_CHALLENGE = {"www-authenticate": 'Basic realm="earmark-admin"'}
@@ -170,22 +170,20 @@ async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None
     credentials = _basic_credentials(value) if scheme == "basic" else None
     user = credentials[0] if credentials else None
     throttle: SignInThrottle = state.sign_in_throttle
-    if (wait := throttle.retry_after(source, user)) is not None:
-        raise TooManyAttempts(wait)
+    throttle.attempt(source, user)  # a failure until it proves otherwise
     if scheme == "bearer":
         token = value.strip().encode()
         admin_token = state.settings.admin_token
         if admin_token and hmac.compare_digest(token, admin_token.encode()):
+            throttle.succeeded(source, None)
             connection.state.admin = "token"
             return
-        throttle.failed(source, None)
         raise _admin_refusal("Invalid admin token.")
     passwords: PasswordChecker = state.admin_passwords
     if credentials and await passwords.verify(state.engine, *credentials, source=source):
-        throttle.succeeded(credentials[0])
+        throttle.succeeded(source, credentials[0])
         connection.state.admin = credentials[0]
         return
-    throttle.failed(source, user)
     raise _admin_refusal("Invalid admin user name or password.")
 
 

@@ -10,6 +10,7 @@ rows decides, so a burst spread over many processes admits exactly the limit.
 from __future__ import annotations
 
 import math
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,48 @@ _IN_FLIGHT = ("reserved", "forwarded")
 class RateLimited(EarmarkError):
     status_code = 429
     error_type = "rate_limit_error"
+
+    def __init__(self, limit: str, retry_after: int, *, certain: bool = False) -> None:
+        super().__init__(
+            f"Rate limit reached for this key: {limit}. Retry after {retry_after} s.",
+            code="rate_limit_exceeded",
+            headers={"retry-after": str(retry_after)},
+        )
+        self.limit = limit
+        self.retry_after = retry_after
+        # No call of this key can fit before retry_after (requests per minute): another
+        # kind may fit sooner (a smaller file, a freed slot).
+        self.certain = certain
+
+
+class RecentRefusals:
+    """Keys this process refused because no call could fit their requests-per-minute
+    limit before a given time: until then (and while their limits stay as they were), a
+    call from one is refused again before its upload is read or measured."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._until: dict[str, tuple[float, RateLimits, RateLimited]] = {}
+        self.max_entries = max_entries
+
+    def remember(self, key_id: str, limits: RateLimits, refusal: RateLimited) -> None:
+        if not refusal.certain:
+            return
+        now = time.monotonic()
+        if len(self._until) >= self.max_entries:
+            self._until = {k: v for k, v in self._until.items() if v[0] > now}
+        if len(self._until) < self.max_entries:
+            self._until[key_id] = (now + refusal.retry_after, limits, refusal)
+
+    def check(self, key_id: str, limits: RateLimits | None) -> None:
+        entry = self._until.get(key_id)
+        if entry is None:
+            return
+        until, then, refusal = entry
+        left = until - time.monotonic()
+        if left <= 0 or limits != then:
+            del self._until[key_id]
+            return
+        raise RateLimited(refusal.limit, max(1, math.ceil(left)), certain=True)
 
 
 async def _use(conn: AsyncConnection, key_id: str, limits: RateLimits, now: datetime) -> Any:
@@ -71,25 +114,17 @@ async def admit(
     window = timedelta(seconds=limits.window_seconds)
     if limits.requests_per_minute is not None and use.requests + 1 > limits.requests_per_minute:
         wait = _retry_after(use.oldest_request, MINUTE, now)
-        raise _limited(f"{limits.requests_per_minute} requests per minute", wait)
+        raise RateLimited(f"{limits.requests_per_minute} requests per minute", wait, certain=True)
     if (
         limits.audio_seconds_per_window is not None
         and use.audio_ms + audio_ms > limits.audio_seconds_per_window * 1000
     ):
         wait = _retry_after(use.oldest_audio, window, now)
-        raise _limited(
+        raise RateLimited(
             f"{limits.audio_seconds_per_window} audio seconds per {limits.window_seconds} s", wait
         )
     if limits.max_concurrent is not None and use.in_flight + 1 > limits.max_concurrent:
-        raise _limited(f"{limits.max_concurrent} calls in flight", 1)
-
-
-def _limited(limit: str, retry_after: int) -> RateLimited:
-    return RateLimited(
-        f"Rate limit reached for this key: {limit}. Retry after {retry_after} s.",
-        code="rate_limit_exceeded",
-        headers={"retry-after": str(retry_after)},
-    )
+        raise RateLimited(f"{limits.max_concurrent} calls in flight", 1)
 
 
 async def current_use(

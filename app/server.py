@@ -2,10 +2,13 @@
 
 uvicorn bounds none of what a slow or hostile client does before the application sees a
 request: a connection that sends nothing, headers one byte a second, ten megabytes of
-headers, a body that trickles in forever, a thousand idle sockets. ``GuardedProtocol``
-adds, per connection: a deadline for the request line and headers, caps on their size
-and count (431), a minimum body rate once a grace period has passed (408), and a cap on
-open connections per process (503, then close). Idle keep-alive connections close after
+headers, a body that trickles in forever, a thousand idle sockets, a flood of pipelined
+requests. ``GuardedProtocol`` adds, per connection: a deadline for the request line and
+headers, caps on their size and count (431; the raw bytes of an unfinished head are
+bounded too, since the parser buffers a header until it ends), a minimum body rate once a
+grace period has passed (408), a cap on requests pipelined behind the one being served,
+a close after an answer given before its request's body was read, and a cap on open
+connections per process (503, then close). Idle keep-alive connections close after
 ``keepalive_seconds``. Time the gateway itself stops reading (backpressure) is not
 counted against the client.
 """
@@ -25,6 +28,8 @@ from app.settings import HttpLimits, load_settings
 
 PROTOCOL = "app.server:GuardedProtocol"
 _TICK_SECONDS = 1.0
+MAX_PIPELINED = 16  # requests waiting behind the one being answered
+_HEAD_SLACK = 64 << 10  # raw bytes an unfinished head may span beyond the header cap
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Busy"}
 
 
@@ -55,6 +60,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._body_started = 0.0
         self._body_bytes = 0
+        self._heading = True  # between a request's start and the end of its headers
+        self._head_bytes = 0
+        self._message_done = False
 
     # --- the connection ---
 
@@ -73,8 +81,16 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._heading and not self._refused:
+            # httptools keeps an unfinished header line to itself: bound what it may hold.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes + _HEAD_SLACK:
+                self._refuse(
+                    431, f"Request line and headers exceed {self.limits.max_header_bytes} bytes."
+                )
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
@@ -84,7 +100,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = self._header_count = 0
+        self._header_bytes = self._header_count = self._head_bytes = 0
+        self._heading, self._message_done = True, False
         self._arm(self.limits.header_seconds, self._headers_overdue)
 
     def on_url(self, url: bytes) -> None:
@@ -116,7 +133,13 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._disarm()
+        self._heading = False
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:  # a flood, not a client: drop it
+            self._refused = True
+            self.pipeline.clear()
+            self.transport.close()
+            return
         self._body_started, self._body_bytes = time.monotonic(), 0
         self._arm(_TICK_SECONDS, self._check_body_rate)
 
@@ -130,7 +153,17 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._disarm()
+        self._message_done = True
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if not self._message_done and not self.pipeline:
+            # Answered before its body was read (a 401, a 413): stop reading the rest.
+            self._disarm()
+            self.server_state.total_requests += 1
+            self.transport.close()
+            return
+        super().on_response_complete()
 
     def _check_body_rate(self) -> None:
         limits = self.limits

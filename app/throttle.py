@@ -4,15 +4,17 @@ Every password check is an argon2 hash (64 MiB, tens of milliseconds of CPU), so
 attacker who can make the gateway hash at will can pin its cores. After
 ``MAX_FAILURES`` failures within ``WINDOW_SECONDS`` from one address, or for one user
 name, further attempts are refused with 429 and ``Retry-After`` until the oldest failure
-leaves the window, without hashing. The tables are bounded (the least recently seen
-entries go first), so a flood of names or addresses cannot grow memory; they live in
-each process, so ``--workers N`` allows N times the attempts.
+leaves the window, without hashing; an attempt counts as a failure from the moment it
+starts, so simultaneous attempts cannot all slip under the count. The tables are bounded
+(the least recently seen entries go first), so a flood of names or addresses cannot grow
+memory; they live in each process, so ``--workers N`` allows N times the attempts.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from collections import OrderedDict, deque
 
 from app.errors import EarmarkError
@@ -78,10 +80,27 @@ class SignInThrottle:
         while len(self._failures) > self.max_entries:
             self._failures.popitem(last=False)
 
-    def succeeded(self, user: str) -> None:
-        """A right password clears the user's failures (not the address's)."""
-        self._failures.pop(f"user:{user}", None)
+    def attempt(self, source: str, user: str | None) -> None:
+        """Count an attempt as failed before it is checked (``TooManyAttempts`` if it may
+        not be), so that attempts racing each other cannot all pass the count."""
+        now = time.monotonic()
+        if (wait := self.retry_after(source, user, now)) is not None:
+            raise TooManyAttempts(wait)
+        self.failed(source, user, now)
+
+    def succeeded(self, source: str, user: str | None) -> None:
+        """The attempt was right: it was not a failure of its address, and it clears the
+        user's failures."""
+        failures = self._failures.get(f"source:{source}")
+        if failures:
+            failures.pop()
+        if user is not None:
+            self._failures.pop(self._user_key(user), None)
 
     @staticmethod
-    def _keys(source: str, user: str | None) -> list[str]:
-        return [f"source:{source}"] + ([f"user:{user[:100]}"] if user is not None else [])
+    def _user_key(user: str) -> str:
+        # One entry for every spelling of a name: NFC ("\u212aate" is "Kate"), any case.
+        return "user:" + unicodedata.normalize("NFC", user[:100]).casefold()
+
+    def _keys(self, source: str, user: str | None) -> list[str]:
+        return [f"source:{source}"] + ([self._user_key(user)] if user is not None else [])

@@ -7,6 +7,7 @@ import io
 import math
 import struct
 from collections.abc import Callable
+from fractions import Fraction
 
 import av
 
@@ -60,16 +61,44 @@ def encode(container: str, codec: str, pcm: bytes, rate: int = TONE_RATE) -> byt
 
 
 def decoded_seconds(data: bytes, container: str | None = None) -> float:
-    """What FFmpeg's decoders play from ``data``, skipping packets they cannot decode."""
+    """What FFmpeg's decoders play from ``data`` (each frame at its own rate), skipping
+    packets they cannot decode, as ffmpeg does."""
     with av.open(io.BytesIO(data), format=container, metadata_errors="replace") as opened:
         stream = opened.streams.audio[0]
-        samples = 0
+        seconds = 0.0
         for packet in opened.demux(stream):
             try:
-                samples += sum(frame.samples for frame in packet.decode())
+                seconds += sum(frame.samples / frame.sample_rate for frame in packet.decode())
             except av.FFmpegError:
                 continue
-        return samples / stream.codec_context.sample_rate
+        return seconds
+
+
+def repacked(data: bytes, container: str, into: str, per_packet: int) -> bytes:
+    """``data``'s packets regrouped ``per_packet`` to a packet, each stamped one tick long:
+    a container whose packets say they hold a fraction of what a decoder plays."""
+    buffer = io.BytesIO()
+    with av.open(io.BytesIO(data), format=container) as source, av.open(buffer, "w", into) as out:
+        template = source.streams.audio[0]
+        stream = out.add_stream_from_template(template)
+        packets = [bytes(p) for p in source.demux(template) if p.size]
+        for n in range(0, len(packets), per_packet):
+            packet = av.Packet(b"".join(packets[n : n + per_packet]))
+            packet.stream, packet.time_base = stream, Fraction(1, 1000)
+            packet.pts = packet.dts = n // per_packet
+            packet.duration = 1
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def id3_tag(body: bytes) -> bytes:
+    size = len(body)
+    synchsafe = bytes([(size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F])
+    return b"ID3\x04\x00\x00" + synchsafe + body
+
+
+def mpegts_aac(seconds: float) -> bytes:
+    return encode("mpegts", "aac", tone(seconds, 8_000), rate=8_000)
 
 
 # --- FLAC, written bit by bit: silence of any length in a few bytes per 4 seconds -------
@@ -94,9 +123,19 @@ def _utf8_number(n: int) -> bytes:
     return bytes([0xF0 | n >> 18, 0x80 | (n >> 12) & 0x3F, 0x80 | (n >> 6) & 0x3F, 0x80 | n & 0x3F])
 
 
-def silent_flac(seconds: float, rate: int = 8_000, claim_samples: int | None = None) -> bytes:
+_FLAC_RATE_CODES = {0: 0, 192_000: 3, 8_000: 4, 16_000: 5}
+
+
+def silent_flac(
+    seconds: float,
+    rate: int = 8_000,
+    claim_samples: int | None = None,
+    numbers: list[int] | None = None,
+    frame_rates: list[int] | None = None,
+) -> bytes:
     """Mono 16-bit FLAC of silence in 65,535-sample frames, each one CONSTANT subframe;
-    STREAMINFO claims ``claim_samples`` (default: the truth)."""
+    STREAMINFO claims ``claim_samples`` (default: the truth). ``numbers`` forges the
+    frames' numbers; ``frame_rates`` gives frames a rate of their own (0: STREAMINFO's)."""
     block = 65_535
     total = int(seconds * rate)
     claimed = total if claim_samples is None else claim_samples
@@ -104,9 +143,12 @@ def silent_flac(seconds: float, rate: int = 8_000, claim_samples: int | None = N
     packed = (rate << 44) | (0 << 41) | (15 << 36) | claimed  # rate, channels-1, bps-1, samples
     info += packed.to_bytes(8, "big") + b"\0" * 16
     out = bytearray(b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info)
-    for number in range(-(-total // block)):
-        samples = min(block, total - number * block)
-        header = bytes([0xFF, 0xF8, 0x70, 0x00]) + _utf8_number(number)
+    count = -(-total // block)
+    for index in range(count):
+        samples = min(block, total - index * block)
+        number = numbers[index] if numbers else index
+        code = _FLAC_RATE_CODES[frame_rates[index]] if frame_rates else 0
+        header = bytes([0xFF, 0xF8, 0x70 | code, 0x00]) + _utf8_number(number)
         header += (samples - 1).to_bytes(2, "big")
         header += bytes([_crc(header, 0x07, 8)])
         frame = header + b"\x00\x00\x00"  # CONSTANT subframe, value 0

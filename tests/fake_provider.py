@@ -17,6 +17,7 @@ import io
 import json
 import math
 from collections import deque
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -62,13 +63,13 @@ def _duration(data: bytes) -> float:
     """What it decodes, as a provider bills: not what the file's header claims."""
     with av.open(io.BytesIO(data), metadata_errors="replace") as container:
         stream = container.streams.audio[0]
-        samples = 0
+        seconds = Fraction(0)  # exact: whole seconds are rounded up from it
         for packet in container.demux(stream):
             try:
-                samples += sum(frame.samples for frame in packet.decode())
+                seconds += sum(Fraction(f.samples, f.sample_rate) for f in packet.decode())
             except av.FFmpegError:
                 continue  # as ffmpeg does: skip what cannot be decoded
-        return samples / stream.codec_context.sample_rate
+        return float(seconds) if seconds.denominator > 1 else int(seconds)
 
 
 def _stamp(seconds: float, separator: str) -> str:

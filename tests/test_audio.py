@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.audio.container import forwarded_filename
+from app.audio.container import _id3v2_end, forwarded_filename
 from app.audio.measure import Limits, measure
 from app.audio.packets import opus_samples
 from app.audio.refusals import AudioRefused
@@ -23,6 +23,9 @@ from tests.audio_files import (
     encode,
     fmt_chunk,
     forge_streaminfo,
+    id3_tag,
+    mpegts_aac,
+    repacked,
     riff,
     silent_flac,
     tone,
@@ -275,3 +278,59 @@ def test_the_upload_is_forwarded_under_a_name_for_its_format(given, container, s
 def test_bytes_are_measured_not_the_tenants_name_for_them():
     assert _measure(encode("flac", "flac", tone(2))).container == "flac"
     assert _measure(encode("ogg", "libopus", tone(2))).container == "ogg"
+
+
+# --- What the provider's decoder plays, whatever the container claims -----------------
+
+
+@pytest.mark.parametrize("into", ["mp4", "matroska"])
+@pytest.mark.parametrize(("source", "codec"), [("mp3", "libmp3lame"), ("mp4", "aac")])
+@pytest.mark.parametrize("per_packet", [1, 10])
+def test_packets_stamped_short_or_holding_several_frames_are_counted_as_decoded(
+    source, codec, into, per_packet
+):
+    """FFmpeg's MP3 and AAC decoders decode every frame a packet holds, whatever its
+    timestamps say: ten frames to a packet once billed a tenth."""
+    data = repacked(
+        encode(source, codec, tone(30)), {"mp4": "mov"}.get(source, source), into, per_packet
+    )
+    played = decoded_seconds(data)
+    assert played > 29
+    assert _measure(data).duration_ms >= int(played * 1000) - 1
+
+
+def test_flac_frame_numbers_and_a_missing_rate_do_not_shorten_it():
+    """Frames numbered 0, 1, 1, 1… with "rate: see STREAMINFO" gave the pts span of one."""
+    frames = 200
+    data = silent_flac(frames * 65_535 / 8_000, numbers=[0] + [1] * (frames - 1))
+    played = decoded_seconds(data)
+    assert played > 1600
+    assert _measure(data, max_seconds=3600).duration_ms >= int(played * 1000) - 1
+
+
+@pytest.mark.parametrize("into", ["matroska", "mp4"])
+def test_frames_that_change_their_rate_are_counted_at_their_own(into):
+    """Four FLAC frames at 192 kHz, then fifty at 8 kHz: counted at the rate seen first,
+    410 s became 18 s."""
+    rates = [192_000] * 4 + [8_000] * 50
+    native = silent_flac(len(rates) * 65_535 / 192_000, rate=192_000, frame_rates=rates)
+    data = repacked(native, "flac", into, 1)
+    played = decoded_seconds(data)
+    assert played > 400
+    assert _measure(data).duration_ms >= int(played * 1000) - 1
+
+
+def test_a_file_ffmpeg_would_read_as_another_format_is_refused():
+    """An ID3 tag of over a mebibyte holding MPEG-TS, before a short MP3: FFmpeg's prober
+    reads the tag's contents, and decodes two minutes of AAC from it."""
+    null_packet = b"\x47\x1f\xff\x10" + b"\xff" * 184
+    ts = mpegts_aac(120)
+    ts += null_packet * (((1 << 20) - len(ts)) // 188 + 1)  # past FFmpeg's 1 MiB ID3 skip
+    mp3 = encode("mp3", "libmp3lame", tone(0.5))
+    data = id3_tag(ts) + mp3[_id3v2_end(mp3[:16]) :] + null_packet * 20
+    assert decoded_seconds(data) > 100
+    assert _refused(data).code in ("invalid_audio", "ambiguous_container")
+
+
+def test_apple_lossless_is_not_accepted():
+    assert _refused(encode("mp4", "alac", tone(1))).code == "unsupported_codec"

@@ -143,6 +143,24 @@ def test_health_answers_while_wavs_of_empty_chunks_arrive(gateway: Gateway):
     assert times and max(times) < 1.0
 
 
+def test_a_rate_limited_key_is_refused_again_before_its_upload_is_read(gateway: Gateway):
+    key = gateway.new_key(rate_limits={"requests_per_minute": 1})
+    assert gateway.post_audio(key, WHISPER).status_code == 200
+    assert gateway.post_audio(key, WHISPER).status_code == 429  # measured, then refused
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\n"
+            b"authorization: Bearer " + key["secret"].encode() + b"\r\n"
+            b"content-type: multipart/form-data; boundary=b\r\ncontent-length: 20000000\r\n\r\n"
+        )
+        answer = b""
+        while b"requests per minute" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 429 ")
+    assert b"retry-after: " in answer
+
+
 def test_a_used_up_budget_is_refused_before_the_body_is_read(gateway: Gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "0", "period": "day"}])
     host, port = gateway.url.removeprefix("http://").split(":")
@@ -304,6 +322,29 @@ def test_failed_sign_ins_are_throttled_per_source_and_per_user(gateway: Gateway,
         ).status_code
         == 401
     )
+
+
+def test_simultaneous_attempts_and_other_spellings_do_not_slip_past(gateway: Gateway, admin_user):
+    """Forty wrong passwords at once made 33 hashes; "\u212aate" was another name."""
+    user, password = admin_user
+
+    async def together() -> list[int]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            sends = [
+                client.get(
+                    "/admin/tenants",
+                    auth=(user, f"wrong password {n}"),
+                    headers={"x-forwarded-for": "10.5.0.1"},
+                )
+                for n in range(40)
+            ]
+            return [r.status_code for r in await asyncio.gather(*sends)]
+
+    statuses = asyncio.run(together())
+    assert statuses.count(401) <= 10  # at most ten hashes
+    assert set(statuses) <= {401, 429, 503}
+    # The same name, spelt otherwise, is the same throttled name.
+    assert _sign_in(gateway, user.upper(), password, "10.5.0.2").status_code == 429
 
 
 def test_a_name_that_does_not_exist_costs_no_hash(gateway: Gateway, admin_user):

@@ -47,8 +47,9 @@ def _connect(url: str) -> socket.socket:
 def _answer(sock: socket.socket) -> tuple[bytes, float]:
     """Everything the server sends until it closes, and how long that took."""
     started, data = time.monotonic(), b""
-    while chunk := sock.recv(65536):
-        data += chunk
+    with contextlib.suppress(ConnectionResetError):  # closed with our bytes still unread
+        while chunk := sock.recv(65536):
+            data += chunk
     return data, time.monotonic() - started
 
 
@@ -154,3 +155,55 @@ def test_an_idle_keep_alive_connection_is_closed(server):
         data, took = _answer(sock)
     assert data.startswith(b"HTTP/1.1 200 ")
     assert took < 4
+
+
+def test_a_header_that_never_ends_is_cut_off_at_the_cap(server):
+    """httptools buffers an unfinished header line itself: 100 MiB once fitted in one."""
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-endless: ")
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < 10 << 20:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        data, _ = _answer(sock)
+    assert sent < 4 << 20  # cut off near the cap (less what socket buffers took), not at 10 MiB
+    assert data.startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_flood_of_pipelined_requests_is_dropped(server):
+    """uvicorn queues every pipelined request it parses: unbounded, a gigabyte in seconds."""
+    request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    with _connect(server) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(request * 5_000)
+        data, took = _answer(sock)
+    assert data.count(b"HTTP/1.1 200 ") < 5_000  # the connection went before the flood did
+    assert took < 5
+    _healthy_meanwhile(server)
+
+
+def test_pipelining_within_the_cap_still_works(server):
+    request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    with _connect(server) as sock:
+        sock.sendall(request * 4 + b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        data, _ = _answer(sock)
+    assert data.count(b"HTTP/1.1 200 ") == 5
+
+
+def test_an_answer_before_the_body_closes_the_connection(server):
+    """A stranger's upload refused 401 is not read to its end at 16 KB/s."""
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: multipart/form-data; boundary=b\r\ncontent-length: 10000000\r\n\r\n"
+        )
+        started = time.monotonic()
+        data = b""
+        with contextlib.suppress(OSError):
+            while time.monotonic() - started < 5:
+                sock.send(b"x" * 20_000)
+                time.sleep(0.05)
+        data, _ = _answer(sock)
+    assert data.startswith(b"HTTP/1.1 401 ")
+    assert time.monotonic() - started < 5

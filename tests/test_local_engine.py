@@ -23,7 +23,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.audio_files import silent_flac
+from tests.audio_files import repacked, silent_flac
 from tests.conftest import ADMIN_TOKEN
 from tests.gateway import FIXTURES, Gateway, scrape, total
 from tests.processes import earmark_env, run_cli, serving
@@ -356,3 +356,13 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_audio_that_changes_its_rate_midway_is_transcribed(local: Gateway, key: dict) -> None:
+    """Such a stream made the resampler raise, and the worker die (a 502)."""
+    rates = [192_000] * 4 + [8_000] * 2
+    native = silent_flac(len(rates) * 65_535 / 192_000, rate=192_000, frame_rates=rates)
+    data = repacked(native, "flac", "matroska", 1)
+    response = local.post_audio(key, MODEL, data)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["seconds"] > 17

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import av
 
-from app.audio.refusals import PROBE_SECONDS, not_audio
+from app.audio.refusals import PROBE_SECONDS, AudioRefused, not_audio
 
 # Container (as its usual file extension) → the FFmpeg demuxer allowed to open it.
 DEMUXERS = {
@@ -39,6 +39,7 @@ EXTENSIONS = {
     "mpeg": ("mpeg", "mpg"),
 }
 _FORMAT_WHITELIST = ",".join(sorted(set(DEMUXERS.values())))
+_MAX_ID3_TAGS = 8
 
 
 def forwarded_filename(filename: str, container: str) -> str:
@@ -71,11 +72,15 @@ def _is_mpeg_audio_frame(header: bytes) -> bool:
 
 
 def sniff(file: BinaryIO) -> tuple[str, int]:
-    """The container its first bytes say (a key of DEMUXERS) and where it starts."""
+    """The container its first bytes say (a key of DEMUXERS) and where it starts, past any
+    ID3v2 tags. FFmpeg's own prober then has to agree (``open_container``)."""
     file.seek(0)
-    head = file.read(16)
-    start = _id3v2_end(head)
-    if start:
+    head, start = file.read(16), 0
+    for _ in range(_MAX_ID3_TAGS):
+        skip = _id3v2_end(head)
+        if not skip:
+            break
+        start += skip
         file.seek(start)
         head = file.read(16)
     magic = head[:4]
@@ -101,17 +106,31 @@ def _refuse_nested_open(url: str, flags: int, options: dict[str, str]) -> None:
     raise PermissionError("an upload may not open other files")
 
 
+class _Named:
+    """The upload under the name it is forwarded by: FFmpeg's prober weighs the extension,
+    as it will at the provider."""
+
+    def __init__(self, file: BinaryIO, name: str) -> None:
+        self._file = file
+        self.name = name
+        self.read = file.read
+        self.seek = file.seek
+        self.tell = file.tell
+
+
 @contextmanager
 def open_container(
     file: BinaryIO, container: str, timeout: float = PROBE_SECONDS
 ) -> Iterator[av.container.InputContainer]:
-    """The upload opened by its one allowed demuxer; FFmpeg's failures are ``not_audio``."""
+    """The upload opened as FFmpeg's own prober (what a provider runs) reads it, limited to
+    the allowed demuxers, with no protocol and no nested file. It must be the container
+    its first bytes say: a file that reads as one format to this gateway and another to a
+    provider is refused. FFmpeg's failures are ``not_audio``."""
     file.seek(0)
     try:
         opened = av.open(
-            file,
-            "r",  # a spooled upload's `mode` says w+b
-            format=DEMUXERS[container],
+            _Named(file, f"audio.{EXTENSIONS[container][0]}"),
+            "r",
             container_options={"format_whitelist": _FORMAT_WHITELIST, "protocol_whitelist": "none"},
             metadata_errors="replace",
             timeout=timeout,
@@ -120,6 +139,12 @@ def open_container(
     except (av.FFmpegError, MemoryError, PermissionError, UnicodeError, ValueError, IndexError):
         raise not_audio() from None
     try:
+        if DEMUXERS[container] not in opened.format.name.split(","):
+            raise AudioRefused(
+                f"The file starts as {container} but FFmpeg reads it as "
+                f"{opened.format.name.split(',')[0]}: send plain audio.",
+                "ambiguous_container",
+            )
         yield opened
     finally:
         opened.close()

@@ -60,9 +60,7 @@ def measure(file: BinaryIO, size: int, limits: Limits = Limits()) -> Audio:
                 # MP3 or AC-3 inside): the bytes are the duration, exactly.
                 seconds = Fraction(wav.pcm_bytes // wav.block_align, wav.sample_rate)
             else:
-                seconds = packets.count(
-                    opened, container, limits.max_seconds, limits.max_packets, deadline
-                )
+                seconds = packets.count(opened, limits.max_seconds, limits.max_packets, deadline)
             audio = Audio(
                 duration_ms=int(seconds * 1000),
                 container=container,

@@ -1,24 +1,33 @@
-"""Samples counted packet by packet, from what each codec's packets hold."""
+"""Audio counted packet by packet as a decoder plays it.
+
+PCM is its bytes and Opus its packets' TOC bytes, both exact and free. Every other
+accepted codec (MP3, MP2, AAC, FLAC, Vorbis) is decoded and its frames' samples summed,
+each at the rate that frame is in: nothing a container or a frame header states
+(durations, timestamps, frame numbers, frames per packet, a rate set once at the start)
+is taken on trust, because FFmpeg's decoders do not take it either. Packets a decoder
+cannot read are skipped, as FFmpeg's own tools skip them.
+"""
 
 from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from fractions import Fraction
 from typing import Any
+
+import av
 
 from app.audio.refusals import ACCEPTED_CODECS, AudioRefused, too_long, too_slow
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 384_000
 MAX_CHANNELS = 16
-_CHECK_EVERY = 512  # packets between clock and limit checks
+_CHECK_EVERY = 256  # packets between clock and limit checks
 _PCM_BYTES = re.compile(r"pcm_[suf](8|16|24|32|64)(?:le|be)?$")
-_MPEG_AUDIO = frozenset({"mp1", "mp1float", "mp2", "mp2float", "mp3", "mp3float"})
-_FIXED_FRAME = _MPEG_AUDIO | {"aac", "aac_fixed", "alac"}
 _OPUS = frozenset({"opus", "libopus"})
-# Codecs whose packet durations come from their own bitstream (through FFmpeg's parser)
-# only in these containers; elsewhere the container states them, so they are decoded.
-_PARSED_IN = {"flac": frozenset({"flac", "ogg"}), "vorbis": frozenset({"ogg"})}
+_DECODED = frozenset(
+    {"mp1", "mp1float", "mp2", "mp2float", "mp3", "mp3float", "aac", "aac_fixed", "flac"}
+)
 
 
 def opus_samples(packet: Any) -> int:
@@ -46,66 +55,16 @@ def pcm_block(name: str, channels: int) -> int | None:
     return None
 
 
-class Meter:
-    """Counts one audio stream's samples as the packets go by."""
-
-    def __init__(self, stream: Any, container: str) -> None:
-        context = stream.codec_context
-        self.stream = stream
-        self.name = context.name
-        self.rate = context.sample_rate
-        self.channels = context.channels
-        self.frame_size = context.frame_size if self.name in _FIXED_FRAME else 0
-        self.pcm_block = pcm_block(self.name, self.channels)
-        parsed = _PARSED_IN.get("vorbis" if "vorbis" in self.name else self.name)
-        self.decode = parsed is not None and container not in parsed
-        self.time_base = stream.time_base
-        self.bitstream = 0  # samples the packets themselves hold
-        self.stated = 0  # packet durations, in the stream's time base
-        self.first: int | None = None
-        self.last = 0
-
-    def add(self, packet: Any) -> None:
-        if self.pcm_block:
-            self.bitstream += packet.size // self.pcm_block
-        elif self.name in _OPUS:
-            self.bitstream += opus_samples(packet)
-        elif self.frame_size:
-            self.bitstream += self.frame_size
-        elif self.decode:
-            self.bitstream += sum(frame.samples for frame in packet.decode())
-        duration = packet.duration or 0
-        self.stated += duration
-        if packet.pts is not None:
-            self.first = packet.pts if self.first is None else min(self.first, packet.pts)
-            self.last = max(self.last, packet.pts + duration)
-
-    def seconds(self) -> Fraction:
-        rate = 48_000 if self.name in _OPUS else self.rate
-        time_base = Fraction(self.time_base) if self.time_base else Fraction(0)
-        span = (self.last - (self.first or 0)) * time_base
-        return max(Fraction(self.bitstream, rate), self.stated * time_base, span)
+def _accepted(name: str) -> bool:
+    return pcm_block(name, 1) is not None or name in _OPUS or name in _DECODED or "vorbis" in name
 
 
 def check_stream(stream: Any) -> None:
     context = stream.codec_context
-    if context is None:  # FFmpeg has no decoder for what the container names
+    if context is None or not _accepted(context.name):
+        shown = f"encoded as {context.name}" if context is not None else "in a codec"
         raise AudioRefused(
-            f"The audio's codec is not one this gateway accepts ({ACCEPTED_CODECS}).",
-            "unsupported_codec",
-        )
-    name = context.name
-    family = "vorbis" if "vorbis" in name else name
-    known = (
-        pcm_block(name, 1) is not None
-        or name in _FIXED_FRAME
-        or name in _OPUS
-        or family in _PARSED_IN
-    )
-    if not known:
-        raise AudioRefused(
-            f"The audio is encoded as {name}, which this gateway does not accept "
-            f"({ACCEPTED_CODECS}).",
+            f"The audio is {shown}, which this gateway does not accept ({ACCEPTED_CODECS}).",
             "unsupported_codec",
         )
     if not MIN_SAMPLE_RATE <= context.sample_rate <= MAX_SAMPLE_RATE:
@@ -121,14 +80,53 @@ def check_stream(stream: Any) -> None:
         )
 
 
-def count(
-    container: Any, name: str, max_seconds: int, max_packets: int, deadline: float
-) -> Fraction:
-    """The longest audio stream's seconds, demuxing every packet under the limits."""
+class Meter:
+    """Counts one audio stream's samples, by the rate they play at, as packets go by."""
+
+    def __init__(self, stream: Any) -> None:
+        context = stream.codec_context
+        self.stream = stream
+        self.name = context.name
+        self.rate = context.sample_rate
+        self.pcm_block = pcm_block(self.name, context.channels)
+        self.samples: Counter[int] = Counter()  # rate → samples at that rate
+
+    def add(self, packet: Any) -> None:
+        if self.pcm_block:
+            self.samples[self.rate] += packet.size // self.pcm_block
+        elif self.name in _OPUS:
+            self.samples[48_000] += opus_samples(packet)
+        else:
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                return  # as ffmpeg does: skip what cannot be decoded
+            for frame in frames:
+                self.samples[frame.sample_rate] += frame.samples
+
+    def finish(self) -> None:
+        """Count what a decoder still holds when the stream ends."""
+        if self.name in _OPUS or self.pcm_block:
+            return
+        try:
+            for frame in self.stream.codec_context.decode(None):
+                self.samples[frame.sample_rate] += frame.samples
+        except av.FFmpegError:
+            pass
+
+    def seconds(self) -> Fraction:
+        return sum(
+            (Fraction(samples, rate) for rate, samples in self.samples.items() if rate),
+            Fraction(0),
+        )
+
+
+def count(container: Any, max_seconds: int, max_packets: int, deadline: float) -> Fraction:
+    """The longest audio stream's seconds, reading every packet under the limits."""
     streams = list(container.streams.audio)
     for stream in streams:
         check_stream(stream)
-    meters = {stream.index: Meter(stream, name) for stream in streams}
+    meters = {stream.index: Meter(stream) for stream in streams}
     packets = 0
     for packet in container.demux(*streams):
         if not packet.size:
@@ -148,4 +146,6 @@ def count(
             raise too_long(longest, max_seconds)
         if time.monotonic() > deadline:
             raise too_slow()
+    for meter in meters.values():
+        meter.finish()
     return max(meter.seconds() for meter in meters.values())

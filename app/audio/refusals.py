@@ -8,7 +8,7 @@ from fractions import Fraction
 from app.errors import InvalidRequest
 
 ACCEPTED = "flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav, webm"
-ACCEPTED_CODECS = "PCM, FLAC, MP3, MP2, AAC, ALAC, Opus, Vorbis"
+ACCEPTED_CODECS = "PCM, FLAC, MP3, MP2, AAC, Opus, Vorbis"
 PROBE_SECONDS = 10.0  # wall-clock budget for opening and reading one upload
 
 

@@ -22,6 +22,7 @@ from app.catalog import Route
 from app.errors import InvalidRequest
 from app.form import Form, Upload, read_form
 from app.metering import expected_nanos, hold_nanos
+from app.rate_limits import RateLimited
 
 if TYPE_CHECKING:
     from app.gateway.call import CallRequest, Gateway
@@ -113,6 +114,9 @@ class Admission:
         principal = call.principal
         if principal.exhausted_budget_id is not None:
             raise await budgets.used_up(gateway.engine, principal.exhausted_budget_id)
+        gateway.rate_limited.check(
+            principal.key_id, principal.rate_limits
+        )  # told to wait: not worth a read yet
         form = self.form = await read_form(call.body, call.content_type, call.content_length)
         assert form.upload is not None
         opening.upload_bytes = form.upload.size
@@ -143,14 +147,19 @@ class Admission:
             hold_nanos(c.config.price, c.billing, audio.duration_ms, admitted.prompt)
             for c in admitted.candidates
         )
-        await ledger.open_call(
-            gateway.engine,
-            opening,
-            route.provider_name,
-            route.upstream_model,
-            limits=principal.rate_limits,
-            retry_after=gateway.typical_call_seconds(route),
-        )
+        try:
+            await ledger.open_call(
+                gateway.engine,
+                opening,
+                route.provider_name,
+                route.upstream_model,
+                limits=principal.rate_limits,
+                retry_after=gateway.typical_call_seconds(route),
+            )
+        except RateLimited as refusal:
+            assert principal.rate_limits is not None
+            gateway.rate_limited.remember(principal.key_id, principal.rate_limits, refusal)
+            raise
         gateway.metrics.call_opened(opening.hold_nanos)
         return admitted
 

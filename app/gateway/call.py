@@ -39,6 +39,7 @@ from app.journal import Journal
 from app.metering import NO_USAGE, Usage, usage_from_body
 from app.metrics import Metrics
 from app.providers import AttemptFailed, Provider
+from app.rate_limits import RecentRefusals
 
 logger = logging.getLogger("earmark")
 
@@ -53,6 +54,7 @@ class Gateway:
     metrics: Metrics
     executors: Executors
     journal: Journal
+    rate_limited: RecentRefusals = field(default_factory=RecentRefusals)
     # Seconds a call of each model typically takes (a moving average), for Retry-After.
     call_seconds: dict[str, float] = field(default_factory=dict)
 

@@ -46,17 +46,22 @@ class _Pcm:
         import av
 
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        resampler, source = None, None
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
             except av.FFmpegError:
                 continue
             for frame in frames:
-                for out in resampler.resample(frame):
-                    yield bytes(out.planes[0])[: out.samples * 2]
-        for out in resampler.resample(None):
-            yield bytes(out.planes[0])[: out.samples * 2]
+                layout = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if layout != source:  # a stream may change its rate midway: so may we
+                    if resampler is not None:
+                        yield from _pcm(resampler.resample(None))
+                    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                    source = layout
+                yield from _pcm(resampler.resample(frame))
+        if resampler is not None:
+            yield from _pcm(resampler.resample(None))
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._pending) < size:
@@ -73,6 +78,11 @@ class _Pcm:
         out = bytes(self._pending[:size])
         del self._pending[:size]
         return out
+
+
+def _pcm(frames: list[Any]) -> Iterator[bytes]:
+    for out in frames:
+        yield bytes(out.planes[0])[: out.samples * 2]
 
 
 def _pocketsphinx(pcm: _Pcm, language: str | None) -> dict[str, Any]:
@@ -200,6 +210,8 @@ def serve(conn: Connection, memory_bytes: int | None) -> None:
             answer = ("refused", f"the audio could not be transcribed: {error}")
         except MemoryError:
             answer = ("refused", "the audio needs more memory to transcribe than allowed")
+        except Exception:  # the upload's fault (it is the only input): never the worker's end
+            answer = ("refused", "the audio could not be decoded")
         del job
         try:
             conn.send(answer)
