@@ -19,11 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import budgets, database, rate_limits
 from app.metering import Usage, usd
-from app.models import ledger, ledger_holds, upstream_attempts
+from app.models import OPEN, OPEN_ROWS, ledger, ledger_holds, upstream_attempts
 from app.pagination import paginate, split_page
 from app.schemas import RateLimits
-
-OPEN = ("reserved", "forwarded")
 
 
 class Opening(msgspec.Struct, kw_only=True):
@@ -262,9 +260,13 @@ async def sweep(
 ) -> int:
     """Finish rows whose worker died; returns how many. Safe to run on every process at
     once: PostgreSQL hands each row to one sweeper (SKIP LOCKED), SQLite serialises them."""
-    stale = or_(
-        and_(ledger.c.status == "reserved", ledger.c.created_at < reserved_before),
-        and_(ledger.c.status == "forwarded", ledger.c.created_at < forwarded_before),
+    stale = and_(
+        OPEN_ROWS,  # the partial index of open rows: bounded, not a scan
+        ledger.c.created_at < max(reserved_before, forwarded_before),
+        or_(
+            and_(ledger.c.status == "reserved", ledger.c.created_at < reserved_before),
+            and_(ledger.c.status == "forwarded", ledger.c.created_at < forwarded_before),
+        ),
     )
     query = select(ledger.c.id, ledger.c.status, ledger.c.expected_nanos).where(stale).limit(limit)
     async with database.write(engine) as conn:

@@ -18,6 +18,14 @@ NAMING_CONVENTION = {
 }
 
 
+# Ledger rows still open: holding budget, not yet settled. Partial indexes cover them.
+OPEN = ("reserved", "forwarded")
+# As literal SQL: SQLite uses a partial index only for a WHERE it can see implies the
+# index's own, which a bound parameter never does.
+OPEN_ROWS = sa.text("ledger.status IN ('reserved', 'forwarded')")
+_OPEN_ROWS = sa.text("status IN ('reserved', 'forwarded')")
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend.
 
@@ -120,14 +128,14 @@ class LedgerEntry(Base):
             "ix_ledger_open",
             "key_id",
             "created_at",
-            sqlite_where=sa.text("status IN ('reserved', 'forwarded')"),
-            postgresql_where=sa.text("status IN ('reserved', 'forwarded')"),
+            sqlite_where=_OPEN_ROWS,
+            postgresql_where=_OPEN_ROWS,
         ),
         sa.Index(
             "ix_ledger_open_created_at",
             "created_at",
-            sqlite_where=sa.text("status IN ('reserved', 'forwarded')"),
-            postgresql_where=sa.text("status IN ('reserved', 'forwarded')"),
+            sqlite_where=_OPEN_ROWS,
+            postgresql_where=_OPEN_ROWS,
         ),
         sa.Index(
             "ix_ledger_review",

@@ -14,15 +14,14 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import EarmarkError
-from app.models import api_keys, ledger
+from app.models import OPEN_ROWS, api_keys, ledger
 from app.schemas import RateLimits, RateUse
 
 MINUTE = timedelta(minutes=1)
-_IN_FLIGHT = ("reserved", "forwarded")
 
 
 class RateLimited(EarmarkError):
@@ -73,12 +72,17 @@ class RecentRefusals:
 
 
 async def _use(conn: AsyncConnection, key_id: str, limits: RateLimits, now: datetime) -> Any:
+    """The key's use, in one statement bounded whatever the ledger's size: its rows of the
+    window (``ix_ledger_key_id_created_at``) and its open rows (the partial ``ix_ledger_open``)."""
     window_start = now - timedelta(seconds=limits.window_seconds)
     minute_ago = now - MINUTE
-    recent = ledger.c.created_at > min(window_start, minute_ago)
-    in_flight = ledger.c.status.in_(_IN_FLIGHT)
     in_minute = ledger.c.created_at > minute_ago
     in_window = ledger.c.created_at > window_start
+    in_flight = (
+        select(func.count())
+        .where(ledger.c.key_id == key_id, OPEN_ROWS)
+        .scalar_subquery()
+    )
     return (
         await conn.execute(
             select(
@@ -88,11 +92,11 @@ async def _use(conn: AsyncConnection, key_id: str, limits: RateLimits, now: date
                     func.sum(case((in_window, ledger.c.probed_audio_ms), else_=0)), 0
                 ).label("audio_ms"),
                 func.min(case((in_window, ledger.c.created_at))).label("oldest_audio"),
-                func.coalesce(func.sum(case((in_flight, 1), else_=0)), 0).label("in_flight"),
+                in_flight.label("in_flight"),
             ).where(
                 ledger.c.key_id == key_id,
+                ledger.c.created_at > min(window_start, minute_ago),
                 ledger.c.status != "rejected",
-                or_(recent, in_flight),
             )
         )
     ).one()
