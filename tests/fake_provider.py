@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+import random
 from collections import deque
 from fractions import Fraction
 from typing import Any
@@ -43,11 +44,25 @@ class Script:
         self.requests: list[dict[str, Any]] = []
         self.next: deque[dict[str, Any]] = deque()
         self.latency = 0.0
+        # Unscripted requests draw a behaviour: [(probability, behaviour), …] (bench/chaos).
+        self.chaos: list[tuple[float, dict[str, Any]]] = []
+        self.random = random.Random(0)
 
     def reset(self) -> None:
         self.requests.clear()
         self.next.clear()
         self.latency = 0.0
+        self.chaos = []
+
+    def behaviour(self) -> dict[str, Any]:
+        if self.next:
+            return self.next.popleft()
+        draw = self.random.random()
+        for probability, behaviour in self.chaos:
+            if draw < probability:
+                return behaviour
+            draw -= probability
+        return {}
 
 
 def _error(
@@ -197,9 +212,11 @@ def _parse_form(body: bytes, content_type: str) -> tuple[dict[str, list[str]], U
 
 async def _serve(request: Request, endpoint: str, model_path: str | None) -> Response:
     script: Script = request.app.state.script
-    behaviour = script.next.popleft() if script.next else {}
+    behaviour = script.behaviour()
     if behaviour.get("reset") == "during_upload":  # before reading the body: nothing billed
-        script.requests.append({"path": request.url.path, "reset": "during_upload"})
+        script.requests.append(
+            {"path": request.url.path, "headers": dict(request.headers), "reset": "during_upload"}
+        )
         _reset(request)
         return Response(b"", status_code=500)  # never sent: the connection is gone
     try:
@@ -303,6 +320,11 @@ async def script_next(request: Request, data: JSONBody[list[dict[str, Any]]]) ->
     request.app.state.script.next.extend(data)
 
 
+@post("/_chaos", status_code=200)
+async def chaos(request: Request, data: JSONBody[list[tuple[float, dict[str, Any]]]]) -> None:
+    request.app.state.script.chaos = [(p, b) for p, b in data]
+
+
 @get("/_requests")
 async def seen(request: Request) -> list[dict[str, Any]]:
     return request.app.state.script.requests
@@ -310,7 +332,7 @@ async def seen(request: Request) -> list[dict[str, Any]]:
 
 def create_fake_provider(script: Script) -> Litestar:
     return Litestar(
-        [openai_audio, azure_audio, script_next, seen],
+        [openai_audio, azure_audio, script_next, chaos, seen],
         state=State({"script": script}),
         openapi_config=None,
     )
