@@ -8,7 +8,10 @@ headers, caps on their size and count (431; the raw bytes of an unfinished head 
 bounded too, since the parser buffers a header until it ends), a minimum body rate once a
 grace period has passed (408), a cap on requests pipelined behind the one being served,
 a close after an answer given before its request's body was read, and a cap on open
-connections per process (503, then close). Idle keep-alive connections close after
+connections per process (503, then close). Every close with the client still sending is
+a lingering one: the answer, then a FIN, then what the client still sends is read and
+dropped, up to ``LINGER_SECONDS`` and an upload's worth of bytes -- closing at once, with its bytes unread, would make
+the kernel reset the connection and the client lose the answer it had not yet read. Idle keep-alive connections close after
 ``keepalive_seconds``. Time the gateway itself stops reading (backpressure) is not
 counted against the client.
 """
@@ -24,11 +27,14 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.form import MAX_FILE_BYTES
 from app.settings import HttpLimits, load_settings
 
 PROTOCOL = "app.server:GuardedProtocol"
 _TICK_SECONDS = 1.0
 MAX_PIPELINED = 16  # requests waiting behind the one being answered
+LINGER_SECONDS = 5.0  # a closing connection drains what the client still sends ...
+LINGER_BYTES = MAX_FILE_BYTES + (1 << 20)  # ... up to a whole refused upload
 _HEAD_SLACK = 64 << 10  # raw bytes an unfinished head may span beyond the header cap
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Busy"}
 
@@ -63,6 +69,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._heading = True  # between a request's start and the end of its headers
         self._head_bytes = 0
         self._message_done = False
+        self._lingered = 0
 
     # --- the connection ---
 
@@ -81,7 +88,10 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused:  # closing: drop it, within bounds
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self.transport.close()
             return
         super().data_received(data)
         if self._heading and not self._refused:
@@ -136,9 +146,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._heading = False
         super().on_headers_complete()
         if len(self.pipeline) > MAX_PIPELINED:  # a flood, not a client: drop it
-            self._refused = True
             self.pipeline.clear()
-            self.transport.close()
+            self._close()
             return
         self._body_started, self._body_bytes = time.monotonic(), 0
         self._arm(_TICK_SECONDS, self._check_body_rate)
@@ -159,9 +168,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if not self._message_done and not self.pipeline:
             # Answered before its body was read (a 401, a 413): stop reading the rest.
-            self._disarm()
             self.server_state.total_requests += 1
-            self.transport.close()
+            self._close()
             return
         super().on_response_complete()
 
@@ -182,15 +190,27 @@ class GuardedProtocol(HttpToolsProtocol):
     # --- refusing ---
 
     def _refuse(self, status: int, message: str, *, mid_request: bool = False) -> None:
-        self._refused = True
-        self._disarm()
         cycle = self.cycle
         if cycle is not None and mid_request:
             cycle.disconnected = True  # the application's receive() sees the client leave
             cycle.message_event.set()
         if cycle is None or not cycle.response_started:
             self.transport.write(_raw_response(status, message))
-        self.transport.close()
+        self._close()
+
+    def _close(self) -> None:
+        """Send what is written, then a FIN; drop what the client still sends until it
+        closes too or ``LINGER_SECONDS`` pass."""
+        self._refused = True  # data_received drops everything from here on
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()  # it may have been paused for backpressure
+        self._arm(LINGER_SECONDS, transport.close)
 
     def _arm(self, seconds: float, callback: Any) -> None:
         self._disarm()

@@ -3,7 +3,9 @@ holds it open past a deadline, grows memory, or keeps other tenants waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.server import LINGER_BYTES, LINGER_SECONDS
 from tests.conftest import ADMIN
 from tests.gateway import process_env
 from tests.processes import serving
@@ -51,6 +54,22 @@ def _answer(sock: socket.socket) -> tuple[bytes, float]:
         while chunk := sock.recv(65536):
             data += chunk
     return data, time.monotonic() - started
+
+
+def _send_until_answered(
+    sock: socket.socket, chunk: bytes, every: float, within: float
+) -> tuple[bytes, float, int]:
+    """Send ``chunk`` every ``every`` seconds, as a client still uploading does, until the
+    server answers; return the answer (read to the server's FIN), when it came, and how
+    many bytes had been sent by then."""
+    started, sent = time.monotonic(), 0
+    while time.monotonic() - started < within:
+        if select.select([sock], [], [], every)[0]:
+            data, _ = _answer(sock)
+            return data, time.monotonic() - started, sent
+        with contextlib.suppress(BlockingIOError):
+            sent += sock.send(chunk, socket.MSG_DONTWAIT)
+    raise AssertionError(f"no answer within {within} s ({sent} bytes sent)")
 
 
 def _healthy_meanwhile(url: str) -> None:
@@ -114,17 +133,10 @@ def test_a_body_that_trickles_in_is_cut_off_and_recorded(server):
             b"authorization: Bearer " + key["secret"].encode() + b"\r\n"
             b"content-type: multipart/form-data; boundary=b\r\ncontent-length: 100000\r\n\r\n"
         )
-        started = time.monotonic()
-        try:
-            while time.monotonic() - started < 8:
-                sock.send(b"x")
-                time.sleep(0.5)
-        except OSError:
-            pass
-        data, _ = _answer(sock)
+        data, took, _ = _send_until_answered(sock, b"x", every=0.5, within=8)
         _healthy_meanwhile(server)
     assert data.startswith(b"HTTP/1.1 408 ")
-    assert time.monotonic() - started < 6
+    assert took < 6
     deadline = time.monotonic() + 5
     while True:  # the handler records the refusal as the connection goes
         calls = httpx.get(f"{server}/admin/keys/{key['id']}/calls", headers=ADMIN).json()["data"]
@@ -161,13 +173,8 @@ def test_a_header_that_never_ends_is_cut_off_at_the_cap(server):
     """httptools buffers an unfinished header line itself: 100 MiB once fitted in one."""
     with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-endless: ")
-        sent = 0
-        with contextlib.suppress(OSError):
-            while sent < 10 << 20:
-                sock.sendall(b"a" * 65536)
-                sent += 65536
-        data, _ = _answer(sock)
-    assert sent < 4 << 20  # cut off near the cap (less what socket buffers took), not at 10 MiB
+        data, _, sent = _send_until_answered(sock, b"a" * 65536, every=0.001, within=30)
+    assert sent < 4 << 20  # cut off near the cap (less what socket buffers took)
     assert data.startswith(b"HTTP/1.1 431 ")
 
 
@@ -191,19 +198,52 @@ def test_pipelining_within_the_cap_still_works(server):
     assert data.count(b"HTTP/1.1 200 ") == 5
 
 
-def test_an_answer_before_the_body_closes_the_connection(server):
-    """A stranger's upload refused 401 is not read to its end at 16 KB/s."""
+def test_an_answer_before_the_body_stops_the_reading(server):
+    """A stranger's upload refused 401 is not read to its end at 16 KB/s: the answer and a
+    FIN come at once, while the client is still sending."""
     with _connect(server) as sock:
         sock.sendall(
             b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\n"
             b"content-type: multipart/form-data; boundary=b\r\ncontent-length: 10000000\r\n\r\n"
         )
-        started = time.monotonic()
-        data = b""
-        with contextlib.suppress(OSError):
-            while time.monotonic() - started < 5:
-                sock.send(b"x" * 20_000)
-                time.sleep(0.05)
-        data, _ = _answer(sock)
+        data, took, _ = _send_until_answered(sock, b"x" * 800, every=0.05, within=5)
     assert data.startswith(b"HTTP/1.1 401 ")
-    assert time.monotonic() - started < 5
+    assert took < 2
+
+
+def test_a_client_that_keeps_sending_after_the_answer_is_closed(server):
+    """The rest of a refused upload is drained, then the connection closes: a client that
+    never stops cannot hold it."""
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: multipart/form-data; boundary=b\r\ncontent-length: 10000000000\r\n\r\n"
+        )
+        started, sent = time.monotonic(), 0
+        with pytest.raises(OSError):  # reset once the server stops draining
+            while time.monotonic() - started < 30:
+                sent += sock.send(b"x" * 65536)
+    assert time.monotonic() - started < LINGER_SECONDS + 5
+    assert sent < LINGER_BYTES + (16 << 20)  # what it drained, and what the buffers held
+
+
+@pytest.mark.parametrize("size", [200_000, 5_000_000])
+def test_a_client_still_uploading_reads_its_refusal(server, size):
+    """httpx writes the whole body before it reads: were the connection closed with that
+    body unread, the kernel would reset it and the client see a ReadError, not its 401."""
+
+    async def refused() -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return [
+                (
+                    await client.post(
+                        f"{server}/v1/audio/transcriptions",
+                        headers={"authorization": "Bearer sk-bf-wrong"},
+                        data={"model": "whisper-1"},
+                        files={"file": ("speech.wav", b"\0" * size, "audio/wav")},
+                    )
+                ).status_code
+                for _ in range(20)
+            ]
+
+    assert asyncio.run(refused()) == [401] * 20
