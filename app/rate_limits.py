@@ -78,11 +78,7 @@ async def _use(conn: AsyncConnection, key_id: str, limits: RateLimits, now: date
     minute_ago = now - MINUTE
     in_minute = ledger.c.created_at > minute_ago
     in_window = ledger.c.created_at > window_start
-    in_flight = (
-        select(func.count())
-        .where(ledger.c.key_id == key_id, OPEN_ROWS)
-        .scalar_subquery()
-    )
+    in_flight = select(func.count()).where(ledger.c.key_id == key_id, OPEN_ROWS).scalar_subquery()
     return (
         await conn.execute(
             select(

@@ -8,12 +8,14 @@ headers, caps on their size and count (431; the raw bytes of an unfinished head 
 bounded too, since the parser buffers a header until it ends), a minimum body rate once a
 grace period has passed (408), a cap on requests pipelined behind the one being served,
 a close after an answer given before its request's body was read, and a cap on open
-connections per process (503, then close). Every close with the client still sending is
-a lingering one: the answer, then a FIN, then what the client still sends is read and
-dropped, up to ``LINGER_SECONDS`` and an upload's worth of bytes -- closing at once, with its bytes unread, would make
-the kernel reset the connection and the client lose the answer it had not yet read. Idle keep-alive connections close after
+connections per process (503, then close). Idle keep-alive connections close after
 ``keepalive_seconds``. Time the gateway itself stops reading (backpressure) is not
 counted against the client.
+
+Every close with the client still sending lingers: the answer, a FIN, then what the
+client still sends is read and dropped, up to ``LINGER_SECONDS`` and an upload's worth of
+bytes. Closed at once with its bytes unread, the kernel would reset the connection and
+the client lose the answer it had not yet read.
 """
 
 from __future__ import annotations
