@@ -91,7 +91,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         for provider in providers.values():
             await provider.close()
         executors.close()
-        await http.aclose()
+        await http.close()
         await engine.dispose()
 
 
@@ -134,12 +134,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[app_metrics.middleware],
         before_send=[add_request_id_header],
         lifespan=[lifespan],
-        # One line per upstream request from httpx is noise to operators and costs time
-        # on the hot path; Earmark's own logger reports what matters.
+        # Earmark's own logger reports what matters; a client library's chatter does not.
         logging_config=LoggingConfig(
             loggers={
                 "litestar": {"level": "INFO", "handlers": ["queue_listener"], "propagate": False},
-                "httpx": {"level": "WARNING"},
+                "aiohttp": {"level": "WARNING"},
                 "earmark": {"level": "INFO"},
             },
         ),

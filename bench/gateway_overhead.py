@@ -1,14 +1,17 @@
 """Earmark's overhead on top of the provider, against the bare pass-through baseline.
 
 Starts a fast fake provider, the pass-through baseline and `earmark serve` (one worker,
-SQLite, full metering) as separate processes on loopback, then measures in one run:
+full metering: a key budget and a tenant budget on the path, metrics on) as separate
+processes on loopback, then measures in one run, with a raw-socket load generator
+(``bench/load.py``) so the client is not what is measured:
 
 1. added latency (p50/p95) over calling the provider directly, for 100 KB and 1 MB WAV
    uploads, sequentially, the three targets interleaved so noise hits them alike;
-2. requests/s at 16 concurrent clients for 100 KB uploads;
+2. requests/s (and p50/p99) at 16 concurrent clients for 100 KB uploads;
 3. Earmark's peak RSS while 32 clients upload 25 MiB each at once.
 
     python -m bench.gateway_overhead [--requests 300] [--seconds 10]
+        [--database-url postgresql+asyncpg://…] [--ledger-rows 300000]
 
 Figures are machine-dependent; compare ratios taken from the same run.
 """
@@ -27,7 +30,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import uvloop
 
+from bench import load
+from bench.ledger_scale import fill_ledger
 from tests.processes import earmark_env, free_port, wav_of_size
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
@@ -68,44 +74,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def latencies(targets: dict[str, tuple[str, dict[str, str]]], body: bytes, n: int):
-    times: dict[str, list[float]] = {name: [] for name in targets}
-    async with httpx.AsyncClient(timeout=60) as client:
-        for url, headers in targets.values():  # warm up connections and caches
-            for _ in range(5):
-                (await client.post(url, content=body, headers=headers)).raise_for_status()
-        for _ in range(n):
-            for name, (url, headers) in targets.items():
-                started = time.perf_counter()
-                response = await client.post(url, content=body, headers=headers)
-                times[name].append((time.perf_counter() - started) * 1000)
-                response.raise_for_status()
-    return times
-
-
-async def throughput(url: str, headers: dict[str, str], body: bytes, clients: int, seconds: float):
-    done = 0
-    stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(
-        timeout=60, limits=httpx.Limits(max_connections=clients)
-    ) as client:
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                (await client.post(url, content=body, headers=headers)).raise_for_status()
-                done += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return done / (time.perf_counter() - started)
-
-
 async def big_uploads(url: str, headers: dict[str, str], body: bytes, clients: int) -> None:
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as c:
         responses = await asyncio.gather(
@@ -122,6 +90,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--big-clients", type=int, default=32)
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    parser.add_argument("--ledger-rows", type=int, default=0, help="settled history to add first")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="earmark-bench-"))
@@ -131,8 +100,9 @@ def main() -> None:
         f'[providers.fast]\nbase_url = "{provider}/v1"\napi_key_env = "BENCH_PROVIDER_KEY"\n'
         '[providers.fast.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
     )
+    database_url = args.database_url or f"sqlite+aiosqlite:///{work / 'earmark.db'}"
     env = earmark_env(
-        args.database_url or f"sqlite+aiosqlite:///{work / 'earmark.db'}",
+        database_url,
         EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
         EARMARK_CONFIG=str(work / "earmark.toml"),
         BENCH_PROVIDER_KEY="sk-bench",
@@ -179,9 +149,20 @@ def main() -> None:
         ).json()
         key = httpx.post(
             f"{earmark}/admin/keys",
-            json={"tenant_id": tenant["id"], "name": "bench"},
+            json={
+                "tenant_id": tenant["id"],
+                "name": "bench",
+                "budgets": [{"limit_usd": "1000000", "period": "month"}],
+            },
             headers=admin,
         ).json()
+        httpx.post(
+            f"{earmark}/admin/tenants/{tenant['id']}/budgets",
+            json={"limit_usd": "1000000", "period": "month"},
+            headers=admin,
+        ).raise_for_status()
+        if args.ledger_rows:
+            asyncio.run(fill_ledger(database_url, key["id"], tenant["id"], args.ledger_rows))
         form = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
         targets = {
             "direct": (f"{provider}/v1/audio/transcriptions", form),
@@ -192,29 +173,45 @@ def main() -> None:
             ),
         }
 
-        report: dict[str, object] = {"machine_cpus": os.cpu_count()}
+        report: dict[str, object] = {
+            "machine_cpus": os.cpu_count(),
+            "database": database_url.split(":", 1)[0],
+            "ledger_rows": args.ledger_rows,
+        }
         for label, size in (("100KB", 100_000), ("1MB", 1_000_000)):
             body = multipart(wav_of_size(size), "whisper-1")
-            times = asyncio.run(latencies(targets, body, args.requests))
-            direct50, direct95 = percentile(times["direct"], 0.5), percentile(times["direct"], 0.95)
+            requests = {
+                name: (url, load.request_bytes(url, headers, body))
+                for name, (url, headers) in targets.items()
+            }
+            times = uvloop.run(load.sequential(requests, args.requests))
+            direct50 = load.percentile(times["direct"], 0.5)
+            direct95 = load.percentile(times["direct"], 0.95)
             for name in ("passthrough", "earmark"):
                 report[f"added_p50_ms_{label}_{name}"] = round(
-                    percentile(times[name], 0.5) - direct50, 2
+                    load.percentile(times[name], 0.5) - direct50, 2
                 )
                 report[f"added_p95_ms_{label}_{name}"] = round(
-                    percentile(times[name], 0.95) - direct95, 2
+                    load.percentile(times[name], 0.95) - direct95, 2
                 )
             report[f"direct_p50_ms_{label}"] = round(direct50, 2)
+            report[f"added_p50_ratio_{label}_earmark_over_passthrough"] = round(
+                report[f"added_p50_ms_{label}_earmark"]
+                / max(report[f"added_p50_ms_{label}_passthrough"], 0.01),
+                2,
+            )
 
         body = multipart(wav_of_size(100_000), "whisper-1")
+        c = args.concurrency
         for name in ("direct", "passthrough", "earmark"):
             url, headers = targets[name]
-            rps = asyncio.run(throughput(url, headers, body, args.concurrency, args.seconds))
-            report[f"rps_100KB_c{args.concurrency}_{name}"] = round(rps, 1)
+            request = load.request_bytes(url, headers, body)
+            result = uvloop.run(load.concurrent(url, request, c, args.seconds))
+            report[f"rps_100KB_c{c}_{name}"] = round(result["rps"], 1)
+            report[f"p50_ms_100KB_c{c}_{name}"] = round(result["p50_ms"], 2)
+            report[f"p99_ms_100KB_c{c}_{name}"] = round(result["p99_ms"], 2)
         report["rps_ratio_earmark_over_passthrough"] = round(
-            report[f"rps_100KB_c{args.concurrency}_earmark"]
-            / report[f"rps_100KB_c{args.concurrency}_passthrough"],
-            2,
+            report[f"rps_100KB_c{c}_earmark"] / report[f"rps_100KB_c{c}_passthrough"], 2
         )
 
         pid = processes["earmark"].pid

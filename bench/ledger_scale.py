@@ -30,7 +30,16 @@ LIMITS = RateLimits(
 )
 
 
-async def _fill(engine, key, tenant, rows: int) -> None:
+async def fill_ledger(url: str, key_id: str, tenant_id: str, rows: int) -> None:
+    """Add ``rows`` of settled history to the ledger at ``url``, all of one key."""
+    engine = create_engine(url)
+    try:
+        await _fill(engine, key_id, tenant_id, rows)
+    finally:
+        await engine.dispose()
+
+
+async def _fill(engine, key_id: str, tenant_id: str, rows: int) -> None:
     """Settled history: calls of the last 30 days, spread out, all of the hot key."""
     now = database.utcnow()
     batch = []
@@ -38,8 +47,8 @@ async def _fill(engine, key, tenant, rows: int) -> None:
         batch.append(
             {
                 "id": f"req_{n:026d}",
-                "key_id": key.id,
-                "tenant_id": tenant.id,
+                "key_id": key_id,
+                "tenant_id": tenant_id,
                 "endpoint": "transcription",
                 "status": "succeeded",
                 "model_requested": "m",
@@ -71,7 +80,7 @@ async def _measure(url: str, rows: int, calls: int) -> dict[str, float]:
             engine, "", KeyCreate(tenant_id=tenant.id, name="hot", budgets=[budget])
         )
         if rows:
-            await _fill(engine, key, tenant, rows)
+            await _fill(engine, key.id, tenant.id, rows)
         timings: dict[str, list[float]] = {"open": [], "settle": [], "use": [], "sweep": []}
         for n in range(calls):
             opening = ledger.Opening(

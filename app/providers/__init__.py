@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # worker processes import this package: keep it light
-    import httpx
+    import aiohttp
 
     from app.catalog import Route
     from app.config import Config
@@ -76,7 +76,7 @@ class Provider(Protocol):
 
 
 def build_providers(
-    config: Config, api_keys: dict[str, str], http: httpx.AsyncClient, files: FairPool
+    config: Config, api_keys: dict[str, str], http: aiohttp.ClientSession, files: FairPool
 ) -> dict[str, Provider]:
     """One provider object per configured provider, by name."""
     from app.providers.local import LocalProvider
