@@ -1,11 +1,12 @@
 """The usage ledger: one row per metered call, and the sweeper that finishes orphans.
 
-A row is written ``reserved`` together with its budget holds, marked ``forwarded`` by an
-update that must return it just before the call goes upstream, and settled once after:
-``succeeded``, ``failed`` (zero cost) or ``interrupted`` (the client left mid-stream). A
-call refused before going upstream is written once as ``rejected``. Rows whose worker
-died are finished by ``sweep``: never-forwarded holds are ``released``; forwarded ones are
-charged their hold and marked ``expired`` for review, since the provider may have billed.
+A row is written together with its budget holds, in one transaction, as ``forwarded``
+when the call goes upstream next (``reserved`` when the cache answers it instead), and
+settled once after: ``succeeded``, ``failed`` (charged only for uncertain attempts) or
+``interrupted`` (the client left mid-stream). A call refused before going upstream is
+written once as ``rejected``. Rows whose worker died are finished by ``sweep``: reserved
+holds are ``released``; forwarded rows are charged their expected cost and marked
+``expired`` for review, since the provider may have billed.
 """
 
 from __future__ import annotations
@@ -137,11 +138,13 @@ async def open_call(
     now: datetime | None = None,
     limits: RateLimits | None = None,
     retry_after: int = 1,
+    status: str = "forwarded",
 ) -> None:
     """Admit the call under its key's rate limits, hold its maximum cost on every budget
-    on its path and write its row, in one transaction: all or nothing
-    (``rate_limits.RateLimited``, ``budgets.BudgetExceeded``). The holds name their
-    periods, so settling later charges the period the call was reserved in."""
+    on its path and write its row (``forwarded``, or ``reserved`` for a cache hit), in one
+    transaction: all or nothing (``rate_limits.RateLimited``, ``budgets.BudgetExceeded``).
+    The holds name their periods, so settling later charges the period the call was
+    reserved in."""
     now = now or database.utcnow()
     async with database.write(engine) as conn:
         if limits is not None:
@@ -156,7 +159,7 @@ async def open_call(
             retry_after=retry_after,
         )
         await _insert_row(
-            conn, opening, status="reserved", provider=provider, model=model, created_at=now
+            conn, opening, status=status, provider=provider, model=model, created_at=now
         )
         if holds:
             await conn.execute(
@@ -173,22 +176,9 @@ async def open_call(
             )
 
 
-async def mark_forwarded(engine: AsyncEngine, call_id: str) -> bool:
-    """Claim the call for the upstream request; False if the sweeper released it first."""
-    async with database.write(engine) as conn:
-        result = await conn.execute(
-            update(ledger)
-            .where(ledger.c.id == call_id, ledger.c.status == "reserved")
-            .values(status="forwarded")
-        )
-    return result.rowcount == 1
-
-
 async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
-    call's cost is 0, which releases them); False if it was already settled or swept.
-    A call answered from the cache, or failed before it was sent, is settled straight
-    from ``reserved``."""
+    call's cost is 0, which releases them); False if it was already settled or swept."""
     values = msgspec.structs.asdict(settlement)
     values.update(_usage_columns(values.pop("usage")))
     records = values.pop("attempt_records")

@@ -3,8 +3,8 @@ journal while the database was away, finishes ledger rows whose worker died (see
 ``ledger.sweep``), and deletes expired cache entries.
 
 Every process runs one. A row is stale once no live worker could still be working on it:
-a reservation is forwarded within milliseconds, and a forwarded call cannot outlive its
-providers' timeouts along its fallback chain. The journal is replayed first, so a call
+a reserved row (a cache hit) is settled within milliseconds, and a forwarded call cannot
+outlive its providers' timeouts along its fallback chain. The journal is replayed first, so a call
 answered during an outage is settled at what it cost, not swept at what it might have.
 """
 

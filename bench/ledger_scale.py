@@ -91,7 +91,6 @@ async def _measure(url: str, rows: int, calls: int) -> dict[str, float]:
             started = time.perf_counter()
             await ledger.open_call(engine, opening, "p", "m", limits=LIMITS)
             timings["open"].append(time.perf_counter() - started)
-            await ledger.mark_forwarded(engine, opening.id)
             settlement = ledger.Settlement(
                 status="succeeded", http_status=200, provider="p", model="m", attempts=1,
                 cost_nanos=600_000, latency_ms=1,

@@ -48,7 +48,6 @@ async def one_call(engine, key, tenant_id: str) -> None:
         hold_nanos=700,
     )
     await ledger.open_call(engine, opening, "p", "m")
-    assert await ledger.mark_forwarded(engine, opening.id)
     assert await ledger.settle_call(engine, opening.id, SETTLED)
 
 

@@ -48,7 +48,6 @@ async def test_rate_limits_reservations_settles_and_the_sweep_use_bounded_indexe
         model_requested="m", probed_audio_ms=1000, expected_nanos=100, hold_nanos=100,
     )  # fmt: skip
     await ledger.open_call(engine, opening, "p", "m", limits=LIMITS)
-    await ledger.mark_forwarded(engine, opening.id)
     now = database.utcnow()
     await ledger.sweep(
         engine,

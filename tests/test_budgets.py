@@ -161,7 +161,7 @@ def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_p
 @pytest.mark.anyio
 async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(engine):
     from app import keys, tenants
-    from app.ledger import Opening, Settlement, mark_forwarded, open_call, settle_call
+    from app.ledger import Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
     tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
@@ -179,7 +179,6 @@ async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(e
         hold_nanos=700,
     )
     await open_call(engine, opening, "p", "m", now=before_midnight)
-    assert await mark_forwarded(engine, "req_straddle")
     # Settled after midnight (real time is long past it): still the 23rd's money.
     settlement = Settlement(
         status="succeeded",

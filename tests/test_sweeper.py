@@ -23,7 +23,9 @@ async def _key(engine):
     return tenant, key
 
 
-async def _open(engine, tenant, key, call_id, age: timedelta, hold=700, expected=600):
+async def _open(
+    engine, tenant, key, call_id, age: timedelta, hold=700, expected=600, status="forwarded"
+):
     opening = ledger.Opening(
         id=call_id,
         key_id=key.id,
@@ -33,16 +35,15 @@ async def _open(engine, tenant, key, call_id, age: timedelta, hold=700, expected
         expected_nanos=expected,
         hold_nanos=hold,
     )
-    await ledger.open_call(engine, opening, "p", "m", now=database.utcnow() - age)
+    await ledger.open_call(engine, opening, "p", "m", now=database.utcnow() - age, status=status)
 
 
 async def test_sweep_releases_reserved_and_charges_forwarded(engine):
     tenant, key = await _key(engine)
     old = timedelta(hours=2)
-    await _open(engine, tenant, key, "req_never_sent", old)
+    await _open(engine, tenant, key, "req_never_sent", old, status="reserved")
     await _open(engine, tenant, key, "req_sent_then_lost", old)
-    assert await ledger.mark_forwarded(engine, "req_sent_then_lost")
-    await _open(engine, tenant, key, "req_in_flight", timedelta(seconds=1))
+    await _open(engine, tenant, key, "req_in_flight", timedelta(seconds=1), status="reserved")
 
     now = database.utcnow()
     swept = await ledger.sweep(
@@ -62,12 +63,12 @@ async def test_sweep_releases_reserved_and_charges_forwarded(engine):
     assert counter.spent_nanos == 600  # the lost forwarded call, which the provider may bill
     assert counter.held_nanos == 700  # only the call still in flight
 
-    # The worker of the released call wakes up: it must not go upstream, nor settle.
-    assert not await ledger.mark_forwarded(engine, "req_never_sent")
+    # The workers of the swept calls wake up: neither may settle.
     settlement = ledger.Settlement(
         status="succeeded", http_status=200, provider="p", model="m", attempts=1, latency_ms=1
     )
     assert not await ledger.settle_call(engine, "req_sent_then_lost", settlement)
+    assert not await ledger.settle_call(engine, "req_never_sent", settlement)
 
     again = await ledger.sweep(
         engine,

@@ -2,9 +2,11 @@
 
 A key with a used-up budget is refused before a byte of the body is read; the form's
 fields are checked before the audio is opened; the audio is measured (in the probe pool,
-under the model's limits) before anything is held; then, in one transaction, the rate
-limits admit the call, its expected cost is held on every budget on its path, and its
-ledger row is written. Any refusal is an ``EarmarkError`` (a 4xx or 503).
+under the model's limits) before anything is held; the cache is asked, so a hit is held
+at its own price; then, in one transaction, the rate limits admit the call, its expected
+cost is held on every budget on its path, and its ledger row is written: ``forwarded``
+(it goes upstream next), or ``reserved`` for a hit about to be settled. Any refusal is an
+``EarmarkError`` (a 4xx or 503).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from app import budgets, ledger
+from app import budgets, cache, ledger
 from app.audio.container import forwarded_filename
 from app.audio.measure import measure
 from app.catalog import Route
 from app.errors import InvalidRequest
 from app.form import Form, Upload, read_form
-from app.metering import expected_nanos, hold_nanos
+from app.metering import cost_nanos, expected_nanos, hold_nanos
 from app.rate_limits import RateLimited
 
 if TYPE_CHECKING:
@@ -51,6 +53,8 @@ class Admitted:
     candidates: list[Route]  # it, then its fallbacks
     audio_ms: int
     prompt: str
+    lookup: cache.Lookup | None = None  # the call's place in the cache, if it applies
+    hit: cache.Entry | None = None  # the cache's answer: nothing goes upstream
 
     def expected_on(self, route: Route) -> int:
         """What one attempt on ``route`` is expected to cost: held, and charged when its
@@ -141,18 +145,26 @@ class Admission:
             prompt=single(form.fields, "prompt") or "",
         )
         opening.probed_audio_ms = audio.duration_ms
-        opening.expected_nanos = admitted.expected_on(route)
-        # A fallback may cost more than the route asked for: hold the most any could cost.
-        opening.hold_nanos = max(
-            hold_nanos(c.config.price, c.billing, audio.duration_ms, admitted.prompt)
-            for c in admitted.candidates
-        )
+        admitted = await self._ask_cache(admitted)
+        if admitted.hit is not None:  # held at what the hit costs, so a free hit always fits
+            assert admitted.lookup is not None
+            opening.expected_nanos = opening.hold_nanos = cost_nanos(
+                admitted.lookup.config.hit_price, admitted.hit.usage
+            )
+        else:
+            opening.expected_nanos = admitted.expected_on(route)
+            # A fallback may cost more than the route asked for: hold the most any could.
+            opening.hold_nanos = max(
+                hold_nanos(c.config.price, c.billing, audio.duration_ms, admitted.prompt)
+                for c in admitted.candidates
+            )
         try:
             await ledger.open_call(
                 gateway.engine,
                 opening,
                 route.provider_name,
                 route.upstream_model,
+                status="reserved" if admitted.hit else "forwarded",
                 limits=principal.rate_limits,
                 retry_after=gateway.typical_call_seconds(route),
             )
@@ -162,6 +174,26 @@ class Admission:
             raise
         gateway.metrics.call_opened(opening.hold_nanos)
         return admitted
+
+    async def _ask_cache(self, admitted: Admitted) -> Admitted:
+        gateway, call, route = self.gateway, self.call, admitted.route
+        lookup = await cache.prepare(
+            route,
+            call.endpoint,
+            admitted.fields,
+            admitted.upload,
+            tenant_id=call.principal.tenant_id,
+            key_allows=call.principal.cache,
+            header=call.cache_header,
+            files=gateway.executors.files,
+        )
+        if lookup is None:
+            return admitted
+        hit = await cache.find(gateway.engine, lookup.key) if lookup.read else None
+        if lookup.read:
+            result = "hit" if hit else "miss"
+            gateway.metrics.cache_lookups.labels(route.name, route.provider_name, result).inc()
+        return dataclasses.replace(admitted, lookup=lookup, hit=hit)
 
     def close(self) -> None:
         if self.form is not None:

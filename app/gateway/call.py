@@ -27,7 +27,6 @@ from app.errors import (
     DATABASE_ERRORS,
     DatabaseUnavailable,
     EarmarkError,
-    ServiceUnavailable,
     database_unavailable,
 )
 from app.executors import Executors
@@ -112,46 +111,13 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
 async def _serve(
     gateway: Gateway, call: CallRequest, admitted: Admitted, settlement: Settlement
 ) -> Response[Any]:
-    with _nothing_sent():
-        lookup, cached = await _before_upstream(gateway, call, admitted, settlement)
-    if cached is not None:
-        return cached
+    if admitted.hit is not None:
+        with _nothing_sent():
+            await settlement.cached(admitted.hit.usage)
+        return shaping.replay(call, admitted, admitted.hit)
     settlement.upstream_started = call.started
     forwarded = await forwarding.forward(gateway, call, admitted, settlement.attempts)
-    return await _answer(gateway, call, admitted, settlement, forwarded, lookup)
-
-
-async def _before_upstream(
-    gateway: Gateway, call: CallRequest, admitted: Admitted, settlement: Settlement
-) -> tuple[cache.Lookup | None, Response[Any] | None]:
-    """The cache's answer if it has one; otherwise the row is claimed for going upstream."""
-    principal = call.principal
-    lookup = await cache.prepare(
-        admitted.route,
-        call.endpoint,
-        admitted.fields,
-        admitted.upload,
-        tenant_id=principal.tenant_id,
-        key_allows=principal.cache,
-        header=call.cache_header,
-        files=gateway.executors.files,
-    )
-    if lookup and lookup.read:
-        entry = await cache.find(gateway.engine, lookup.key)
-        route = admitted.route
-        gateway.metrics.cache_lookups.labels(
-            route.name, route.provider_name, "hit" if entry else "miss"
-        ).inc()
-        if entry is not None:
-            await settlement.cached(entry.usage, lookup.config.hit_price)
-            return lookup, shaping.replay(call, admitted, entry)
-    if not await ledger.mark_forwarded(gateway.engine, call.request_id):
-        raise ServiceUnavailable(
-            "The call's budget hold expired before it could be sent; nothing was sent "
-            "upstream. Retry it.",
-            code="hold_expired",
-        )
-    return lookup, None
+    return await _answer(gateway, call, admitted, settlement, forwarded)
 
 
 @contextmanager
@@ -173,7 +139,6 @@ async def _answer(
     admitted: Admitted,
     settlement: Settlement,
     forwarded: Forwarded,
-    lookup: cache.Lookup | None,
 ) -> Response[Any]:
     route, upstream = forwarded.route, forwarded.response
     if upstream is None:
@@ -199,11 +164,11 @@ async def _answer(
             # gets (and only for `json`, which that answer is).
             if ended == "finished" and done and admitted.options.response_format == "json":
                 final = msgspec.json.encode({k: v for k, v in done.items() if k != "type"})
-                await _keep(gateway, lookup, admitted, route, "application/json", final, usage)
+                await _keep(gateway, admitted, route, "application/json", final, usage)
 
         return streaming.relay(upstream, finish)
     try:
-        shaped = shaping.answer(call, admitted, route, upstream, lookup is not None)
+        shaped = shaping.answer(call, admitted, route, upstream, admitted.lookup is not None)
     except AttemptFailed as failure:  # answered, so billed: but not the answer it claimed
         forwarded.attempts[-1].uncertain(admitted.expected_on(route), failure.kind)
         gateway.metrics.upstream_errors.labels(route.provider_name, "malformed").inc()
@@ -211,13 +176,12 @@ async def _answer(
         forwarded.failure = failure
         raise shaping.no_answer(forwarded, charged) from None
     usage = await settlement.answered(route, shaped.reported)
-    await _keep(gateway, lookup, admitted, route, shaped.content_type, shaped.kept, usage)
+    await _keep(gateway, admitted, route, shaped.content_type, shaped.kept, usage)
     return shaped.response
 
 
 async def _keep(
     gateway: Gateway,
-    lookup: cache.Lookup | None,
     admitted: Admitted,
     route: Route,
     content_type: str,
@@ -226,6 +190,7 @@ async def _keep(
 ) -> None:
     """Store the requested model's answer for later identical calls; the call is settled
     and answered whatever happens here."""
+    lookup = admitted.lookup
     if not (lookup and lookup.write and route.name == admitted.route.name):
         return
     try:

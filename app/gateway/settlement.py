@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from app import ledger
 from app.catalog import Route
 from app.errors import DATABASE_ERRORS, EarmarkError, database_unavailable
-from app.metering import NO_USAGE, Usage, cost_nanos, meter
+from app.metering import NO_USAGE, Usage, meter
 
 if TYPE_CHECKING:
     from app.gateway.admission import Admitted
@@ -75,9 +75,9 @@ class Settlement:
         await self.settle(status, 200, route, usage=usage, source=source, cost=cost)
         return usage
 
-    async def cached(self, usage: Usage, hit_price: object) -> None:
-        route = self.admitted.route
-        cost = cost_nanos(hit_price, usage)  # type: ignore[arg-type]
+    async def cached(self, usage: Usage) -> None:
+        """Settle a call the cache answered, at what it held: the hit's price."""
+        route, cost = self.admitted.route, self.opening.expected_nanos
         await self.settle("succeeded", 200, route, usage=usage, source="cache", cost=cost)
 
     async def failed(self, http_status: int, error_code: str | None, route: Route) -> int:
