@@ -7,7 +7,8 @@ requests. ``GuardedProtocol`` adds, per connection: a deadline for the request l
 headers, caps on their size and count (431; the raw bytes of an unfinished head are
 bounded too, since the parser buffers a header until it ends), a minimum body rate once a
 grace period has passed (408), a cap on requests pipelined behind the one being served,
-a close after an answer given before its request's body was read, and a cap on open
+a close after an answer given before its request's body was read (the answer says
+``connection: close``, so no client sends another request on it), and a cap on open
 connections per process (503, then close). Idle keep-alive connections close after
 ``keepalive_seconds``. Time the gateway itself stops reading (backpressure) is not
 counted against the client.
@@ -58,6 +59,19 @@ def _raw_response(status: int, message: str) -> bytes:
     ).encode()
 
 
+class _Lingering:
+    """The transport as a request's cycle sees it: its ``close`` lingers (see ``_close``)."""
+
+    def __init__(self, protocol: GuardedProtocol, transport: Transport) -> None:
+        self._protocol, self._transport = protocol, transport
+
+    def close(self) -> None:
+        self._protocol._close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,6 +85,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._heading = True  # between a request's start and the end of its headers
         self._head_bytes = 0
         self._message_done = False
+        self._keep_alive = True  # what the request asked for, until its body is read
         self._lingered = 0
 
     # --- the connection ---
@@ -147,6 +162,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self._disarm()
         self._heading = False
         super().on_headers_complete()
+        cycle = self.cycle
+        assert cycle is not None
+        # An answer given before the body is read says `connection: close`, so no client
+        # sends its next request on a connection about to close; its close lingers.
+        cycle.transport = _Lingering(self, self.transport)  # type: ignore[assignment]
+        self._keep_alive, cycle.keep_alive = cycle.keep_alive, False
         if len(self.pipeline) > MAX_PIPELINED:  # a flood, not a client: drop it
             self.pipeline.clear()
             self._close()
@@ -165,6 +186,8 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._disarm()
         self._message_done = True
+        if self.cycle is not None:
+            self.cycle.keep_alive = self._keep_alive
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -203,6 +226,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def _close(self) -> None:
         """Send what is written, then a FIN; drop what the client still sends until it
         closes too or ``LINGER_SECONDS`` pass."""
+        if self._refused:
+            return
         self._refused = True  # data_received drops everything from here on
         transport = self.transport
         if transport.is_closing():

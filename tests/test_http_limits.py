@@ -232,18 +232,18 @@ def test_a_client_still_uploading_reads_its_refusal(server, size):
     """httpx writes the whole body before it reads: were the connection closed with that
     body unread, the kernel would reset it and the client see a ReadError, not its 401."""
 
-    async def refused() -> list[int]:
+    async def refused() -> list[tuple[int, str | None]]:
         async with httpx.AsyncClient(timeout=10) as client:
-            return [
-                (
-                    await client.post(
-                        f"{server}/v1/audio/transcriptions",
-                        headers={"authorization": "Bearer sk-bf-wrong"},
-                        data={"model": "whisper-1"},
-                        files={"file": ("speech.wav", b"\0" * size, "audio/wav")},
-                    )
-                ).status_code
+            answers = [
+                await client.post(
+                    f"{server}/v1/audio/transcriptions",
+                    headers={"authorization": "Bearer sk-bf-wrong"},
+                    data={"model": "whisper-1"},
+                    files={"file": ("speech.wav", b"\0" * size, "audio/wav")},
+                )
                 for _ in range(20)
             ]
+        # The answer says the connection closes, so the next call never reuses it.
+        return [(answer.status_code, answer.headers.get("connection")) for answer in answers]
 
-    assert asyncio.run(refused()) == [401] * 20
+    assert asyncio.run(refused()) == [(401, "close")] * 20
