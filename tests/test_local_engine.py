@@ -251,10 +251,12 @@ def _workers_of(pid: int) -> set[int]:
 
 @pytest.fixture
 def strict_local(sqlite_template: Path, tmp_path: Path) -> Iterator[Gateway]:
-    """A local provider with a one-second timeout and a memory cap per worker."""
+    """A local provider with a memory cap per worker and a timeout that six seconds of
+    speech meets easily on a slow two-core machine (PocketSphinx decodes there at about
+    half real time, first call included) and six minutes cannot."""
     config = tmp_path / "earmark.toml"
     config.write_text(
-        '[providers.local]\nkind = "local"\ntimeout_seconds = 3\nmemory_limit_mb = 450\n'
+        '[providers.local]\nkind = "local"\ntimeout_seconds = 20\nmemory_limit_mb = 450\n'
         '[providers.local.models.pocketsphinx]\nengine = "pocketsphinx"\n'
     )
     database = tmp_path / "earmark.db"
