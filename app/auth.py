@@ -11,16 +11,18 @@ import base64
 import binascii
 import hmac
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Headers
 from litestar.handlers import BaseRouteHandler
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database, key_format
 from app.admin_users import PasswordChecker
+from app.driver import Program, Statement, fetch, json, utc
 from app.errors import AuthenticationFailed, PermissionDenied
 from app.keys import stored_rate_limits
 from app.models import api_keys, key_secrets, tenants
@@ -73,7 +75,7 @@ def presented_key(headers: Headers) -> str | None:
     return candidates[0] if candidates else None
 
 
-_LOOKUP = (
+_LOOKUP = Statement(
     select(
         api_keys.c.id,
         api_keys.c.name,
@@ -93,7 +95,13 @@ _LOOKUP = (
     .select_from(key_secrets)
     .join(api_keys, api_keys.c.id == key_secrets.c.key_id)
     .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+    .where(key_secrets.c.digest == bindparam("digest"))
 )
+
+
+def _looking_up(digest: bytes, now: datetime) -> Program[object | None]:
+    rows = yield fetch(_LOOKUP, digest=digest, **budgets.period_starts(now))
+    return rows[0] if rows else None
 
 
 async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | None) -> Principal:
@@ -109,22 +117,21 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         )
     digest = key_format.digest(secret, pepper)
     now = database.utcnow()
-    async with database.read(engine) as conn:
-        query = _LOOKUP.where(key_secrets.c.digest == digest)
-        row = (await conn.execute(query, budgets.period_starts(now))).first()
+    row: Any = await database.store(engine).read(_looking_up(digest, now))
     shown = key_format.display_prefix(secret)
     if row is None or row.deleted_at is not None:
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}….")
-    if row.valid_until is not None and row.valid_until <= now:
+    valid_until, expires_at = utc(row.valid_until), utc(row.expires_at)
+    if valid_until is not None and valid_until <= now:
         raise AuthenticationFailed(
             f"This secret of key {row.id} was replaced by a rotation and is no longer valid; "
             "use the new secret."
         )
     if row.revoked_at is not None:
         raise PermissionDenied(f"API key {row.id} has been revoked.", code="key_revoked")
-    if row.expires_at is not None and row.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         raise PermissionDenied(
-            f"API key {row.id} expired at {row.expires_at.isoformat()}.", code="key_expired"
+            f"API key {row.id} expired at {expires_at.isoformat()}.", code="key_expired"
         )
     if row.tenant_status != "active":
         raise PermissionDenied(
@@ -136,10 +143,10 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         display_prefix=row.display_prefix,
         tenant_id=row.tenant_id,
         tenant_name=row.tenant_name,
-        allowed_models=row.allowed_models,
-        rate_limits=stored_rate_limits(row.rate_limits),
-        cache=row.cache,
-        expires_at=row.expires_at,
+        allowed_models=json(row.allowed_models),
+        rate_limits=stored_rate_limits(json(row.rate_limits)),
+        cache=bool(row.cache),
+        expires_at=expires_at,
         exhausted_budget_id=row.exhausted,
     )
 

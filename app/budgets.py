@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import database
+from app.driver import Program, Statement, execute, fetch
 from app.errors import EarmarkError, InvalidRequest, NotFound
 from app.ids import new_id
 from app.metering import NANOS_PER_USD, usd
@@ -110,68 +111,103 @@ async def _counter(conn: AsyncConnection, budget_id: str, start: datetime) -> An
     return (await conn.execute(select(budget_counters).where(_at(budget_id, start)))).first()
 
 
-async def _ensure_counter(conn: AsyncConnection, budget_id: str, start: datetime) -> None:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    await conn.execute(
+def _counter_insert(dialect_insert: Any) -> Any:
+    return (
         dialect_insert(budget_counters)
         .values(
-            budget_id=budget_id, period_start=start, spent_nanos=0, held_nanos=0, top_up_nanos=0
+            budget_id=bindparam("budget_id"),
+            period_start=bindparam("start", type_=UTCDateTime()),
+            spent_nanos=0,
+            held_nanos=0,
+            top_up_nanos=0,
         )
         .on_conflict_do_nothing()
     )
 
 
-async def reserve(
-    conn: AsyncConnection,
-    key_id: str,
-    tenant_id: str,
-    amount: int,
-    now: datetime,
-    *,
-    expected: int | None = None,
-    retry_after: int = 1,
-) -> list[Hold]:
-    """Hold ``amount`` against every budget on the key's path, or refuse: ``BudgetBusy``
-    (429) when the call would fit (``expected`` on top of what is spent) once the calls in
-    flight settle, ``BudgetExceeded`` (402) when what is spent alone leaves no room.
+_ENSURE_COUNTER = Statement(
+    {"sqlite": _counter_insert(sqlite.insert), "postgresql": _counter_insert(postgresql.insert)}
+)
+_ON_PATH = Statement(
+    select(budgets.c.id, budgets.c.period, budgets.c.limit_nanos)
+    .where(_on_path(bindparam("key_id"), bindparam("tenant_id")))
+    .order_by(budgets.c.id)
+)
+_THIS_PERIOD = and_(
+    budget_counters.c.budget_id == bindparam("budget_id"),
+    budget_counters.c.period_start == bindparam("start", type_=UTCDateTime()),
+)
+# The conditional update: add to held only if spent + held + amount still fits.
+_HOLD = Statement(
+    update(budget_counters)
+    .where(
+        _THIS_PERIOD,
+        budget_counters.c.spent_nanos + budget_counters.c.held_nanos + bindparam("amount")
+        <= select(budgets.c.limit_nanos)
+        .where(budgets.c.id == bindparam("budget_id"))
+        .scalar_subquery()
+        + budget_counters.c.top_up_nanos,
+    )
+    .values(held_nanos=budget_counters.c.held_nanos + bindparam("amount"))
+)
+_COUNTER = Statement(
+    select(
+        budget_counters.c.spent_nanos, budget_counters.c.held_nanos, budget_counters.c.top_up_nanos
+    ).where(_THIS_PERIOD)
+)
+
+
+async def _ensure_counter(conn: AsyncConnection, budget_id: str, start: datetime) -> None:
+    statement = _ENSURE_COUNTER.for_dialect(conn.dialect.name)
+    await conn.execute(statement, {"budget_id": budget_id, "start": start})
+
+
+class NoRoom(Exception):
+    """Raised inside the reservation (so its transaction rolls back): the call does not fit
+    ``budget_id``; ``busy`` when it would once the calls in flight settle."""
+
+    def __init__(self, budget_id: str, amount: int, busy: bool) -> None:
+        super().__init__(budget_id)
+        self.budget_id, self.amount, self.busy = budget_id, amount, busy
+
+
+def reserving(
+    key_id: str, tenant_id: str, amount: int, now: datetime, *, expected: int | None = None
+) -> Program[list[Hold]]:
+    """Hold ``amount`` against every budget on the key's path, or raise ``NoRoom``: busy
+    when the call would fit (``expected`` on top of what is spent) once the calls in
+    flight settle, not busy when what is spent alone leaves no room (``refusal`` words
+    either).
 
     Budgets are taken in id order so concurrent reservations lock counters in the same
     order (no deadlocks on PostgreSQL). The caller's transaction makes it all-or-nothing.
     """
-    rows = (
-        await conn.execute(
-            select(budgets).where(_on_path(key_id, tenant_id)).order_by(budgets.c.id)
-        )
-    ).all()
     holds = []
-    for budget in rows:
-        start, _ = period_bounds(budget.period, now)
-        if not await _hold(conn, budget.id, start, amount):
+    for budget_id, period, limit_nanos in (
+        yield fetch(_ON_PATH, key_id=key_id, tenant_id=tenant_id)
+    ):
+        start, _ = period_bounds(period, now)
+        at = {"budget_id": budget_id, "start": start}
+        if not (yield execute(_HOLD, amount=amount, **at)):
             # Usually the period's counter exists; create it only when the hold found none.
-            await _ensure_counter(conn, budget.id, start)
-            if not await _hold(conn, budget.id, start, amount):
-                counter = await _counter(conn, budget.id, start)
-                room = budget.limit_nanos + counter.top_up_nanos - counter.spent_nanos
-                if counter.held_nanos and (amount if expected is None else expected) <= room:
-                    raise BudgetBusy(budget.id, retry_after)
-                raise _exceeded(budget, await _view(conn, budget, now), amount)
-        holds.append(Hold(budget.id, start, amount))
+            yield execute(_ENSURE_COUNTER, **at)
+            if not (yield execute(_HOLD, amount=amount, **at)):
+                ((spent, held, top_up),) = yield fetch(_COUNTER, **at)
+                room = limit_nanos + top_up - spent
+                busy = bool(held) and (amount if expected is None else expected) <= room
+                raise NoRoom(budget_id, amount, busy)
+        holds.append(Hold(budget_id, start, amount))
     return holds
 
 
-async def _hold(conn: AsyncConnection, budget_id: str, start: datetime, amount: int) -> bool:
-    """The conditional update: add to held only if spent + held + amount still fits."""
-    counter = budget_counters.c
-    limit = select(budgets.c.limit_nanos).where(budgets.c.id == budget_id).scalar_subquery()
-    held = await conn.execute(
-        update(budget_counters)
-        .where(
-            _at(budget_id, start),
-            counter.spent_nanos + counter.held_nanos + amount <= limit + counter.top_up_nanos,
-        )
-        .values(held_nanos=counter.held_nanos + amount)
-    )
-    return held.rowcount == 1
+async def refusal(engine: AsyncEngine, no_room: NoRoom, retry_after: int) -> EarmarkError:
+    """The 429 ``budget_busy`` or 402 ``budget_exceeded`` for a reservation that found no
+    room, worded from the budget's state now."""
+    if no_room.busy:
+        return BudgetBusy(no_room.budget_id, retry_after)
+    async with database.read(engine) as conn:
+        budget = await _fetch(conn, no_room.budget_id)
+        return _exceeded(budget, await _view(conn, budget, database.utcnow()), no_room.amount)
 
 
 def _exceeded(budget: Any, view: Budget, amount: int | None) -> BudgetExceeded:
@@ -238,22 +274,28 @@ async def used_up(engine: AsyncEngine, budget_id: str) -> BudgetExceeded:
         return _exceeded(budget, await _view(conn, budget, database.utcnow()), None)
 
 
-async def settle(conn: AsyncConnection, ledger_id: str, actual: int) -> None:
-    """Move a call's holds to spent at its actual cost (0 releases them), in one statement
-    over the holds the call recorded (UPDATE ... FROM)."""
-    counter = budget_counters.c
-    await conn.execute(
-        update(budget_counters)
-        .where(
-            ledger_holds.c.ledger_id == ledger_id,
-            counter.budget_id == ledger_holds.c.budget_id,
-            counter.period_start == ledger_holds.c.period_start,
-        )
-        .values(
-            held_nanos=counter.held_nanos - ledger_holds.c.amount_nanos,
-            spent_nanos=counter.spent_nanos + actual,
-        )
+# Move a call's holds to spent at its actual cost (0 releases them), in one statement over
+# the holds the call recorded (UPDATE ... FROM).
+_SETTLE = Statement(
+    update(budget_counters)
+    .where(
+        ledger_holds.c.ledger_id == bindparam("call_id"),
+        budget_counters.c.budget_id == ledger_holds.c.budget_id,
+        budget_counters.c.period_start == ledger_holds.c.period_start,
     )
+    .values(
+        held_nanos=budget_counters.c.held_nanos - ledger_holds.c.amount_nanos,
+        spent_nanos=budget_counters.c.spent_nanos + bindparam("actual"),
+    )
+)
+
+
+def settling(call_id: str, actual: int) -> Program[None]:
+    yield execute(_SETTLE, call_id=call_id, actual=actual)
+
+
+async def settle(conn: AsyncConnection, call_id: str, actual: int) -> None:
+    await conn.execute(_SETTLE.statement, {"call_id": call_id, "actual": actual})
 
 
 async def correct(conn: AsyncConnection, ledger_id: str, delta: int) -> None:

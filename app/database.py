@@ -21,27 +21,41 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+from app.driver import SQLITE_BUSY_TIMEOUT_MS, PostgresStore, SqliteStore, Store
+
 _WRITE = "earmark_write"
 _sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
+_stores: weakref.WeakKeyDictionary[AsyncEngine, Store] = weakref.WeakKeyDictionary()
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def store(engine: AsyncEngine) -> Store:
+    """The call path's bare-driver access to the engine's database (``app.driver``)."""
+    return _stores[engine]
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """The SQLAlchemy engine, and beside it the bare-driver ``store`` of the same database,
+    closed when the engine is disposed."""
     if not url.startswith("sqlite"):
         if "poolclass" not in kwargs:
-            # At most 10 connections a process: 4 workers stay well inside PostgreSQL's
-            # default max_connections of 100; a burst queues for a connection instead.
-            kwargs.setdefault("pool_size", 5)
-            kwargs.setdefault("max_overflow", 5)
+            # At most 10 connections a process (4 here, 6 in the call path's pool): 4
+            # workers stay well inside PostgreSQL's default max_connections of 100; a
+            # burst queues for a connection instead.
+            kwargs.setdefault("pool_size", 2)
+            kwargs.setdefault("max_overflow", 2)
             kwargs.setdefault("pool_pre_ping", True)
-        return create_async_engine(url, **kwargs)
+        engine = create_async_engine(url, **kwargs)
+        dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        _attach(engine, PostgresStore(dsn, engine.dialect))
+        return engine
 
     engine = create_async_engine(url, **kwargs)
     _sqlite_writers[engine] = asyncio.Lock()
+    _attach(engine, SqliteStore(engine.url.database or "", engine.dialect))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -60,6 +74,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _attach(engine: AsyncEngine, store: Store) -> None:
+    _stores[engine] = store
+    event.listen(engine.sync_engine, "engine_disposed", lambda _engine: store.close())
 
 
 @asynccontextmanager

@@ -15,12 +15,13 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database, rate_limits
+from app.driver import Program, Statement, execute, execute_many
 from app.metering import Usage, usd
-from app.models import OPEN, OPEN_ROWS, ledger, ledger_holds, upstream_attempts
+from app.models import OPEN_ROWS, ledger, ledger_holds, upstream_attempts
 from app.pagination import paginate, split_page
 from app.schemas import RateLimits
 
@@ -122,12 +123,70 @@ def _usage_columns(usage: Usage) -> dict[str, Any]:
     }
 
 
-async def _insert_row(conn: AsyncConnection, opening: Opening, **columns: Any) -> None:
-    await conn.execute(
-        insert(ledger).values(
-            **msgspec.structs.asdict(opening), attempts=0, cost_nanos=0, **columns
-        )
+_ROW_COLUMNS = [
+    *Opening.__struct_fields__,
+    *("attempts", "cost_nanos", "status", "provider", "model", "http_status", "error_code"),
+    *("latency_ms", "created_at", "completed_at"),
+]
+_INSERT_ROW = Statement(insert(ledger), columns=_ROW_COLUMNS)
+_INSERT_HOLDS = Statement(
+    insert(ledger_holds), columns=["ledger_id", "budget_id", "period_start", "amount_nanos"]
+)
+_INSERT_ATTEMPTS = Statement(
+    insert(upstream_attempts), columns=["call_id", *AttemptRecord.__struct_fields__]
+)
+_SETTLED_COLUMNS = [
+    *(name for name in Settlement.__struct_fields__ if name not in ("usage", "attempt_records")),
+    *("audio_ms", "input_text_tokens", "input_audio_tokens", "output_tokens", "total_tokens"),
+    "completed_at",
+]
+# Bound as v_<column>: a SET column's own name is reserved for SQLAlchemy's VALUES.
+_SETTLE_ROW = Statement(
+    update(ledger)
+    .where(ledger.c.id == bindparam("call_id"), OPEN_ROWS)
+    .values({name: bindparam(f"v_{name}", type_=ledger.c[name].type) for name in _SETTLED_COLUMNS})
+)
+
+
+def _row(opening: Opening, **columns: Any) -> dict[str, Any]:
+    return {
+        **dict.fromkeys(_ROW_COLUMNS),
+        **msgspec.structs.asdict(opening),
+        "attempts": 0,
+        "cost_nanos": 0,
+        **columns,
+    }
+
+
+def _opening(
+    opening: Opening,
+    provider: str,
+    model: str,
+    now: datetime,
+    limits: RateLimits | None,
+    status: str,
+) -> Program[None]:
+    if limits is not None:
+        yield from rate_limits.admitting(opening.key_id, limits, opening.probed_audio_ms or 0, now)
+    holds = yield from budgets.reserving(
+        opening.key_id, opening.tenant_id, opening.hold_nanos, now, expected=opening.expected_nanos
     )
+    yield execute(
+        _INSERT_ROW, **_row(opening, status=status, provider=provider, model=model, created_at=now)
+    )
+    if holds:
+        yield execute_many(
+            _INSERT_HOLDS,
+            [
+                {
+                    "ledger_id": opening.id,
+                    "budget_id": hold.budget_id,
+                    "period_start": hold.period_start,
+                    "amount_nanos": hold.amount_nanos,
+                }
+                for hold in holds
+            ],
+        )
 
 
 async def open_call(
@@ -142,61 +201,44 @@ async def open_call(
 ) -> None:
     """Admit the call under its key's rate limits, hold its maximum cost on every budget
     on its path and write its row (``forwarded``, or ``reserved`` for a cache hit), in one
-    transaction: all or nothing (``rate_limits.RateLimited``, ``budgets.BudgetExceeded``).
-    The holds name their periods, so settling later charges the period the call was
-    reserved in."""
-    now = now or database.utcnow()
-    async with database.write(engine) as conn:
-        if limits is not None:
-            await rate_limits.admit(conn, opening.key_id, limits, opening.probed_audio_ms or 0, now)
-        holds = await budgets.reserve(
-            conn,
-            opening.key_id,
-            opening.tenant_id,
-            opening.hold_nanos,
-            now,
-            expected=opening.expected_nanos,
-            retry_after=retry_after,
-        )
-        await _insert_row(
-            conn, opening, status=status, provider=provider, model=model, created_at=now
-        )
-        if holds:
-            await conn.execute(
-                insert(ledger_holds),
-                [
-                    {
-                        "ledger_id": opening.id,
-                        "budget_id": hold.budget_id,
-                        "period_start": hold.period_start,
-                        "amount_nanos": hold.amount_nanos,
-                    }
-                    for hold in holds
-                ],
-            )
+    transaction: all or nothing (``rate_limits.RateLimited``, ``budgets.BudgetExceeded``,
+    ``budgets.BudgetBusy``). The holds name their periods, so settling later charges the
+    period the call was reserved in."""
+    program = _opening(opening, provider, model, now or database.utcnow(), limits, status)
+    try:
+        await database.store(engine).write(program)
+    except budgets.NoRoom as no_room:
+        raise await budgets.refusal(engine, no_room, retry_after) from None
+
+
+def _settled_values(call_id: str, settlement: Settlement) -> dict[str, Any]:
+    values = msgspec.structs.asdict(settlement)
+    values.update(_usage_columns(values.pop("usage")))
+    del values["attempt_records"]
+    values["completed_at"] = database.utcnow()
+    return {"call_id": call_id, **{f"v_{name}": value for name, value in values.items()}}
+
+
+def _attempt_rows(call_id: str, settlement: Settlement) -> list[dict[str, Any]]:
+    return [
+        {"call_id": call_id, **msgspec.structs.asdict(record)}
+        for record in settlement.attempt_records
+    ]
+
+
+def _settling(call_id: str, settlement: Settlement) -> Program[bool]:
+    if (yield execute(_SETTLE_ROW, **_settled_values(call_id, settlement))) != 1:
+        return False
+    if settlement.attempt_records:
+        yield execute_many(_INSERT_ATTEMPTS, _attempt_rows(call_id, settlement))
+    yield from budgets.settling(call_id, settlement.cost_nanos)
+    return True
 
 
 async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
     call's cost is 0, which releases them); False if it was already settled or swept."""
-    values = msgspec.structs.asdict(settlement)
-    values.update(_usage_columns(values.pop("usage")))
-    records = values.pop("attempt_records")
-    async with database.write(engine) as conn:
-        result = await conn.execute(
-            update(ledger)
-            .where(ledger.c.id == call_id, ledger.c.status.in_(OPEN))
-            .values(**values, completed_at=database.utcnow())
-        )
-        if result.rowcount != 1:
-            return False
-        if records:
-            await conn.execute(
-                insert(upstream_attempts),
-                [{"call_id": call_id, **msgspec.structs.asdict(record)} for record in records],
-            )
-        await budgets.settle(conn, call_id, settlement.cost_nanos)
-    return True
+    return await database.store(engine).write(_settling(call_id, settlement))
 
 
 async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
@@ -205,9 +247,7 @@ async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settle
     call really cost. True if it changed anything."""
     if await settle_call(engine, call_id, settlement):
         return True
-    values = msgspec.structs.asdict(settlement)
-    values.update(_usage_columns(values.pop("usage")))
-    records = values.pop("attempt_records")
+    values = {k[2:]: v for k, v in _settled_values(call_id, settlement).items() if k != "call_id"}
     async with database.write(engine) as conn:
         swept = (
             await conn.execute(
@@ -219,11 +259,8 @@ async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settle
         if swept is None:
             return False  # already settled (this line was applied before) or never opened
         await conn.execute(update(ledger).where(ledger.c.id == call_id).values(**values))
-        if records:
-            await conn.execute(
-                insert(upstream_attempts),
-                [{"call_id": call_id, **msgspec.structs.asdict(record)} for record in records],
-            )
+        if settlement.attempt_records:
+            await conn.execute(insert(upstream_attempts), _attempt_rows(call_id, settlement))
         await budgets.correct(conn, call_id, settlement.cost_nanos - swept.cost_nanos)
     return True
 
@@ -232,17 +269,20 @@ async def record_rejection(
     engine: AsyncEngine, opening: Opening, http_status: int, error_code: str | None, latency_ms: int
 ) -> None:
     now = database.utcnow()
-    async with database.write(engine) as conn:
-        await _insert_row(
-            conn,
-            opening,
-            status="rejected",
-            http_status=http_status,
-            error_code=error_code,
-            latency_ms=latency_ms,
-            created_at=now,
-            completed_at=now,
-        )
+    row = _row(
+        opening,
+        status="rejected",
+        http_status=http_status,
+        error_code=error_code,
+        latency_ms=latency_ms,
+        created_at=now,
+        completed_at=now,
+    )
+    await database.store(engine).write(_inserting(row))
+
+
+def _inserting(row: dict[str, Any]) -> Program[None]:
+    yield execute(_INSERT_ROW, **row)
 
 
 async def sweep(

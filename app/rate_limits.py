@@ -14,11 +14,12 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.driver import Program, Statement, fetch, utc
 from app.errors import EarmarkError
-from app.models import OPEN_ROWS, api_keys, ledger
+from app.models import OPEN_ROWS, UTCDateTime, api_keys, ledger
 from app.schemas import RateLimits, RateUse
 
 MINUTE = timedelta(minutes=1)
@@ -71,31 +72,52 @@ class RecentRefusals:
         raise RateLimited(refusal.limit, max(1, math.ceil(left)), certain=True)
 
 
-async def _use(conn: AsyncConnection, key_id: str, limits: RateLimits, now: datetime) -> Any:
+def _use_statement() -> Any:
     """The key's use, in one statement bounded whatever the ledger's size: its rows of the
     window (``ix_ledger_key_id_created_at``) and its open rows (the partial ``ix_ledger_open``)."""
-    window_start = now - timedelta(seconds=limits.window_seconds)
-    minute_ago = now - MINUTE
-    in_minute = ledger.c.created_at > minute_ago
-    in_window = ledger.c.created_at > window_start
+    key_id = bindparam("key_id")
+    in_minute = ledger.c.created_at > bindparam("minute_ago", type_=UTCDateTime())
+    in_window = ledger.c.created_at > bindparam("window_start", type_=UTCDateTime())
     in_flight = select(func.count()).where(ledger.c.key_id == key_id, OPEN_ROWS).scalar_subquery()
-    return (
-        await conn.execute(
-            select(
-                func.coalesce(func.sum(case((in_minute, 1), else_=0)), 0).label("requests"),
-                func.min(case((in_minute, ledger.c.created_at))).label("oldest_request"),
-                func.coalesce(
-                    func.sum(case((in_window, ledger.c.probed_audio_ms), else_=0)), 0
-                ).label("audio_ms"),
-                func.min(case((in_window, ledger.c.created_at))).label("oldest_audio"),
-                in_flight.label("in_flight"),
-            ).where(
-                ledger.c.key_id == key_id,
-                ledger.c.created_at > min(window_start, minute_ago),
-                ledger.c.status != "rejected",
-            )
-        )
-    ).one()
+    return select(
+        func.coalesce(func.sum(case((in_minute, 1), else_=0)), 0).label("requests"),
+        func.min(case((in_minute, ledger.c.created_at))).label("oldest_request"),
+        func.coalesce(func.sum(case((in_window, ledger.c.probed_audio_ms), else_=0)), 0).label(
+            "audio_ms"
+        ),
+        func.min(case((in_window, ledger.c.created_at))).label("oldest_audio"),
+        in_flight.label("in_flight"),
+    ).where(
+        ledger.c.key_id == key_id,
+        ledger.c.created_at > bindparam("since", type_=UTCDateTime()),
+        ledger.c.status != "rejected",
+    )
+
+
+_USE = Statement(_use_statement())
+# The key's row locked for the reservation (SQLite's BEGIN IMMEDIATE already serialises).
+_LOCK_KEY = Statement(
+    {
+        "postgresql": select(api_keys.c.id)
+        .where(api_keys.c.id == bindparam("key_id"))
+        .with_for_update(),
+        "sqlite": select(api_keys.c.id).where(api_keys.c.id == bindparam("key_id")),
+    }
+)
+
+
+def _use_params(key_id: str, limits: RateLimits, now: datetime) -> dict[str, Any]:
+    window_start, minute_ago = now - timedelta(seconds=limits.window_seconds), now - MINUTE
+    return {
+        "key_id": key_id,
+        "minute_ago": minute_ago,
+        "window_start": window_start,
+        "since": min(window_start, minute_ago),
+    }
+
+
+def _row(row: Any) -> Any:
+    return row._replace(oldest_request=utc(row.oldest_request), oldest_audio=utc(row.oldest_audio))
 
 
 def _retry_after(oldest: datetime | None, span: timedelta, now: datetime) -> int:
@@ -104,13 +126,11 @@ def _retry_after(oldest: datetime | None, span: timedelta, now: datetime) -> int
     return max(1, math.ceil((oldest + span - now).total_seconds()))
 
 
-async def admit(
-    conn: AsyncConnection, key_id: str, limits: RateLimits, audio_ms: int, now: datetime
-) -> None:
+def admitting(key_id: str, limits: RateLimits, audio_ms: int, now: datetime) -> Program[None]:
     """Raise RateLimited (429 with Retry-After) unless this call fits every limit."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id).with_for_update())
-    use = await _use(conn, key_id, limits, now)
+    yield fetch(_LOCK_KEY, key_id=key_id)
+    (use,) = yield fetch(_USE, **_use_params(key_id, limits, now))
+    use = _row(use)
     window = timedelta(seconds=limits.window_seconds)
     if limits.requests_per_minute is not None and use.requests + 1 > limits.requests_per_minute:
         wait = _retry_after(use.oldest_request, MINUTE, now)
@@ -130,7 +150,7 @@ async def admit(
 async def current_use(
     conn: AsyncConnection, key_id: str, limits: RateLimits, now: datetime
 ) -> RateUse:
-    use = await _use(conn, key_id, limits, now)
+    use = (await conn.execute(_USE.statement, _use_params(key_id, limits, now))).one()
     return RateUse(
         requests_last_minute=use.requests,
         audio_seconds_in_window=use.audio_ms / 1000,

@@ -43,11 +43,17 @@ async def test_rate_limits_reservations_settles_and_the_sweep_use_bounded_indexe
             seen.append((statement, parameters))
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    # The call path's statements run on the bare drivers (app/driver.py).
+    database.store(engine).trace = lambda sql, args: capture(None, None, sql, tuple(args), 0, 0)
     opening = ledger.Opening(
         id="req_bounded", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
         model_requested="m", probed_audio_ms=1000, expected_nanos=100, hold_nanos=100,
     )  # fmt: skip
     await ledger.open_call(engine, opening, "p", "m", limits=LIMITS)
+    settled = ledger.Settlement(
+        status="succeeded", http_status=200, provider="p", model="m", attempts=1, latency_ms=1
+    )
+    await ledger.settle_call(engine, opening.id, settled)
     now = database.utcnow()
     await ledger.sweep(
         engine,
