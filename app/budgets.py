@@ -274,6 +274,29 @@ async def used_up(engine: AsyncEngine, budget_id: str) -> BudgetExceeded:
         return _exceeded(budget, await _view(conn, budget, database.utcnow()), None)
 
 
+# The counters a call holds, locked in budget order as the reservation locked them: an
+# UPDATE ... FROM locks them in whatever order its plan visits them, and two settles (or a
+# settle and a reservation) taking two budgets in opposite orders deadlock.
+_LOCK_HELD = Statement(
+    {
+        "postgresql": select(budget_counters.c.budget_id)
+        .select_from(
+            budget_counters.join(
+                ledger_holds,
+                and_(
+                    budget_counters.c.budget_id == ledger_holds.c.budget_id,
+                    budget_counters.c.period_start == ledger_holds.c.period_start,
+                ),
+            )
+        )
+        .where(ledger_holds.c.ledger_id == bindparam("call_id"))
+        .order_by(budget_counters.c.budget_id)
+        .with_for_update(of=budget_counters),
+        "sqlite": select(ledger_holds.c.budget_id).where(  # BEGIN IMMEDIATE serialises
+            ledger_holds.c.ledger_id == bindparam("call_id")
+        ),
+    }
+)
 # Move a call's holds to spent at its actual cost (0 releases them), in one statement over
 # the holds the call recorded (UPDATE ... FROM).
 _SETTLE = Statement(
@@ -291,16 +314,19 @@ _SETTLE = Statement(
 
 
 def settling(call_id: str, actual: int) -> Program[None]:
+    yield fetch(_LOCK_HELD, call_id=call_id)
     yield execute(_SETTLE, call_id=call_id, actual=actual)
 
 
 async def settle(conn: AsyncConnection, call_id: str, actual: int) -> None:
+    await conn.execute(_LOCK_HELD.for_dialect(conn.dialect.name), {"call_id": call_id})
     await conn.execute(_SETTLE.statement, {"call_id": call_id, "actual": actual})
 
 
 async def correct(conn: AsyncConnection, ledger_id: str, delta: int) -> None:
     """Change what a settled call was charged by ``delta`` in every period it held in."""
     counter = budget_counters.c
+    await conn.execute(_LOCK_HELD.for_dialect(conn.dialect.name), {"call_id": ledger_id})
     await conn.execute(
         update(budget_counters)
         .where(

@@ -6,11 +6,13 @@ per-statement cost of SQLAlchemy's async layer (a greenlet switch, a thread hop 
 aiosqlite, result processing: about 1 ms a statement against 0.05-0.2 ms on the driver).
 
 A transaction is written once, as a *program*: a generator that yields operations
-(``fetch``, ``execute``, ``execute_many``) and receives their results. ``Store.write``
-runs it on SQLite in one thread hop (the whole transaction inside a dedicated thread, with
-``BEGIN IMMEDIATE``), on PostgreSQL on an asyncpg pool, each statement prepared once per
-connection. A driver's error becomes the SQLAlchemy error it would have been, so
-``errors.database_unavailable`` reads both alike.
+(``fetch``, ``execute``, ``execute_many``) and receives their results; the store is given
+a function that makes one, so it can run it again. ``Store.write`` runs it on SQLite in
+one thread hop (the whole transaction inside a dedicated thread, with ``BEGIN
+IMMEDIATE``), on PostgreSQL on an asyncpg pool, each statement prepared once per
+connection, again after a deadlock or serialization failure. A driver's error becomes
+the SQLAlchemy error it would have been, so ``errors.database_unavailable`` reads both
+alike.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def execute_many(statement: Statement, rows: list[Mapping[str, Any]]) -> Op:
 
 
 Program = Generator[Op, Any, T]
+Make = Callable[[], Program[T]]
+# PostgreSQL's "try the transaction again": a deadlock, a serialization failure.
+_RETRY_SQLSTATES = ("40P01", "40001")
+_RETRIES = 3
 
 
 def utc(value: Any) -> datetime | None:
@@ -144,10 +150,10 @@ class Store:
     # Called with each statement's SQL and arguments before it runs (tests read plans).
     trace: Callable[[str, Sequence[Any]], None] | None = None
 
-    async def write(self, program: Program[T]) -> T:
+    async def write(self, make: Make[T]) -> T:
         raise NotImplementedError
 
-    async def read(self, program: Program[T]) -> T:
+    async def read(self, make: Make[T]) -> T:
         """A program of one statement, run outside any transaction (one round trip)."""
         raise NotImplementedError
 
@@ -228,15 +234,15 @@ class SqliteStore(Store):
                 )
         return thread
 
-    async def write(self, program: Program[T]) -> T:
+    async def write(self, make: Make[T]) -> T:
         loop = asyncio.get_running_loop()
         thread = self._thread("write")
-        return await loop.run_in_executor(thread, self._run, program, "BEGIN IMMEDIATE")
+        return await loop.run_in_executor(thread, self._run, make(), "BEGIN IMMEDIATE")
 
-    async def read(self, program: Program[T]) -> T:
+    async def read(self, make: Make[T]) -> T:
         """One statement, so no transaction around it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread("read"), self._run, program, None)
+        return await loop.run_in_executor(self._thread("read"), self._run, make(), None)
 
     def close(self) -> None:
         with self._lock:
@@ -276,7 +282,17 @@ class PostgresStore(Store):
             self._pools[loop] = pool
         return pool
 
-    async def _run(self, program: Program[T], transaction: bool) -> T:
+    async def _run(self, make: Make[T], transaction: bool) -> T:
+        for attempt in range(_RETRIES):
+            try:
+                return await self._attempt(make(), transaction)
+            except sql_errors.DBAPIError as error:
+                sqlstate = getattr(error.orig, "sqlstate", None)
+                if sqlstate not in _RETRY_SQLSTATES or attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, program: Program[T], transaction: bool) -> T:
         try:
             pool = await self._pool()
             async with pool.acquire() as conn:
@@ -316,12 +332,12 @@ class PostgresStore(Store):
                 status = await conn.execute(sql, *args)
                 result = int(status.rsplit(" ", 1)[-1])
 
-    async def write(self, program: Program[T]) -> T:
-        return await self._run(program, transaction=True)
+    async def write(self, make: Make[T]) -> T:
+        return await self._run(make, transaction=True)
 
-    async def read(self, program: Program[T]) -> T:
+    async def read(self, make: Make[T]) -> T:
         """One statement, so no transaction around it: one round trip."""
-        return await self._run(program, transaction=False)
+        return await self._run(make, transaction=False)
 
     def close(self) -> None:
         for pool in self._pools.values():

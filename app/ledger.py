@@ -204,9 +204,11 @@ async def open_call(
     transaction: all or nothing (``rate_limits.RateLimited``, ``budgets.BudgetExceeded``,
     ``budgets.BudgetBusy``). The holds name their periods, so settling later charges the
     period the call was reserved in."""
-    program = _opening(opening, provider, model, now or database.utcnow(), limits, status)
+    now = now or database.utcnow()
     try:
-        await database.store(engine).write(program)
+        await database.store(engine).write(
+            lambda: _opening(opening, provider, model, now, limits, status)
+        )
     except budgets.NoRoom as no_room:
         raise await budgets.refusal(engine, no_room, retry_after) from None
 
@@ -238,7 +240,7 @@ def _settling(call_id: str, settlement: Settlement) -> Program[bool]:
 async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
     call's cost is 0, which releases them); False if it was already settled or swept."""
-    return await database.store(engine).write(_settling(call_id, settlement))
+    return await database.store(engine).write(lambda: _settling(call_id, settlement))
 
 
 async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
@@ -278,7 +280,7 @@ async def record_rejection(
         created_at=now,
         completed_at=now,
     )
-    await database.store(engine).write(_inserting(row))
+    await database.store(engine).write(lambda: _inserting(row))
 
 
 def _inserting(row: dict[str, Any]) -> Program[None]:

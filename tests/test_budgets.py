@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from sqlalchemy import select
 
-from app import budgets
+from app import budgets, database
 from app.database import create_engine
 from app.models import budget_counters
 from tests.conftest import ADMIN, ledger_invariants
@@ -208,6 +208,43 @@ async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(e
         datetime(2026, 11, 23, tzinfo=UTC): 0,
         datetime(2026, 11, 24, tzinfo=UTC): 700,
     }
+
+
+@pytest.mark.anyio
+async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engine):
+    """Reservations and settles over two budgets at once, 40 at a time: every call settles
+    and the counters add up. (Each settle locks its counters in budget order, as the
+    reservation does; an UPDATE ... FROM in its plan's order deadlocked PostgreSQL under
+    the benchmark's load, and a deadlock left is retried.)"""
+    from app import keys, tenants
+    from app.ledger import Opening, Settlement, open_call, settle_call
+    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    monthly = BudgetCreate(limit_usd="1", period="month")
+    key = await keys.create_key(
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[monthly])
+    )
+    async with database.write(engine) as conn:
+        await budgets.add_budget(conn, monthly, "test", tenant_id=tenant.id)
+    settled = Settlement(
+        status="succeeded", http_status=200, provider="p", model="m", attempts=1,
+        cost_nanos=600, latency_ms=1,
+    )  # fmt: skip
+
+    async def call(n: int) -> bool:
+        opening = Opening(
+            id=f"req_{n:04d}", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
+            model_requested="m", hold_nanos=700,
+        )  # fmt: skip
+        await open_call(engine, opening, "p", "m")
+        return await settle_call(engine, opening.id, settled)
+
+    for round_ in range(10):
+        assert all(await asyncio.gather(*(call(round_ * 40 + n) for n in range(40))))
+    async with engine.connect() as conn:
+        counters = (await conn.execute(select(budget_counters))).all()
+    assert sorted((c.spent_nanos, c.held_nanos) for c in counters) == [(400 * 600, 0)] * 2
 
 
 @pytest.mark.parametrize(
