@@ -1,7 +1,7 @@
 """What the budget reservation costs, and how many calls one hot key settles per second.
 
 For each database (a fresh SQLite file, and PostgreSQL when a server URL is given) it runs
-the ledger path of one call (open with holds, mark forwarded, settle) for a key with no
+the ledger path of one call (open with holds, settle) for a key with no
 budget (the baseline) and for a key whose call must fit a key budget and a tenant budget,
 first one call at a time (latency), then from 16 concurrent tasks on the same hot key.
 
