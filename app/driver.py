@@ -144,8 +144,24 @@ def _arguments(op_params: Mapping[str, Any], names: list[str], defaults: dict[st
     return [op_params[name] if name in op_params else defaults.get(name) for name in names]
 
 
+def _bound(
+    store: Store, op: Op, value: Callable[[Any], Any]
+) -> tuple[str, list[Any] | list[list[Any]]]:
+    """The operation's SQL for the store's dialect and its arguments in the driver's form
+    (a list of argument lists for ``execute_many``), traced if asked."""
+    sql, names, defaults = op.statement.compiled(store.dialect)
+    batch = op.params if op.kind == "many" else [op.params]
+    rows = [[value(v) for v in _arguments(params, names, defaults)] for params in batch]
+    if store.trace:
+        for args in rows:
+            store.trace(sql, args)
+    return sql, rows if op.kind == "many" else rows[0]
+
+
 class Store:
     """The call path's database, beside the SQLAlchemy engine of the same URL."""
+
+    dialect: Dialect
 
     # Called with each statement's SQL and arguments before it runs (tests read plans).
     trace: Callable[[str, Sequence[Any]], None] | None = None
@@ -202,7 +218,7 @@ class SqliteStore(Store):
                 conn.commit()
             return result
         except sqlite3.Error as error:
-            raise _sqlalchemy_error(error, sqlite3.OperationalError) from error
+            raise _sqlalchemy_error(error) from error
 
     def _steps(self, conn: sqlite3.Connection, program: Program[T]) -> T:
         result: Any = None
@@ -211,17 +227,11 @@ class SqliteStore(Store):
                 op = program.send(result)
             except StopIteration as done:
                 return done.value
-            sql, names, defaults = op.statement.compiled(self.dialect)
+            sql, args = _bound(self, op, _sqlite_value)
             if op.kind == "many":
-                rows = [
-                    [_sqlite_value(v) for v in _arguments(p, names, defaults)] for p in op.params
-                ]
-                conn.executemany(sql, rows)
+                conn.executemany(sql, args)
                 result = None
                 continue
-            args = [_sqlite_value(v) for v in _arguments(op.params, names, defaults)]
-            if self.trace:
-                self.trace(sql, args)
             cursor = conn.execute(sql, args)
             result = op.statement.rows(cursor.fetchall()) if op.kind == "rows" else cursor.rowcount
 
@@ -301,7 +311,7 @@ class PostgresStore(Store):
                 async with conn.transaction():
                     return await self._steps(conn, program)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
-            raise _sqlalchemy_error(error, None) from error
+            raise _sqlalchemy_error(error) from error
         except TimeoutError as error:  # connecting, or a statement, took too long
             raise sql_errors.OperationalError("", None, error) from error  # type: ignore[arg-type]
 
@@ -312,20 +322,11 @@ class PostgresStore(Store):
                 op = program.send(result)
             except StopIteration as done:
                 return done.value
-            sql, names, defaults = op.statement.compiled(self.dialect)
+            sql, args = _bound(self, op, _postgres_value)
             if op.kind == "many":
-                await conn.executemany(
-                    sql,
-                    [
-                        [_postgres_value(v) for v in _arguments(p, names, defaults)]
-                        for p in op.params
-                    ],
-                )
+                await conn.executemany(sql, args)
                 result = None
                 continue
-            args = [_postgres_value(v) for v in _arguments(op.params, names, defaults)]
-            if self.trace:
-                self.trace(sql, args)
             if op.kind == "rows":
                 result = op.statement.rows(await conn.fetch(sql, *args))
             else:
@@ -345,17 +346,17 @@ class PostgresStore(Store):
         self._pools.clear()
 
 
-def _sqlalchemy_error(error: BaseException, sqlite_operational: type | None) -> Exception:
+def _sqlalchemy_error(error: BaseException) -> Exception:
     """The SQLAlchemy error the same failure raises through the engine."""
     if isinstance(error, sqlite3.IntegrityError | asyncpg.IntegrityConstraintViolationError):
         return sql_errors.IntegrityError("", None, error)  # type: ignore[arg-type]
-    unreachable = isinstance(
-        error,
+    unreachable = (
         OSError
+        | sqlite3.OperationalError  # locked past the busy timeout, disk I/O, cannot open
         | asyncpg.InterfaceError
         | asyncpg.PostgresConnectionError
-        | asyncpg.CannotConnectNowError,
-    ) or (sqlite_operational is not None and isinstance(error, sqlite_operational))
-    if unreachable:
+        | asyncpg.CannotConnectNowError
+    )
+    if isinstance(error, unreachable):
         return sql_errors.OperationalError("", None, error)  # type: ignore[arg-type]
     return sql_errors.DBAPIError("", None, error)  # type: ignore[arg-type]

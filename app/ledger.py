@@ -213,12 +213,13 @@ async def open_call(
         raise await budgets.refusal(engine, no_room, retry_after) from None
 
 
-def _settled_values(call_id: str, settlement: Settlement) -> dict[str, Any]:
+def _settled_columns(settlement: Settlement) -> dict[str, Any]:
+    """The ledger columns a settlement sets (``_SETTLED_COLUMNS``), by name."""
     values = msgspec.structs.asdict(settlement)
     values.update(_usage_columns(values.pop("usage")))
     del values["attempt_records"]
     values["completed_at"] = database.utcnow()
-    return {"call_id": call_id, **{f"v_{name}": value for name, value in values.items()}}
+    return values
 
 
 def _attempt_rows(call_id: str, settlement: Settlement) -> list[dict[str, Any]]:
@@ -229,7 +230,8 @@ def _attempt_rows(call_id: str, settlement: Settlement) -> list[dict[str, Any]]:
 
 
 def _settling(call_id: str, settlement: Settlement) -> Program[bool]:
-    if (yield execute(_SETTLE_ROW, **_settled_values(call_id, settlement))) != 1:
+    values = {f"v_{name}": value for name, value in _settled_columns(settlement).items()}
+    if (yield execute(_SETTLE_ROW, call_id=call_id, **values)) != 1:
         return False
     if settlement.attempt_records:
         yield execute_many(_INSERT_ATTEMPTS, _attempt_rows(call_id, settlement))
@@ -249,7 +251,7 @@ async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settle
     call really cost. True if it changed anything."""
     if await settle_call(engine, call_id, settlement):
         return True
-    values = {k[2:]: v for k, v in _settled_values(call_id, settlement).items() if k != "call_id"}
+    values = _settled_columns(settlement)
     async with database.write(engine) as conn:
         swept = (
             await conn.execute(
