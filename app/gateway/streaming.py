@@ -2,7 +2,8 @@
 
 The relay passes the provider's bytes through unchanged while it watches for the
 ``transcript.text.done`` event that carries the final text and usage; however the stream
-ends (finished, broken off by the provider, or left by the client) it says so once.
+ends (finished, broken off by the provider, or left by the client) it says so once, and
+before the client has the event that ends it.
 """
 
 from __future__ import annotations
@@ -31,26 +32,40 @@ def relay(upstream: UpstreamResponse, finish: Finish) -> Stream:
 
 
 async def _relayed(upstream: UpstreamResponse, finish: Finish) -> AsyncIterator[bytes]:
+    """The provider's bytes as they come. The call is settled before the client gets the
+    event that ends it for them (the done event, or the error event of a broken stream),
+    so a client that reads the ledger or its quota next sees the call settled."""
     assert upstream.events is not None
     done: dict[str, Any] | None = None
     pending = b""
-    ended = "left"  # until the loop says otherwise: the client went away
+    ended: str | None = None  # how it ended, once finish has been told
+
+    async def end(how: str) -> None:
+        nonlocal ended
+        ended = how
+        with anyio.CancelScope(shield=True):
+            await finish(done, how)
+
     try:
         async for chunk in upstream.events:
             pending = (pending + chunk).replace(b"\r\n", b"\n")
             *events, pending = pending.split(b"\n\n")
             for event in events:
                 done = done_event(event) or done
+            if done is not None and ended is None:
+                await end("finished")
             yield chunk
-        ended = "finished"
+        if ended is None:
+            await end("finished")
     except AttemptFailed as failure:
-        ended = "finished" if done is not None else "broken"
-        if ended == "broken":  # as OpenAI signals it mid-stream: the SDKs raise on it
-            yield _error_event(failure)
+        if ended is None:  # broken before its done event: as OpenAI signals it mid-stream
+            await end("broken")
+            yield _error_event(failure)  # the SDKs raise on it
     finally:
         with anyio.CancelScope(shield=True):
             await upstream.close()
-            await finish(done, ended)
+            if ended is None:
+                await finish(done, "left")  # the client went away
 
 
 def _error_event(failure: AttemptFailed) -> bytes:
