@@ -5,6 +5,7 @@ something other than the upload."""
 from __future__ import annotations
 
 import io
+import random
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.audio.container import _id3v2_end, forwarded_filename
+from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.measure import Limits, measure
 from app.audio.packets import opus_samples
 from app.audio.refusals import AudioRefused
@@ -104,6 +106,109 @@ def test_mp3_hidden_in_a_pcm_wav_is_measured_as_the_mp3_ffmpeg_finds():
     audio = _measure(data)
     assert audio.codec.startswith("mp3")
     assert audio.duration_ms >= decoded_seconds(data) * 1000 - 50
+
+
+# Codecs a provider's FFmpeg finds inside a PCM WAV's samples (its prober switches to
+# them): each encoded once, then hidden behind a 16 kHz mono and a 48 kHz stereo header,
+# at the start of the samples and after some real speech.
+_HIDDEN = {
+    "mp3-8k": ("mp3", "libmp3lame", 8_000),
+    "mp2": ("mp2", "mp2", 16_000),
+    "ac3": ("ac3", "ac3", 48_000),
+    "eac3": ("eac3", "eac3", 48_000),
+    "adts": ("adts", "aac", 16_000),
+    "loas": ("latm", "aac", 16_000),
+    "spdif": ("spdif", "ac3", 48_000),
+}
+
+
+@pytest.fixture(scope="module")
+def hidden_codecs() -> dict[str, bytes]:
+    encoded = {
+        name: encode(container, codec, tone(6, rate), rate)
+        for name, (container, codec, rate) in _HIDDEN.items()
+    }
+    ac3 = encoded["ac3"]
+    encoded["ac3-byte-swapped"] = b"".join(ac3[i : i + 2][::-1] for i in range(0, len(ac3), 2))
+    return encoded
+
+
+def _speech_pcm() -> bytes:
+    data = (FIXTURES / "speech.wav").read_bytes()
+    return data[data.index(b"data") + 8 :]
+
+
+@pytest.mark.parametrize("name", [*_HIDDEN, "ac3-byte-swapped"])
+@pytest.mark.parametrize("after", [0, 1, 4_097, 60_000])
+@pytest.mark.parametrize(("rate", "channels"), [(16_000, 1), (48_000, 2)])
+def test_a_codec_ffmpeg_finds_in_pcm_samples_is_never_measured_as_the_pcm(
+    hidden_codecs, name, after, rate, channels
+):
+    data = riff(
+        (b"fmt ", fmt_chunk(rate, channels, 16)),
+        (b"data", _speech_pcm()[:after] + hidden_codecs[name]),
+    )
+    samples = data[data.index(b"data") + 8 :]
+    with av.open(io.BytesIO(data), format="wav") as opened:
+        found = opened.streams.audio[0].codec_context.name  # what a provider decodes
+    if not found.startswith("pcm"):
+        assert may_be_disguised(samples[: probed_window(2 * channels)])
+    try:
+        audio = _measure(data)
+    except AudioRefused as refused:  # AC-3, E-AC-3 and LATM are not accepted at all
+        assert refused.code == "unsupported_codec" and not found.startswith("pcm")
+        return
+    assert audio.duration_ms >= decoded_seconds(data) * 1000 - 50
+
+
+@pytest.mark.parametrize("name", ["mp3-8k", "adts", "loas", "ac3", "eac3"])
+def test_the_shortest_run_of_frames_ffmpeg_switches_on_is_caught(hidden_codecs, name):
+    """A few frames at the start of the samples, then speech: the fewest FFmpeg's prober
+    needs, found by growing them, must already send the file to FFmpeg."""
+    for length in range(100, 4_000, 100):
+        samples = hidden_codecs[name][:length] + _speech_pcm()
+        data = riff((b"fmt ", fmt_chunk(16_000, 1, 16)), (b"data", samples))
+        with av.open(io.BytesIO(data), format="wav") as opened:
+            if not opened.streams.audio[0].codec_context.name.startswith("pcm"):
+                break
+    else:
+        pytest.fail(f"FFmpeg never read {name} in the samples")
+    assert may_be_disguised(samples[: probed_window(2)])
+    assert not may_be_disguised(hidden_codecs[name][: length // 8] + _speech_pcm())  # a frame
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        _speech_pcm(),
+        (FIXTURES / "local-speech.wav").read_bytes()[44:],
+        tone(5),
+        bytes(200_000),
+        random.Random(1).randbytes(200_000),
+        b"".join(n.to_bytes(2, "little", signed=True) for n in range(-40, 41)) * 1_000,
+    ],
+    ids=["speech", "local-speech", "tone", "silence", "noise", "quiet-noise"],
+)
+def test_real_recordings_are_measured_without_the_slow_probe(samples):
+    assert not may_be_disguised(samples[: probed_window(2)])
+
+
+@pytest.mark.parametrize(
+    ("word", "times", "offset", "maybe"),
+    [
+        (b"\x7f\xfe\x80\x01", 4, 0, True),  # DTS: four sync words
+        (b"\x7f\xfe\x80\x01", 3, 0, False),  # three are not enough for its prober
+        (b"\x1f\xff\xe8\x00", 4, 1, False),  # it reads even offsets only
+        (b"\xf8\x72\x6f\xba", 4, 1, True),  # TrueHD, anywhere
+        (b"\x72\xf8\x1f\x4e", 2, 1, True),  # S/PDIF bursts
+    ],
+)
+def test_sync_words_a_prober_counts_send_the_file_to_ffmpeg(word, times, offset, maybe):
+    samples = bytearray(bytes(offset) + tone(4))
+    for n in range(times):
+        at = offset + 6_000 * (n + 1)
+        samples[at : at + 4] = word
+    assert may_be_disguised(bytes(samples)) is maybe
 
 
 def test_opus_packets_are_counted_from_their_toc_byte():

@@ -120,18 +120,24 @@ class _Named:
 
 @contextmanager
 def open_container(
-    file: BinaryIO, container: str, timeout: float = PROBE_SECONDS
+    file: BinaryIO, container: str, timeout: float = PROBE_SECONDS, probe_streams: bool = True
 ) -> Iterator[av.container.InputContainer]:
     """The upload opened as FFmpeg's own prober (what a provider runs) reads it, limited to
     the allowed demuxers, with no protocol and no nested file. It must be the container
     its first bytes say: a file that reads as one format to this gateway and another to a
-    provider is refused. FFmpeg's failures are ``not_audio``."""
+    provider is refused. FFmpeg's failures are ``not_audio``.
+
+    Without ``probe_streams`` FFmpeg reads the headers and probes a stream's codec from
+    its first packet only (a PCM WAV's later packets are then the caller's to check)."""
     file.seek(0)
+    options = {"format_whitelist": _FORMAT_WHITELIST, "protocol_whitelist": "none"}
+    if not probe_streams:
+        options["probesize"] = "32"  # FFmpeg's least: one packet
     try:
         opened = av.open(
             _Named(file, f"audio.{EXTENSIONS[container][0]}"),
             "r",
-            container_options={"format_whitelist": _FORMAT_WHITELIST, "protocol_whitelist": "none"},
+            container_options=options,
             metadata_errors="replace",
             timeout=timeout,
             io_open=_refuse_nested_open,

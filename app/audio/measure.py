@@ -11,8 +11,9 @@ import av
 
 from app.audio import packets
 from app.audio.container import open_container, sniff
+from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.refusals import PROBE_SECONDS, AudioRefused, not_audio, too_long, too_slow
-from app.audio.wav import walk
+from app.audio.wav import Wav, walk
 
 DEFAULT_MAX_SECONDS = 10_800  # 3 hours; a model may set its own `max_audio_seconds`
 
@@ -42,32 +43,9 @@ def measure(file: BinaryIO, size: int, limits: Limits = Limits()) -> Audio:
     Blocking and CPU-bound for large compressed files: run it in the probe pool."""
     deadline = time.monotonic() + PROBE_SECONDS
     container, start = sniff(file)
-    wav = walk(file, start, size) if container == "wav" else None
     try:
-        with open_container(file, container) as opened:
-            if not opened.streams.audio:
-                raise not_audio()
-            stream = opened.streams.audio[0]
-            packets.check_stream(stream)
-            context = stream.codec_context
-            if (
-                wav is not None
-                and len(opened.streams.audio) == 1
-                and packets.pcm_block(context.name, context.channels) == wav.block_align
-                and (context.sample_rate, context.channels) == (wav.sample_rate, wav.channels)
-            ):
-                # FFmpeg reads it as the PCM its header declares (it may instead have found
-                # MP3 or AC-3 inside): the bytes are the duration, exactly.
-                seconds = Fraction(wav.pcm_bytes // wav.block_align, wav.sample_rate)
-            else:
-                seconds = packets.count(opened, limits.max_seconds, limits.max_packets, deadline)
-            audio = Audio(
-                duration_ms=int(seconds * 1000),
-                container=container,
-                codec=context.name,
-                sample_rate=context.sample_rate,
-                channels=context.channels,
-            )
+        wav = walk(file, start, size) if container == "wav" else None
+        audio = (wav and _plain_pcm(file, wav)) or _decoded(file, container, wav, limits, deadline)
     except (av.FFmpegError, MemoryError, UnicodeError, ValueError, IndexError, OverflowError):
         # FFmpeg gave up (or its read timeout fired): say which, never what it said.
         raise (too_slow() if time.monotonic() > deadline else not_audio()) from None
@@ -78,3 +56,56 @@ def measure(file: BinaryIO, size: int, limits: Limits = Limits()) -> Audio:
     if audio.duration_ms <= 0:
         raise AudioRefused("The uploaded file holds no audio.", "empty_audio")
     return audio
+
+
+def _plain_pcm(file: BinaryIO, wav: Wav) -> Audio | None:
+    """A one-chunk WAV that FFmpeg reads as the PCM its header declares, and whose samples
+    its prober could not read as anything else: its bytes are its duration, exactly.
+    Otherwise ``None``, and FFmpeg probes and decodes it."""
+    if wav.data_chunks != 1:
+        return None
+    with open_container(file, "wav", probe_streams=False) as opened:
+        audio = _pcm_audio(opened, wav)
+    if audio is None:
+        return None
+    file.seek(wav.data_start)
+    return None if may_be_disguised(file.read(probed_window(wav.block_align))) else audio
+
+
+def _pcm_audio(opened: av.container.InputContainer, wav: Wav) -> Audio | None:
+    """The WAV's duration from its bytes, if FFmpeg reads its one stream as the PCM the
+    header declares (it may instead have found MP3 or AC-3 inside)."""
+    if len(opened.streams.audio) != 1:
+        return None
+    stream = opened.streams.audio[0]
+    packets.check_stream(stream)
+    context = stream.codec_context
+    if packets.pcm_block(context.name, context.channels) != wav.block_align or (
+        context.sample_rate,
+        context.channels,
+    ) != (wav.sample_rate, wav.channels):
+        return None
+    seconds = Fraction(wav.pcm_bytes // wav.block_align, wav.sample_rate)
+    return Audio(int(seconds * 1000), "wav", context.name, context.sample_rate, context.channels)
+
+
+def _decoded(
+    file: BinaryIO, container: str, wav: Wav | None, limits: Limits, deadline: float
+) -> Audio:
+    """The upload as FFmpeg's prober reads it, PCM by its bytes, the rest decoded."""
+    with open_container(file, container) as opened:
+        if not opened.streams.audio:
+            raise not_audio()
+        if wav is not None and (audio := _pcm_audio(opened, wav)) is not None:
+            return audio
+        stream = opened.streams.audio[0]
+        packets.check_stream(stream)
+        context = stream.codec_context
+        seconds = packets.count(opened, limits.max_seconds, limits.max_packets, deadline)
+        return Audio(
+            duration_ms=int(seconds * 1000),
+            container=container,
+            codec=context.name,
+            sample_rate=context.sample_rate,
+            channels=context.channels,
+        )

@@ -17,6 +17,8 @@ class Wav:
     channels: int
     block_align: int
     pcm_bytes: int
+    data_start: int  # where the samples of the first ``data`` chunk start
+    data_chunks: int
 
 
 def walk(file: BinaryIO, start: int, size: int) -> Wav:
@@ -94,4 +96,11 @@ def walk(file: BinaryIO, start: int, size: int) -> Wav:
             position += 8 + length + ((length + unaligned) & 1)
     pcm = sum(max(0, min(end, size) - begin) for begin, end in data.items())
     channels, rate, block_align = fmt
-    return Wav(sample_rate=rate, channels=channels, block_align=block_align, pcm_bytes=pcm)
+    return Wav(
+        sample_rate=rate,
+        channels=channels,
+        block_align=block_align,
+        pcm_bytes=pcm,
+        data_start=min(data),
+        data_chunks=len(data),
+    )
