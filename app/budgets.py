@@ -174,15 +174,15 @@ class NoRoom(Exception):
 def reserving(
     key_id: str, tenant_id: str, amount: int, now: datetime, *, expected: int | None = None
 ) -> Program[list[Hold]]:
-    """Hold ``amount`` against every budget on the key's path, or raise ``NoRoom``: busy
-    when the call would fit (``expected`` on top of what is spent) once the calls in
-    flight settle, not busy when what is spent alone leaves no room (``refusal`` words
-    either).
+    """Hold ``amount`` against every budget on the key's path, or raise ``NoRoom``: not
+    busy when what is spent alone leaves no room on some budget, busy when every budget
+    that refuses would fit the call (``expected`` on top of what is spent) once the calls
+    in flight settle (``refusal`` words either).
 
     Budgets are taken in id order so concurrent reservations lock counters in the same
     order (no deadlocks on PostgreSQL). The caller's transaction makes it all-or-nothing.
     """
-    holds = []
+    holds, busy_budget = [], None
     for budget_id, period, limit_nanos in (
         yield fetch(_ON_PATH, key_id=key_id, tenant_id=tenant_id)
     ):
@@ -194,9 +194,14 @@ def reserving(
             if not (yield execute(_HOLD, amount=amount, **at)):
                 ((spent, held, top_up),) = yield fetch(_COUNTER, **at)
                 room = limit_nanos + top_up - spent
-                busy = bool(held) and (amount if expected is None else expected) <= room
-                raise NoRoom(budget_id, amount, busy)
+                if not (held and (amount if expected is None else expected) <= room):
+                    raise NoRoom(budget_id, amount, busy=False)
+                # Busy here; a later budget may still refuse for good, which is the answer.
+                busy_budget = busy_budget or budget_id
+                continue
         holds.append(Hold(budget_id, start, amount))
+    if busy_budget is not None:
+        raise NoRoom(busy_budget, amount, busy=True)
     return holds
 
 
@@ -311,6 +316,37 @@ _SETTLE = Statement(
         spent_nanos=budget_counters.c.spent_nanos + bindparam("actual"),
     )
 )
+
+
+# Raise every hold of a call by ``extra``, on the counters where it still fits.
+_RAISE = Statement(
+    update(budget_counters)
+    .where(
+        ledger_holds.c.ledger_id == bindparam("call_id"),
+        budget_counters.c.budget_id == ledger_holds.c.budget_id,
+        budget_counters.c.period_start == ledger_holds.c.period_start,
+        budget_counters.c.spent_nanos + budget_counters.c.held_nanos + bindparam("extra")
+        <= select(budgets.c.limit_nanos)
+        .where(budgets.c.id == budget_counters.c.budget_id)
+        .scalar_subquery()
+        + budget_counters.c.top_up_nanos,
+    )
+    .values(held_nanos=budget_counters.c.held_nanos + bindparam("extra"))
+)
+_RAISE_HOLDS = Statement(
+    update(ledger_holds)
+    .where(ledger_holds.c.ledger_id == bindparam("call_id"))
+    .values(amount_nanos=ledger_holds.c.amount_nanos + bindparam("extra"))
+)
+
+
+def raising(call_id: str, extra: int) -> Program[None]:
+    """Hold ``extra`` more for an open call on every budget it holds, or raise ``NoRoom``
+    (the caller's transaction rolls back)."""
+    held = yield fetch(_LOCK_HELD, call_id=call_id)
+    if (yield execute(_RAISE, call_id=call_id, extra=extra)) != len(held):
+        raise NoRoom(held[0][0] if held else "", extra, busy=False)
+    yield execute(_RAISE_HOLDS, call_id=call_id, extra=extra)
 
 
 def settling(call_id: str, actual: int) -> Program[None]:

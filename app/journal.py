@@ -6,6 +6,8 @@ fsynced), so a crash after the answer loses nothing either. Every process replay
 journal in the directory when it starts and before each sweep. A line is applied by the
 same conditional update a live settle uses, so a line applied twice changes nothing; a
 journal whose lines are all applied is deleted, once its process is gone or it is ours.
+A line that cannot be read (a process killed mid-write) is set aside in
+``unreadable-settlements.jsonl`` for an operator, never left to stop the replay.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import msgspec
@@ -24,6 +27,7 @@ from app.executors import FairPool
 
 logger = logging.getLogger("earmark")
 _PREFIX = "settlements-"
+_UNREADABLE = "unreadable-settlements.jsonl"
 
 
 class Entry(msgspec.Struct, kw_only=True):
@@ -45,16 +49,36 @@ class Journal:
     def __init__(self, directory: Path, files: FairPool) -> None:
         self.directory = directory
         self.files = files
-        self.path = directory / f"{_PREFIX}{os.getpid()}.jsonl"
+        # Named for this process (its pid, for the liveness check) and this run of it: a
+        # later process given the same pid never appends to a line this one left half-written.
+        self.path = directory / f"{_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.jsonl"
         self._lock = asyncio.Lock()  # an append and our own replay never interleave
         self.pending = 0  # lines of ours not yet applied
 
     def _write(self, line: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         with self.path.open("ab") as out:
             out.write(line)
             out.flush()
             os.fsync(out.fileno())
+        if created:  # the file's name must survive a power loss as well as its lines
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def _set_aside(self, path: Path, line: bytes) -> None:
+        with (self.directory / _UNREADABLE).open("ab") as out:
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        logger.error(
+            "a settlement in %s cannot be read; it is kept in %s for review",
+            path.name,
+            _UNREADABLE,
+        )
 
     async def append(self, call_id: str, settlement: ledger.Settlement) -> None:
         """Keep a settlement durably until ``replay`` applies it."""
@@ -80,14 +104,18 @@ class Journal:
         return applied
 
     async def _replay_file(self, engine: AsyncEngine, path: Path) -> int:
-        owner = int(path.stem.removeprefix(_PREFIX))
+        owner = int(path.stem.removeprefix(_PREFIX).split("-")[0])
         ours = path == self.path
         data = await self.files.run("journal", path.read_bytes)
         applied = 0
         for line in data.splitlines(keepends=True):
             if not line.endswith(b"\n"):
                 break  # still being written by a live process: the next round has it
-            entry = msgspec.json.decode(line, type=Entry)
+            try:
+                entry = msgspec.json.decode(line, type=Entry)
+            except msgspec.DecodeError:
+                await self.files.run("journal", self._set_aside, path, line)
+                continue
             if await ledger.apply_settlement(engine, entry.call_id, entry.settlement):
                 applied += 1
         if ours or not _alive(owner):

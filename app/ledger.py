@@ -4,9 +4,11 @@ A row is written together with its budget holds, in one transaction, as ``forwar
 when the call goes upstream next (``reserved`` when the cache answers it instead), and
 settled once after: ``succeeded``, ``failed`` (charged only for uncertain attempts) or
 ``interrupted`` (the client left mid-stream). A call refused before going upstream is
-written once as ``rejected``. Rows whose worker died are finished by ``sweep``: reserved
-holds are ``released``; forwarded rows are charged their expected cost and marked
-``expired`` for review, since the provider may have billed.
+written once as ``rejected``. Just before an attempt's last request bytes go, the row
+is marked ``sent_at``. Rows whose worker died are finished by ``sweep``: a cache hit's,
+or a call no provider had whole, is ``released``; other forwarded rows are charged
+their expected cost and marked ``expired`` for review, since the provider may have
+billed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database, rate_limits
@@ -148,6 +150,13 @@ _SETTLE_ROW = Statement(
 )
 
 
+_MARK_SENT = Statement(
+    update(ledger)
+    .where(ledger.c.id == bindparam("call_id"), ledger.c.status == "forwarded")
+    .values(sent_at=func.coalesce(ledger.c.sent_at, bindparam("now", type_=ledger.c.sent_at.type)))
+)
+
+
 def _row(opening: Opening, **columns: Any) -> dict[str, Any]:
     return {
         **dict.fromkeys(_ROW_COLUMNS),
@@ -245,10 +254,45 @@ async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement)
     return await database.store(engine).write(lambda: _settling(call_id, settlement))
 
 
+_RAISE_ROW_HOLD = Statement(
+    update(ledger)
+    .where(ledger.c.id == bindparam("call_id"), ledger.c.status == "forwarded")
+    .values(hold_nanos=ledger.c.hold_nanos + bindparam("extra"))
+)
+
+
+async def raise_hold(engine: AsyncEngine, call_id: str, extra: int) -> bool:
+    """Hold ``extra`` more for an open call (a fallback that may cost more than what was
+    held); False, holding nothing more, if a budget on its path has no room for it."""
+
+    def raising() -> Program[None]:
+        if (yield execute(_RAISE_ROW_HOLD, call_id=call_id, extra=extra)) != 1:
+            raise budgets.NoRoom("", extra, busy=False)
+        yield from budgets.raising(call_id, extra)
+
+    try:
+        await database.store(engine).write(raising)
+    except budgets.NoRoom:
+        return False
+    return True
+
+
+async def mark_sent(engine: AsyncEngine, call_id: str) -> bool:
+    """Say, before an attempt's last request bytes go, that a provider may now have the
+    whole request (the sweeper then charges a lost call instead of releasing it). False if
+    the row is no longer open: nothing more may be sent for it."""
+    now = database.utcnow()
+    return bool(await database.store(engine).write(lambda: _marking_sent(call_id, now)))
+
+
+def _marking_sent(call_id: str, now: datetime) -> Program[int]:
+    return (yield execute(_MARK_SENT, call_id=call_id, now=now))
+
+
 async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
     """A settlement kept in the journal: settled as a live one is if its row is still open;
-    if the sweeper got there first (and charged the expected cost), corrected to what the
-    call really cost. True if it changed anything."""
+    if the sweeper got there first (charging the expected cost, or releasing the holds),
+    corrected to what the call really cost. True if it changed anything."""
     if await settle_call(engine, call_id, settlement):
         return True
     values = _settled_columns(settlement)
@@ -256,7 +300,7 @@ async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settle
         swept = (
             await conn.execute(
                 select(ledger.c.cost_nanos).where(
-                    ledger.c.id == call_id, ledger.c.status == "expired"
+                    ledger.c.id == call_id, ledger.c.status.in_(("expired", "released"))
                 )
             )
         ).first()
@@ -292,8 +336,10 @@ def _inserting(row: dict[str, Any]) -> Program[None]:
 async def sweep(
     engine: AsyncEngine, *, reserved_before: datetime, forwarded_before: datetime, limit: int = 100
 ) -> int:
-    """Finish rows whose worker died; returns how many. Safe to run on every process at
-    once: PostgreSQL hands each row to one sweeper (SKIP LOCKED), SQLite serialises them."""
+    """Finish rows whose worker died; returns how many: released if no provider can have
+    had the whole request, else charged their expected cost for review. Safe to run on
+    every process at once: PostgreSQL hands each row to one sweeper (SKIP LOCKED), SQLite
+    serialises them."""
     stale = and_(
         OPEN_ROWS,  # the partial index of open rows: bounded, not a scan
         ledger.c.created_at < max(reserved_before, forwarded_before),
@@ -302,14 +348,20 @@ async def sweep(
             and_(ledger.c.status == "forwarded", ledger.c.created_at < forwarded_before),
         ),
     )
-    query = select(ledger.c.id, ledger.c.status, ledger.c.expected_nanos).where(stale).limit(limit)
+    query = (
+        select(ledger.c.id, ledger.c.status, ledger.c.expected_nanos, ledger.c.sent_at)
+        .where(stale)
+        .limit(limit)
+    )
     async with database.write(engine) as conn:
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = (await conn.execute(query)).all()
         now = database.utcnow()
         for row in rows:
-            released = row.status == "reserved"
+            # A cache hit, or a call whose request never reached a provider whole: nothing
+            # can have been billed. Otherwise it may have been: its expected cost, for review.
+            released = row.status == "reserved" or row.sent_at is None
             cost = 0 if released else row.expected_nanos
             await conn.execute(
                 update(ledger)

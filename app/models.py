@@ -181,6 +181,9 @@ class LedgerEntry(Base):
     latency_ms: Mapped[int | None]
     upstream_latency_ms: Mapped[int | None]
     created_at: Mapped[datetime]
+    # Set just before an attempt's last request bytes go: until then no provider can
+    # have the whole request, so a row swept without it was billed nothing.
+    sent_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
 
 

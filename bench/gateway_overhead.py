@@ -50,6 +50,22 @@ def multipart(audio: bytes, model: str) -> bytes:
     return head + audio + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+def speech_wav(size: int) -> bytes:
+    """A 16 kHz mono WAV of ``size`` bytes whose samples are the speech fixture's, repeated:
+    real audio, so the measure takes the path a real upload takes (not silence's)."""
+    fixture = (Path(__file__).parent.parent / "tests" / "fixtures" / "speech.wav").read_bytes()
+    samples = fixture[fixture.index(b"data") + 8 :]
+    header = wav_of_size(44)
+    pcm = (samples * (size // len(samples) + 1))[: size - 44]
+    return (
+        header[:4]
+        + (size - 8).to_bytes(4, "little")
+        + header[8:40]
+        + (size - 44).to_bytes(4, "little")
+        + pcm
+    )
+
+
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -179,7 +195,7 @@ def main() -> None:
             "ledger_rows": args.ledger_rows,
         }
         for label, size in (("100KB", 100_000), ("1MB", 1_000_000)):
-            body = multipart(wav_of_size(size), "whisper-1")
+            body = multipart(speech_wav(size), "whisper-1")
             requests = {
                 name: (url, load.request_bytes(url, headers, body))
                 for name, (url, headers) in targets.items()
@@ -201,7 +217,7 @@ def main() -> None:
                 2,
             )
 
-        body = multipart(wav_of_size(100_000), "whisper-1")
+        body = multipart(speech_wav(100_000), "whisper-1")
         c = args.concurrency
         for name in ("direct", "passthrough", "earmark"):
             url, headers = targets[name]
@@ -216,7 +232,7 @@ def main() -> None:
 
         pid = processes["earmark"].pid
         report["earmark_peak_rss_mib_before_big"] = round(peak_rss_mib(pid), 1)
-        big = multipart(wav_of_size(26_214_400), "whisper-1")
+        big = multipart(speech_wav(26_214_400), "whisper-1")
         url, headers = targets["earmark"]
         asyncio.run(big_uploads(url, headers, big, args.big_clients))
         report[f"earmark_peak_rss_mib_after_{args.big_clients}x25MiB"] = round(peak_rss_mib(pid), 1)

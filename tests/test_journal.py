@@ -158,6 +158,7 @@ async def test_a_kept_settlement_is_applied_once_even_after_a_sweep(engine, tmp_
         )  # fmt: skip
         age = timedelta(hours=2 if swept else 0)
         await ledger.open_call(engine, opening, "p", "m", now=database.utcnow() - age)
+        assert await ledger.mark_sent(engine, call_id)  # it went upstream, and was answered
         if swept:
             hour_ago = database.utcnow() - timedelta(hours=1)
             assert await ledger.sweep(engine, reserved_before=hour_ago, forwarded_before=hour_ago)

@@ -1,5 +1,6 @@
-"""Rows whose worker died are finished: never-forwarded holds released, forwarded ones
-charged their expected cost for review, and a late worker cannot go upstream after a sweep."""
+"""Rows whose worker died are finished: holds of calls no provider had whole released,
+calls a provider may have had charged their expected cost for review, and a late worker
+cannot go upstream after a sweep."""
 
 from datetime import timedelta
 
@@ -38,11 +39,13 @@ async def _open(
     await ledger.open_call(engine, opening, "p", "m", now=database.utcnow() - age, status=status)
 
 
-async def test_sweep_releases_reserved_and_charges_forwarded(engine):
+async def test_sweep_releases_unsent_calls_and_charges_sent_ones(engine):
     tenant, key = await _key(engine)
     old = timedelta(hours=2)
     await _open(engine, tenant, key, "req_never_sent", old, status="reserved")
+    await _open(engine, tenant, key, "req_lost_mid_upload", old)  # forwarded, never whole
     await _open(engine, tenant, key, "req_sent_then_lost", old)
+    assert await ledger.mark_sent(engine, "req_sent_then_lost")
     await _open(engine, tenant, key, "req_in_flight", timedelta(seconds=1), status="reserved")
 
     now = database.utcnow()
@@ -51,11 +54,13 @@ async def test_sweep_releases_reserved_and_charges_forwarded(engine):
         reserved_before=now - timedelta(minutes=1),
         forwarded_before=now - timedelta(hours=1),
     )
-    assert swept == 2
+    assert swept == 3
     async with engine.connect() as conn:
         rows = {row.id: row for row in (await conn.execute(select(ledger_table))).all()}
         (counter,) = (await conn.execute(select(budget_counters))).all()
-    assert (rows["req_never_sent"].status, rows["req_never_sent"].cost_nanos) == ("released", 0)
+    for unsent in ("req_never_sent", "req_lost_mid_upload"):
+        row = rows[unsent]
+        assert (row.status, row.cost_nanos, row.review) == ("released", 0, None)
     lost = rows["req_sent_then_lost"]
     assert (lost.status, lost.cost_nanos, lost.review) == ("expired", 600, "worker_lost")
     assert (lost.error_code, lost.usage_source) == ("worker_lost", "expected")
@@ -69,6 +74,7 @@ async def test_sweep_releases_reserved_and_charges_forwarded(engine):
     )
     assert not await ledger.settle_call(engine, "req_sent_then_lost", settlement)
     assert not await ledger.settle_call(engine, "req_never_sent", settlement)
+    assert not await ledger.mark_sent(engine, "req_lost_mid_upload")  # nothing more goes
 
     again = await ledger.sweep(
         engine,

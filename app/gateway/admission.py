@@ -57,9 +57,14 @@ class Admitted:
     hit: cache.Entry | None = None  # the cache's answer: nothing goes upstream
 
     def expected_on(self, route: Route) -> int:
-        """What one attempt on ``route`` is expected to cost: held, and charged when its
-        outcome is uncertain."""
+        """What one attempt on ``route`` is expected to cost: charged when its outcome is
+        uncertain."""
         return expected_nanos(route.config.price, route.billing, self.audio_ms, self.prompt)
+
+    def hold_on(self, route: Route) -> int:
+        """The most one attempt on ``route`` may cost: what is held for it (its expected
+        cost for a duration price)."""
+        return hold_nanos(route.config.price, route.billing, self.audio_ms, self.prompt)
 
 
 def single(fields: dict[str, list[str]], name: str) -> str | None:
@@ -152,12 +157,9 @@ class Admission:
                 admitted.lookup.config.hit_price, admitted.hit.usage
             )
         else:
+            # A fallback that may cost more holds the difference before it is tried.
             opening.expected_nanos = admitted.expected_on(route)
-            # A fallback may cost more than the route asked for: hold the most any could.
-            opening.hold_nanos = max(
-                hold_nanos(c.config.price, c.billing, audio.duration_ms, admitted.prompt)
-                for c in admitted.candidates
-            )
+            opening.hold_nanos = admitted.hold_on(route)
         try:
             await ledger.open_call(
                 gateway.engine,

@@ -116,7 +116,9 @@ async def _serve(
             await settlement.cached(admitted.hit.usage)
         return shaping.replay(call, admitted, admitted.hit)
     settlement.upstream_started = call.started
-    forwarded = await forwarding.forward(gateway, call, admitted, settlement.attempts)
+    forwarded = await forwarding.forward(
+        gateway, call, admitted, settlement.attempts, settlement.opening
+    )
     return await _answer(gateway, call, admitted, settlement, forwarded)
 
 
@@ -147,7 +149,7 @@ async def _answer(
         charged = await settlement.failed(504 if timeout else 502, code, route)
         raise shaping.no_answer(forwarded, charged)
     if upstream.status >= 400:
-        response, status, code = shaping.refusal(route, upstream)
+        response, status, code = shaping.refusal(route, upstream, forwarded.charged_nanos)
         await settlement.failed(status, code, route)
         return response
     if upstream.events is not None:

@@ -12,18 +12,29 @@ because both providers may bill.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from app import database
+from app import database, ledger
 from app.catalog import Route
+from app.errors import (
+    DATABASE_ERRORS,
+    DatabaseUnavailable,
+    ServiceUnavailable,
+    database_unavailable,
+)
+from app.metering import NANOS_PER_USD
 from app.providers import AttemptFailed, Progress, UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
     from app.gateway.admission import Admitted
     from app.gateway.call import CallRequest, Gateway
+
+logger = logging.getLogger("earmark")
 
 
 @dataclass(slots=True)
@@ -64,6 +75,68 @@ def upstream_format(route: Route, response_format: str, stream: bool) -> str:
     return response_format
 
 
+async def _can_hold(
+    gateway: Gateway,
+    call: CallRequest,
+    admitted: Admitted,
+    opening: ledger.Opening,
+    attempts: list[Attempt],
+    route: Route,
+) -> bool:
+    """Whether the call holds enough for a fallback to ``route``: the most it may cost, on
+    top of what the attempts before it are charged; held more now if need be. False when a
+    budget on the path has no room for it, or the database cannot say."""
+    needed = sum(a.charged_nanos for a in attempts) + admitted.hold_on(route)
+    extra = needed - opening.hold_nanos
+    if extra <= 0:
+        return True
+    try:
+        raised = await ledger.raise_hold(gateway.engine, call.request_id, extra)
+    except DATABASE_ERRORS as error:
+        if not database_unavailable(error):
+            raise
+        raised = False
+    if raised:
+        opening.hold_nanos = needed
+        gateway.metrics.held_usd.inc(extra / NANOS_PER_USD)
+    else:
+        logger.warning(
+            "%s: no fallback to %s, its budgets cannot hold it", call.request_id, route.name
+        )
+    return raised
+
+
+def _marking_sent(gateway: Gateway, call: CallRequest) -> Callable[[], Awaitable[None]]:
+    """What a provider awaits before an attempt's last request bytes go: the row says, once,
+    that the call may now be billed. If the database cannot say so, the attempt stops
+    there, unsent: no provider had the whole request, so the tenant is told nothing was
+    billed."""
+    marked = False
+
+    async def before_last() -> None:
+        nonlocal marked
+        if marked:
+            return
+        try:
+            still_open = await ledger.mark_sent(gateway.engine, call.request_id)
+        except DATABASE_ERRORS as error:
+            if not database_unavailable(error):
+                raise
+            raise DatabaseUnavailable(
+                "The gateway's database is unavailable, so the request was stopped before "
+                "a provider had it whole: nothing was billed. Retry shortly."
+            ) from None
+        if not still_open:  # finished by a sweeper meanwhile: it must not be billed now
+            raise ServiceUnavailable(
+                "This call took too long to reach its provider and was cancelled before "
+                "a provider had it whole: nothing was billed. Retry.",
+                code="call_expired",
+            )
+        marked = True
+
+    return before_last
+
+
 def _error_kind(status: int) -> str | None:
     if status >= 500:
         return "status_5xx"
@@ -73,12 +146,24 @@ def _error_kind(status: int) -> str | None:
 
 
 async def forward(
-    gateway: Gateway, call: CallRequest, admitted: Admitted, attempts: list[Attempt]
+    gateway: Gateway,
+    call: CallRequest,
+    admitted: Admitted,
+    attempts: list[Attempt],
+    opening: ledger.Opening,
 ) -> Forwarded:
     """Attempt each candidate in turn; ``attempts`` (the caller's, so that a call abandoned
-    mid-attempt still knows what was sent) receives one record per attempt."""
+    mid-attempt still knows what was sent) receives one record per attempt. A fallback is
+    tried only if the call's budgets can hold what it may cost on top of what the attempts
+    before it are charged (``opening.hold_nanos`` grows with it)."""
     options = admitted.options
+    before_last = _marking_sent(gateway, call)
+    previous: Forwarded | None = None
     for n, route in enumerate(admitted.candidates, 1):
+        if previous is not None and not await _can_hold(
+            gateway, call, admitted, opening, attempts, route
+        ):
+            return previous
         last = n == len(admitted.candidates)
         attempt = Attempt(n=n, route=route, started_at=database.utcnow())
         attempts.append(attempt)
@@ -94,7 +179,7 @@ async def forward(
             upload=admitted.upload,
             request_id=call.request_id,
             owner=call.principal.tenant_id,
-            progress=Progress(),
+            progress=Progress(before_last=before_last),
         )
         started = time.perf_counter()
         try:
@@ -104,14 +189,14 @@ async def forward(
             attempt.latency_ms = int((time.perf_counter() - started) * 1000)
             if failure.reached:
                 attempt.uncertain(admitted.expected_on(route), failure.kind)
-                gateway.metrics.uncertain_attempts.labels(route.provider_name).inc()
             else:
                 attempt.error = failure.kind
             gateway.metrics.upstream_attempt(
                 route.provider_name, route.name, time.perf_counter() - started, failure.kind
             )
+            previous = Forwarded(attempts, route, None, failure)
             if last:
-                return Forwarded(attempts, route, None, failure)
+                return previous
             continue
         except BaseException:
             # The caller left (or something broke) mid-attempt: a provider that had the
@@ -129,8 +214,9 @@ async def forward(
         gateway.metrics.upstream_attempt(
             route.provider_name, route.name, time.perf_counter() - started, attempt.error
         )
+        previous = Forwarded(attempts, route, response, None)
         if (response.status >= 500 or response.status == 429) and not last:
             await response.close()
             continue
-        return Forwarded(attempts, route, response, None)
+        return previous
     raise AssertionError("a route has at least one candidate")

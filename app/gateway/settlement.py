@@ -109,6 +109,8 @@ class Settlement:
         if uncertain:
             review = "uncertain"
             source = source or "expected"
+        for attempt in uncertain:  # whatever made it so: a timeout, a reset, a broken stream
+            gateway.metrics.uncertain_attempts.labels(attempt.route.provider_name).inc()
         settlement = ledger.Settlement(
             status=status,
             http_status=http_status,

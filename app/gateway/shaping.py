@@ -131,10 +131,18 @@ def replay(call: CallRequest, admitted: Admitted, entry: cache.Entry) -> Respons
     return ok(msgspec.json.encode(decoded), "application/json", headers)
 
 
-def refusal(route: Route, upstream: UpstreamResponse) -> tuple[Response[Any], int, str | None]:
-    """The provider's own error, relayed: 502 for its 5xx; its status otherwise."""
+def refusal(
+    route: Route, upstream: UpstreamResponse, charged: int
+) -> tuple[Response[Any], int, str | None]:
+    """The provider's own error, relayed: 502 for its 5xx; its status otherwise. If an
+    earlier attempt may have been billed (``charged``), the message says so."""
     status = 502 if upstream.status >= 500 else upstream.status
     envelope = upstream_error_body(route.provider_name, upstream.status, upstream.body)
+    if charged:
+        envelope["error"]["message"] += (
+            f" An earlier attempt may have been billed by its provider, so this call was "
+            f"charged its expected cost (${usd(charged)}) pending review."
+        )
     headers = {} if status in (429, 502) else {"x-should-retry": "false"}
     return (
         Response(envelope, status_code=status, headers=headers),

@@ -28,6 +28,10 @@ class Progress:
 
     bytes_sent: int = 0
     reached: bool = False
+    # Awaited before the request's last bytes go (from then on the provider may have it
+    # whole and bill it): the call path records that first. What it raises ends the
+    # attempt unsent, and is what ``send`` raises.
+    before_last: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

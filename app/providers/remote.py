@@ -17,6 +17,7 @@ import aiohttp
 
 from app.catalog import Route
 from app.config import ProviderConfig
+from app.errors import EarmarkError
 from app.form import Upload
 from app.providers import AttemptFailed, Progress, UpstreamRequest, UpstreamResponse
 
@@ -87,6 +88,8 @@ class _Body:
         while chunk := self.upload.file.read(_CHUNK):
             yield chunk
             progress.bytes_sent += len(chunk)
+        if progress.before_last is not None:
+            await progress.before_last()
         yield self.tail
         progress.bytes_sent += len(self.tail)
         progress.reached = True
@@ -150,6 +153,8 @@ class RemoteProvider:
                 allow_redirects=False,  # a redirect would re-send the tenant's audio elsewhere
             )
         except _TRANSPORT_ERRORS as error:
+            if isinstance(error.__cause__, EarmarkError):  # from ``before_last``
+                raise error.__cause__ from None
             raise self._failed(error, request.progress) from None
         content_type = response.headers.get("content-type", "")
         if response.status < 400 and content_type.startswith("text/event-stream"):
