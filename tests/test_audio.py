@@ -152,13 +152,32 @@ def test_a_codec_ffmpeg_finds_in_pcm_samples_is_never_measured_as_the_pcm(
     with av.open(io.BytesIO(data), format="wav") as opened:
         found = opened.streams.audio[0].codec_context.name  # what a provider decodes
     if not found.startswith("pcm"):
-        assert may_be_disguised(samples[: probed_window(2 * channels)])
+        assert may_be_disguised(samples[: probed_window(2 * channels * rate, 2 * channels)])
     try:
         audio = _measure(data)
     except AudioRefused as refused:  # AC-3, E-AC-3 and LATM are not accepted at all
         assert refused.code == "unsupported_codec" and not found.startswith("pcm")
         return
     assert audio.duration_ms >= decoded_seconds(data) * 1000 - 50
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "packet"),
+    [(16_000, 1, 2_048), (48_000, 2, 16_384), (96_000, 2, 32_768), (192_000, 2, 65_536)],
+)
+def test_a_codec_hidden_deep_in_what_ffmpeg_probes_is_found(
+    hidden_codecs, rate, channels, packet
+):
+    """FFmpeg's packets hold about a tenth of a second: the higher the header's rate, the
+    deeper its prober looks (2 MB in 32 packets at 192 kHz stereo). MP2 placed deep in."""
+    for after in (20 * packet, 20 * packet + 1):
+        data = riff(
+            (b"fmt ", fmt_chunk(rate, channels, 16)),
+            (b"data", bytes(after) + hidden_codecs["mp2"] * 10),
+        )
+        with av.open(io.BytesIO(data), format="wav") as opened:
+            assert opened.streams.audio[0].codec_context.name.startswith("mp2")
+        assert _measure(data).duration_ms >= decoded_seconds(data) * 1000 - 50
 
 
 @pytest.mark.parametrize("name", ["mp3-8k", "adts", "loas", "ac3", "eac3"])
@@ -173,7 +192,7 @@ def test_the_shortest_run_of_frames_ffmpeg_switches_on_is_caught(hidden_codecs, 
                 break
     else:
         pytest.fail(f"FFmpeg never read {name} in the samples")
-    assert may_be_disguised(samples[: probed_window(2)])
+    assert may_be_disguised(samples[: probed_window(32_000, 2)])
     assert not may_be_disguised(hidden_codecs[name][: length // 8] + _speech_pcm())  # a frame
 
 
@@ -190,7 +209,7 @@ def test_the_shortest_run_of_frames_ffmpeg_switches_on_is_caught(hidden_codecs, 
     ids=["speech", "local-speech", "tone", "silence", "noise", "quiet-noise"],
 )
 def test_real_recordings_are_measured_without_the_slow_probe(samples):
-    assert not may_be_disguised(samples[: probed_window(2)])
+    assert not may_be_disguised(samples[: probed_window(32_000, 2)])
 
 
 @pytest.mark.parametrize(

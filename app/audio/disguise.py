@@ -22,10 +22,12 @@ from functools import cache
 
 import numpy as np
 
-# FFmpeg's WAV demuxer probes at most 32 packets of max(4096, block_align) bytes; one
-# more is looked at.
-_PACKET_BYTES = 4096
+# FFmpeg's WAV demuxer probes at most 32 packets (and at most ``probesize`` bytes) of a
+# PCM stream; a packet is about a tenth of a second of audio (FFmpeg 5 and later), or
+# 4096 bytes (earlier). One packet more is looked at.
 _PROBED_PACKETS = 32
+_PROBESIZE = 5_000_000
+_OLD_PACKET_BYTES = 4096
 
 # Four-byte sync words, and how many of one group a prober needs before it may switch:
 # DTS core (either byte order, then each 14-bit packing) and extension substream, at
@@ -58,9 +60,12 @@ _MPEG_KBPS = {  # (MPEG-1?, layer) → kbit/s by bitrate index 1..14
 }
 
 
-def probed_window(block_align: int) -> int:
-    """How many bytes of samples to look at: a packet more than FFmpeg's prober sees."""
-    return (_PROBED_PACKETS + 1) * max(_PACKET_BYTES, block_align)
+def probed_window(byte_rate: int, block_align: int) -> int:
+    """How many bytes of a PCM stream FFmpeg's prober may see, and a packet more, for a
+    stream of ``byte_rate`` bytes a second in blocks of ``block_align``."""
+    samples = max(1, byte_rate // 10 // block_align)
+    packet = max(block_align << (samples.bit_length() - 1), _OLD_PACKET_BYTES, block_align)
+    return min((_PROBED_PACKETS + 1) * packet, _PROBESIZE + 2 * packet)
 
 
 def may_be_disguised(samples: bytes) -> bool:

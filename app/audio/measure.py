@@ -16,6 +16,7 @@ from app.audio.refusals import PROBE_SECONDS, AudioRefused, not_audio, too_long,
 from app.audio.wav import Wav, walk
 
 DEFAULT_MAX_SECONDS = 10_800  # 3 hours; a model may set its own `max_audio_seconds`
+MAX_FAST_WINDOW = 1 << 20  # samples looked at for a hidden codec; beyond, FFmpeg probes
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +69,11 @@ def _plain_pcm(file: BinaryIO, wav: Wav) -> Audio | None:
         audio = _pcm_audio(opened, wav)
     if audio is None:
         return None
+    window = probed_window(wav.block_align * audio.sample_rate, wav.block_align)
+    if window > MAX_FAST_WINDOW:
+        return None  # high rates: FFmpeg's prober reads so much that it may as well decide
     file.seek(wav.data_start)
-    return None if may_be_disguised(file.read(probed_window(wav.block_align))) else audio
+    return None if may_be_disguised(file.read(window)) else audio
 
 
 def _pcm_audio(opened: av.container.InputContainer, wav: Wav) -> Audio | None:
