@@ -8,7 +8,6 @@ effective on the next request on every process.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from datetime import datetime
 from typing import Any
@@ -52,7 +51,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
 def _basic_credentials(value: str) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 once decoded
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None

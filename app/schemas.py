@@ -7,6 +7,7 @@ hold no control or invisible characters, so two names that look alike are alike.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -40,13 +41,22 @@ TenantStatus = Literal["active", "inactive"]
 KeyStatus = Literal["active", "expired", "revoked"]
 
 
+# Unicode's Default_Ignorable_Code_Point (joiners, variation selectors, fillers: they
+# show nothing) and the blank Braille pattern, which Python counts as printable.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+
+
 def normalized_name(value: str) -> str:
     """A name as stored: NFC, trimmed; ValueError if it is blank or has a character that
-    does not print (controls, zero-width and other format characters)."""
+    does not print (controls, zero-width, format and other invisible characters)."""
     name = unicodedata.normalize("NFC", value).strip()
     if not name:
         raise ValueError("`name` cannot be blank")
-    if not name.isprintable():
+    if not name.isprintable() or _INVISIBLE.search(name):
         raise ValueError("`name` cannot contain control or invisible characters")
     return name
 

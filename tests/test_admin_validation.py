@@ -135,6 +135,27 @@ async def test_nul_bytes_and_invisible_characters_never_reach_a_query(
     await _refused(client, method, path, body, param=param)
 
 
+@pytest.mark.parametrize(
+    "invisible", ["\u034f", "\ufe0f", "\u3164", "\u2800", "\u115f", "\u180b", "\U000e0101"]
+)
+async def test_a_name_with_an_invisible_character_is_not_a_lookalike_tenant(client, invisible):
+    await _refused(client, "POST", "/admin/tenants", {"name": f"acme{invisible}"}, param="name")
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("from", "0001-01-01T00:00:00%2B05:00"), ("to", "9999-12-31T23:59:59-05:00")],
+)
+async def test_a_usage_range_past_the_calendar_in_utc_is_a_400(client, param, value):
+    await _refused(client, "GET", f"/admin/usage?{param}={value}", param=param)
+
+
+@pytest.mark.parametrize("path", ["/admin/tenants", "/v1/models"])
+async def test_basic_credentials_that_are_not_ascii_are_a_401(client, path):
+    response = await client.get(path, headers={"authorization": "Basic é".encode()})
+    assert response.status_code == 401, response.text
+
+
 async def test_an_expiry_past_year_9999_in_utc_is_a_400(client, tenant):
     body = {"tenant_id": tenant["id"], "name": "k", "expires_at": "9999-12-31T23:00:00-05:00"}
     await _refused(client, "POST", "/admin/keys", body, param="expires_at")

@@ -165,9 +165,7 @@ def test_a_codec_ffmpeg_finds_in_pcm_samples_is_never_measured_as_the_pcm(
     ("rate", "channels", "packet"),
     [(16_000, 1, 2_048), (48_000, 2, 16_384), (96_000, 2, 32_768), (192_000, 2, 65_536)],
 )
-def test_a_codec_hidden_deep_in_what_ffmpeg_probes_is_found(
-    hidden_codecs, rate, channels, packet
-):
+def test_a_codec_hidden_deep_in_what_ffmpeg_probes_is_found(hidden_codecs, rate, channels, packet):
     """FFmpeg's packets hold about a tenth of a second: the higher the header's rate, the
     deeper its prober looks (2 MB in 32 packets at 192 kHz stereo). MP2 placed deep in."""
     for after in (20 * packet, 20 * packet + 1):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from litestar import Response, get
@@ -30,7 +30,10 @@ def _instant(name: str, text: str | None) -> datetime | None:
             f"`{name}` must be an RFC 3339 time with a UTC offset, e.g. 2026-11-01T00:00:00Z.",
             param=name,
         )
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before the year 1 in UTC
+        raise InvalidRequest(f"`{name}` is out of range.", param=name) from None
 
 
 @get("/usage", summary="Calls, audio seconds, tokens and cost grouped over a time range")
