@@ -9,9 +9,9 @@ bounded too, since the parser buffers a header until it ends), a minimum body ra
 grace period has passed (408), a cap on requests pipelined behind the one being served,
 a close after an answer given before its request's body was read (the answer says
 ``connection: close``, so no client sends another request on it), and a cap on open
-connections per process (503, then close). Idle keep-alive connections close after
-``keepalive_seconds``. Time the gateway itself stops reading (backpressure) is not
-counted against the client.
+connections per process (503, then close), never more than its open-file limit serves.
+Idle keep-alive connections close after ``keepalive_seconds``. Time the gateway itself
+stops reading (backpressure) is not counted against the client.
 
 Every close with the client still sending lingers: the answer, a FIN, then what the
 client still sends is read and dropped, up to ``LINGER_SECONDS`` and an upload's worth of
@@ -27,6 +27,7 @@ import time
 from asyncio import TimerHandle, Transport
 from typing import Any
 
+import msgspec
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -40,12 +41,28 @@ LINGER_SECONDS = 5.0  # a closing connection drains what the client still sends 
 LINGER_BYTES = MAX_FILE_BYTES + (1 << 20)  # ... up to a whole refused upload
 _HEAD_SLACK = 64 << 10  # raw bytes an unfinished head may span beyond the header cap
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Busy"}
+# Its socket, a spooled upload, an upstream connection, and a refused one lingering.
+FILES_PER_CONNECTION = 4
+FILES_RESERVED = 64
 
 
 @functools.cache
 def _limits() -> HttpLimits:
-    """This process's limits, read once from the environment (workers inherit it)."""
-    return load_settings().http
+    """This process's limits, read once from the environment (workers inherit it), with
+    no more connections than its open-file limit can serve (``connection_cap``)."""
+    limits = load_settings().http
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = connection_cap(limits.max_connections, soft)
+    return msgspec.structs.replace(limits, max_connections=cap)
+
+
+def connection_cap(configured: int, open_files: int) -> int:
+    """Connections a process can serve within ``open_files``: each may need its socket, a
+    spooled upload, an upstream connection and a refused connection lingering beside it,
+    with a reserve for the database, the journal, logs and the pools."""
+    if open_files == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, (open_files - FILES_RESERVED) // FILES_PER_CONNECTION))
 
 
 def _raw_response(status: int, message: str) -> bytes:
@@ -73,6 +90,10 @@ class _Lingering:
 
 
 class GuardedProtocol(HttpToolsProtocol):
+    # Connections refused at the cap still lingering, in this process: at most as many as
+    # the cap, so that sockets never hold more than twice the cap's files.
+    refused_open = 0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = _limits()
@@ -93,6 +114,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
             self.transport = transport
+            if GuardedProtocol.refused_open >= self.limits.max_connections:
+                transport.close()  # as many refusals are still lingering: no file for it
+                return
+            GuardedProtocol.refused_open += 1
             self._refuse(503, "Too many open connections; retry shortly.")
             return
         super().connection_made(transport)
@@ -101,6 +126,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         if self.flow is None:  # refused before it was ever served
+            if self._refused:
+                GuardedProtocol.refused_open -= 1
             return
         super().connection_lost(exc)
 

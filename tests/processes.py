@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -61,15 +62,24 @@ def serving_many(env: dict[str, str], directory: Path, count: int) -> Iterator[l
 
 
 @contextmanager
-def serving(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
-    """Start `earmark serve` on a free loopback port; yield its base URL once healthy."""
+def serving(
+    env: dict[str, str], log: Path, *args: str, open_files: int | None = None
+) -> Iterator[str]:
+    """Start `earmark serve` on a free loopback port (with at most ``open_files`` open
+    files, if given); yield its base URL once healthy."""
     port = free_port()
+
+    def limit_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=limit_files,  # sets a limit in the child; starts no thread
         )
     base = f"http://127.0.0.1:{port}"
     try:

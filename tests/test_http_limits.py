@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.server import LINGER_BYTES, LINGER_SECONDS
+from app.server import LINGER_BYTES, LINGER_SECONDS, connection_cap
+from tests.audio_files import tone, wav
 from tests.conftest import ADMIN
 from tests.gateway import process_env
 from tests.processes import serving
@@ -116,17 +117,15 @@ def test_oversized_headers_are_431(server, headers):
     assert b'"code":"http_431"' in data
 
 
-def test_a_body_that_trickles_in_is_cut_off_and_recorded(server):
-    key = httpx.post(
-        f"{server}/admin/keys",
-        headers=ADMIN,
-        json={
-            "tenant_id": httpx.post(
-                f"{server}/admin/tenants", headers=ADMIN, json={"name": "slow"}
-            ).json()["id"],
-            "name": "slow",
-        },
+def _tenant_key(server: str) -> dict:
+    tenant = httpx.post(f"{server}/admin/tenants", headers=ADMIN, json={"name": "slow"}).json()
+    return httpx.post(
+        f"{server}/admin/keys", headers=ADMIN, json={"tenant_id": tenant["id"], "name": "slow"}
     ).json()
+
+
+def test_a_body_that_trickles_in_is_cut_off_and_recorded(server):
+    key = _tenant_key(server)
     with _connect(server) as sock:
         sock.sendall(
             b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\n"
@@ -159,6 +158,40 @@ def test_connections_past_the_cap_are_refused_at_once(server):
             sock.close()
     time.sleep(0.3)
     _healthy_meanwhile(server)
+
+
+def test_connections_never_exhaust_the_open_file_limit(database_url, fake_provider, tmp_path):
+    """1,100 idle connections against a process allowed 300 open files: those past what it
+    can serve are refused, and a tenant already connected still uploads (a spooled file,
+    an upstream connection) and gets its answer, not a 500."""
+    env = {**process_env(database_url, fake_provider.url, tmp_path), **LIMITS}
+    env["EARMARK_HTTP_MAX_CONNECTIONS"] = "1000"
+    env["EARMARK_HTTP_KEEPALIVE_TIMEOUT"] = env["EARMARK_HTTP_HEADER_TIMEOUT"] = "30"
+    cap = connection_cap(1000, 300)
+    assert cap < 100
+    with serving(env, tmp_path / "serve.log", open_files=300) as url:
+        key = _tenant_key(url)["secret"]
+        with httpx.Client(base_url=url, timeout=30) as tenant:
+            assert tenant.get("/healthz").status_code == 200  # connected before the flood
+            flood = []
+            for _ in range(1_100):
+                with contextlib.suppress(OSError):
+                    flood.append(_connect(url))
+            try:
+                time.sleep(0.5)
+                answer = tenant.post(
+                    "/v1/audio/transcriptions",
+                    headers={"authorization": f"Bearer {key}"},
+                    data={"model": "openai/whisper-1"},
+                    files={"file": ("a.wav", wav(tone(40)), "audio/wav")},  # over 1 MiB: spooled
+                )
+                assert answer.status_code == 200, answer.text
+            finally:
+                for sock in flood:
+                    sock.close()
+        time.sleep(0.5)
+        _healthy_meanwhile(url)
+    assert "Too many open files" not in (tmp_path / "serve.log").read_text()
 
 
 def test_an_idle_keep_alive_connection_is_closed(server):
