@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from app import __version__, migrate
 from app.admin_users import PasswordChecker
+from app.audio.sandbox import Sandbox
 from app.auth import require_admin, require_tenant
 from app.catalog import Catalog
 from app.config import load_config, provider_api_keys
@@ -62,6 +63,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         files=settings.file_threads,
     )
     providers = build_providers(config, provider_keys, http, executors.files)
+    sandbox = Sandbox(settings.probe_memory_mb << 20)
     try:
         head = migrate.head_revision()
         await migrate.ensure_at_head(engine, head)
@@ -77,6 +79,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             providers=providers,
             metrics=app.state.metrics,
             executors=executors,
+            sandbox=sandbox,
             journal=Journal(Path(settings.journal_dir), executors.files),
         )
         await replay_journal(gateway)  # what an earlier run kept while the database was away
@@ -91,6 +94,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         for provider in providers.values():
             await provider.close()
         executors.close()
+        sandbox.close()
         await http.close()
         await engine.dispose()
 

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_tenant_label: bool = False
     # Threads for each kind of blocking work (see app/executors.py).
     probe_threads: int = 4
+    # Address space of each process FFmpeg reads an upload in (app/audio/sandbox.py).
+    probe_memory_mb: int = 1024
     password_threads: int = 1
     file_threads: int = 4
     http: HttpLimits = HttpLimits()
@@ -83,6 +85,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         key_pepper=environ.get("EARMARK_KEY_PEPPER", ""),
         metrics_tenant_label=_flag(environ, "EARMARK_METRICS_TENANT_LABEL"),
         probe_threads=_count(environ, "EARMARK_PROBE_THREADS", 4),
+        probe_memory_mb=_count(environ, "EARMARK_PROBE_MEMORY_MB", 1024, 1 << 20),
         password_threads=_count(environ, "EARMARK_PASSWORD_THREADS", 1),
         file_threads=_count(environ, "EARMARK_FILE_THREADS", 4),
         http=HttpLimits(

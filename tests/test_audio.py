@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+import resource
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.measure import Limits, measure
 from app.audio.packets import opus_samples
 from app.audio.refusals import AudioRefused
+from app.audio.sandbox import Sandbox
 from app.audio.wav import MAX_WAV_CHUNKS
 from tests.audio_files import (
     decoded_seconds,
@@ -26,6 +28,7 @@ from tests.audio_files import (
     fmt_chunk,
     forge_streaminfo,
     id3_tag,
+    mp4_index_bomb,
     mpegts_aac,
     repacked,
     riff,
@@ -226,6 +229,25 @@ def test_sync_words_a_prober_counts_send_the_file_to_ffmpeg(word, times, offset,
         at = offset + 6_000 * (n + 1)
         samples[at : at + 4] = word
     assert may_be_disguised(bytes(samples)) is maybe
+
+
+def test_a_file_built_to_need_gigabytes_is_read_in_a_capped_worker():
+    """FFmpeg reads what it must demux or decode in a worker process: over its memory cap
+    the file is refused, the gateway's own memory untouched, and the next file is read."""
+    bomb = mp4_index_bomb()
+    assert len(bomb) < 40_000
+    sandbox = Sandbox(768 << 20)
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(AudioRefused) as refused:
+            measure(io.BytesIO(bomb), len(bomb), Limits(), sandbox)
+        assert refused.value.code in ("audio_too_complex", "invalid_audio", "empty_audio")
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+        speech = (FIXTURES / "speech.mp3").read_bytes()
+        audio = measure(io.BytesIO(speech), len(speech), Limits(), sandbox)
+        assert abs(audio.duration_ms - SPEECH_MS) < 120
+    finally:
+        sandbox.close()
 
 
 def test_opus_packets_are_counted_from_their_toc_byte():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import av
 
@@ -13,8 +15,12 @@ from app.audio import packets
 from app.audio.container import open_container, sniff
 from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.refusals import PROBE_SECONDS, AudioRefused, not_audio, too_long, too_slow
+from app.audio.sandbox import Sandbox, over_memory
+from app.audio.sandbox import opened as sandbox_opened
+from app.audio.sandbox import source as sandbox_source
 from app.audio.wav import Wav, walk
 
+T = TypeVar("T")
 DEFAULT_MAX_SECONDS = 10_800  # 3 hours; a model may set its own `max_audio_seconds`
 MAX_FAST_WINDOW = 1 << 20  # samples looked at for a hidden codec; beyond, FFmpeg probes
 
@@ -38,18 +44,30 @@ class Audio:
     channels: int
 
 
-def measure(file: BinaryIO, size: int, limits: Limits = Limits()) -> Audio:
+# FFmpeg gave up (or its read timeout fired): the file is not audio this gateway can read.
+_UNREADABLE = (av.FFmpegError, UnicodeError, ValueError, IndexError, OverflowError)
+
+
+def measure(
+    file: BinaryIO, size: int, limits: Limits = Limits(), sandbox: Sandbox | None = None
+) -> Audio:
     """The upload's duration as a decoder plays it, or ``AudioRefused`` (a 400).
 
-    Blocking and CPU-bound for large compressed files: run it in the probe pool."""
+    Blocking and CPU-bound for large compressed files: run it in the probe pool. A plain
+    PCM WAV is measured here; anything FFmpeg must demux or decode is read in
+    ``sandbox``'s worker process (here, without one)."""
     deadline = time.monotonic() + PROBE_SECONDS
     container, start = sniff(file)
     try:
         wav = walk(file, start, size) if container == "wav" else None
-        audio = (wav and _plain_pcm(file, wav)) or _decoded(file, container, wav, limits, deadline)
-    except (av.FFmpegError, MemoryError, UnicodeError, ValueError, IndexError, OverflowError):
-        # FFmpeg gave up (or its read timeout fired): say which, never what it said.
-        raise (too_slow() if time.monotonic() > deadline else not_audio()) from None
+        audio = wav and _unless_unreadable(_plain_pcm, deadline, file, wav)
+        if not audio:
+            seconds = deadline - time.monotonic()
+            audio = (
+                sandbox.run(seconds, _read, sandbox_source(file), container, wav, limits, seconds)
+                if sandbox
+                else _read(file, container, wav, limits, seconds)
+            )
     finally:
         file.seek(0)
     if audio.duration_ms > limits.max_seconds * 1000:
@@ -93,10 +111,30 @@ def _pcm_audio(opened: av.container.InputContainer, wav: Wav) -> Audio | None:
     return Audio(int(seconds * 1000), "wav", context.name, context.sample_rate, context.channels)
 
 
+def _unless_unreadable(function: Callable[..., T], deadline: float, *args: Any) -> T:
+    """``function(*args)``; what FFmpeg could not read is a 400 that says whether it was
+    too slow, too big for memory or not audio, never what FFmpeg said."""
+    try:
+        return function(*args)
+    except _UNREADABLE:
+        raise (too_slow() if time.monotonic() > deadline else not_audio()) from None
+    except MemoryError:
+        raise over_memory() from None
+
+
+def _read(
+    source: BinaryIO | str | bytes, container: str, wav: Wav | None, limits: Limits, seconds: float
+) -> Audio:
+    """The upload as FFmpeg's prober reads it, PCM by its bytes, the rest decoded (in a
+    sandbox worker, ``source`` names the upload)."""
+    deadline = time.monotonic() + seconds
+    with sandbox_opened(source) if isinstance(source, str | bytes) else nullcontext(source) as file:
+        return _unless_unreadable(_decoded, deadline, file, container, wav, limits, deadline)
+
+
 def _decoded(
     file: BinaryIO, container: str, wav: Wav | None, limits: Limits, deadline: float
 ) -> Audio:
-    """The upload as FFmpeg's prober reads it, PCM by its bytes, the rest decoded."""
     with open_container(file, container) as opened:
         if not opened.streams.audio:
             raise not_audio()

@@ -136,7 +136,12 @@ class Admission:
         route = self.route = gateway.catalog.resolve(options.model)
         gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
         audio = await gateway.executors.probe.run(
-            principal.tenant_id, measure, form.upload.file, form.upload.size, route.audio_limits
+            principal.tenant_id,
+            measure,
+            form.upload.file,
+            form.upload.size,
+            route.audio_limits,
+            gateway.sandbox,
         )
         admitted = Admitted(
             options=options,

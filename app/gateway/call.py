@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import cache, ledger
+from app.audio.sandbox import Sandbox
 from app.auth import Principal
 from app.catalog import Catalog, Route
 from app.errors import (
@@ -52,6 +53,7 @@ class Gateway:
     providers: dict[str, Provider]
     metrics: Metrics
     executors: Executors
+    sandbox: Sandbox  # where FFmpeg reads uploads, under a memory cap
     journal: Journal
     rate_limited: RecentRefusals = field(default_factory=RecentRefusals)
     # Seconds a call of each model typically takes (a moving average), for Retry-After.

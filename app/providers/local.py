@@ -13,7 +13,6 @@ one; closing the provider kills them all, and a worker dies with its gateway.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,36 +21,10 @@ import msgspec
 from app.config import ProviderConfig
 from app.executors import FairPool
 from app.providers import AttemptFailed, UpstreamRequest, UpstreamResponse, local_engine
+from app.workers import Worker
 
 FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 TASKS = {"transcriptions": "transcribe", "translations": "translate"}
-# spawn: forking a process that runs an event loop and threads is unsafe.
-_CONTEXT = multiprocessing.get_context("spawn")
-
-
-class _Worker:
-    """One worker process and the pipe to it."""
-
-    def __init__(self, memory_bytes: int | None) -> None:
-        self.conn, child = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(
-            target=local_engine.serve, args=(child, memory_bytes), daemon=True
-        )
-        self.process.start()
-        child.close()
-
-    def call(self, job: dict[str, Any], timeout: float) -> tuple[str, Any]:
-        """Blocking: send a job, wait for its answer (TimeoutError, or EOFError if the
-        process died)."""
-        self.conn.send(job)
-        if not self.conn.poll(timeout):
-            raise TimeoutError
-        return self.conn.recv()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.join()
-        self.conn.close()
 
 
 class _Workers:
@@ -60,8 +33,8 @@ class _Workers:
     def __init__(self, size: int, memory_bytes: int | None) -> None:
         self._memory_bytes = memory_bytes
         self._turns = asyncio.Semaphore(size)
-        self._idle: list[_Worker] = []
-        self._alive: set[_Worker] = set()
+        self._idle: list[Worker] = []
+        self._alive: set[Worker] = set()
         # One thread per worker waits on its pipe; the event loop never blocks on one.
         self._threads = ThreadPoolExecutor(size, thread_name_prefix="earmark-local")
 
@@ -72,7 +45,7 @@ class _Workers:
             if worker is None:
                 # Started from the event loop's thread, whose end (with the gateway's) the
                 # worker's parent-death signal is tied to; starting one takes milliseconds.
-                worker = _Worker(self._memory_bytes)
+                worker = Worker(local_engine.handle, self._memory_bytes)
                 self._alive.add(worker)
             try:
                 answer = await loop.run_in_executor(self._threads, worker.call, job, seconds)

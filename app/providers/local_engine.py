@@ -4,25 +4,19 @@
 to 16 kHz mono PCM as the recogniser reads it, so memory holds a few frames, not the
 whole decoded file; it recognises with PocketSphinx (its English model ships inside the
 PyPI package: no download) or faster-whisper (the operator's model directory or name,
-which needs the whole signal). ``serve`` is a worker process's loop: one job at a time
-from a pipe, under a cap on the process's memory, dying with the gateway that started it.
+which needs the whole signal). ``handle`` answers one job in a worker process
+(``app.workers``: a memory cap, dying with the gateway that started it).
 """
 
 from __future__ import annotations
 
-import ctypes
 import io
-import resource
-import signal
-import sys
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from typing import Any
 
 SAMPLE_RATE = 16_000
 _FRAMES_PER_SECOND = 100  # PocketSphinx's frame rate
 _FILLERS = frozenset({"<s>", "</s>", "<sil>", "[NOISE]", "[SPEECH]"})
-_PR_SET_PDEATHSIG = 1
 _engines: dict[tuple[str, str | None], Any] = {}  # loaded once per worker process
 
 
@@ -185,35 +179,14 @@ def transcribe(
     return result
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the gateway process dies, even by kill -9."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def serve(conn: Connection, memory_bytes: int | None) -> None:
-    """A worker process: transcribe jobs from ``conn`` one at a time until it closes.
-    Every answer is ("ok", transcript) or ("refused", a message for the tenant)."""
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when workers stop
-    if memory_bytes:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            answer: tuple[str, Any] = ("ok", transcribe(**job))
-        except EngineError as error:
-            answer = ("refused", f"the audio could not be transcribed: {error}")
-        except MemoryError:
-            answer = ("refused", "the audio needs more memory to transcribe than allowed")
-        except Exception:  # the upload's fault (it is the only input): never the worker's end
-            answer = ("refused", "the audio could not be decoded")
-        del job
-        try:
-            conn.send(answer)
-        except (EOFError, OSError):
-            return
+def handle(job: dict[str, Any]) -> tuple[str, Any]:
+    """A worker's answer to one job (``app.workers``): ("ok", transcript) or ("refused", a
+    message for the tenant)."""
+    try:
+        return ("ok", transcribe(**job))
+    except EngineError as error:
+        return ("refused", f"the audio could not be transcribed: {error}")
+    except MemoryError:
+        return ("refused", "the audio needs more memory to transcribe than allowed")
+    except Exception:  # the upload's fault (it is the only input): never the worker's end
+        return ("refused", "the audio could not be decoded")
