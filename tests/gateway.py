@@ -72,6 +72,11 @@ api_key_env = "{key_env}"
 price = {{ per_audio_minute = "0.006" }}
 fallbacks = ["openai/whisper-1"]
 
+[providers.flaky.models.cheap]
+deployment = "whisper-1"
+price = {{ per_audio_minute = "0.001" }}
+fallbacks = ["openai/whisper-1"]
+
 [providers.down]
 base_url = "http://127.0.0.1:{closed}/v1"
 api_key_env = "{key_env}"

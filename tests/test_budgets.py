@@ -211,6 +211,54 @@ async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(e
 
 
 @pytest.mark.anyio
+async def test_a_budget_that_refuses_for_good_answers_before_a_busy_one(engine):
+    """The key's budget is only busy (a call in flight holds it); the tenant's, checked
+    after it, has too little left even once everything settles: the answer is the final
+    402, not a 429 that would send the SDK retrying into it."""
+    from app import keys, tenants
+    from app.ledger import Opening, Settlement, open_call, settle_call
+    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    key = await keys.create_key(
+        engine,
+        "",
+        KeyCreate(
+            tenant_id=tenant.id,
+            name="k",
+            budgets=[BudgetCreate(limit_usd="0.000001", period="day")],
+        ),
+    )
+    other = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="other"))
+    async with database.write(engine) as conn:  # created after the key's: checked after it
+        await budgets.add_budget(
+            conn, BudgetCreate(limit_usd="0.000002", period="day"), "test", tenant_id=tenant.id
+        )
+
+    def opening(call_id: str, key_id: str, hold: int) -> Opening:
+        return Opening(
+            id=call_id,
+            key_id=key_id,
+            tenant_id=tenant.id,
+            endpoint="transcription",
+            model_requested="m",
+            expected_nanos=hold,
+            hold_nanos=hold,
+        )
+
+    await open_call(engine, opening("req_spent", other.id, 1_500), "p", "m")
+    done = Settlement(
+        status="succeeded", http_status=200, provider="p", model="m", attempts=1,
+        cost_nanos=1_500, latency_ms=1,
+    )  # fmt: skip
+    assert await settle_call(engine, "req_spent", done)  # the tenant has 500 left
+    await open_call(engine, opening("req_in_flight", key.id, 400), "p", "m")
+    with pytest.raises(budgets.BudgetExceeded) as refused:
+        await open_call(engine, opening("req_next", key.id, 700), "p", "m")
+    assert "tenant" in str(refused.value)
+
+
+@pytest.mark.anyio
 async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engine):
     """Reservations and settles over two budgets at once, 40 at a time: every call settles
     and the counters add up. (Each settle locks its counters in budget order, as the

@@ -115,6 +115,21 @@ def test_a_stream_broken_off_is_charged_its_expected_cost(gateway: Gateway):
     assert (call["status"], call["review"]) == ("interrupted", "uncertain")
     assert Decimal(call["cost_usd"]) == Decimal(call["expected_usd"]) > 0
     assert call["upstream_attempts"][0]["error"] == "broken_stream"
+    assert total(scrape(gateway.url), "earmark_uncertain_attempts_total", provider="openai") == 1
+
+
+def test_a_relayed_refusal_after_an_uncertain_attempt_says_what_was_charged(gateway: Gateway):
+    """flaky resets after doing the work (charged, for review); its fallback answers 503.
+    The 502 the tenant gets says that the call was charged, and how much."""
+    key = gateway.new_key()
+    gateway.script({"reset": "after_work"}, {"status": 503})
+    response = gateway.post_audio(key, "flaky/whisper-1")
+    assert response.status_code == 502
+    message = response.json()["error"]["message"]
+    assert message.startswith("openai: ")
+    assert f"charged its expected cost (${COST})" in message
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["cost_usd"], call["review"]) == ("failed", COST, "uncertain")
 
 
 def test_a_provider_reporting_more_than_was_held_is_charged_and_flagged(gateway: Gateway):
@@ -155,6 +170,35 @@ def test_the_sdks_retries_get_exactly_k_answers_from_a_budget_that_fits_k(gatewa
     assert len(_billed(gateway)) == 3
     refusals = [c for c in gateway.calls(key) if c["status"] == "rejected"]
     assert {c["error_code"] for c in refusals} == {"budget_busy", "budget_exceeded"}
+
+
+def test_callers_told_to_wait_get_in_when_the_calls_in_flight_fail(gateway: Gateway):
+    """A budget for three; the first two calls in flight are refused by the provider
+    (charged nothing): callers told 429 budget_busy retry, get in, and three answers come."""
+    key = gateway.new_key(budgets=[{"limit_usd": "0.0018", "period": "day"}])
+    failing = {"delay": 0.4, "status": 400}
+    gateway.script(failing, failing, *[{"delay": 0.4}] * 8)
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=key["secret"], max_retries=4)
+
+    def one() -> str:
+        try:
+            with SPEECH.open("rb") as audio:
+                client.audio.transcriptions.create(model="openai/whisper-1", file=audio)
+        except openai.APIStatusError as error:
+            return str(error.status_code)
+        return "200"
+
+    async def everyone() -> list[str]:
+        return list(await asyncio.gather(*(asyncio.to_thread(one) for _ in range(8))))
+
+    try:
+        outcomes = asyncio.run(everyone())
+    finally:
+        client.close()
+    assert outcomes.count("200") == 3
+    assert outcomes.count("400") == 2
+    busy = [c for c in gateway.calls(key) if c["error_code"] == "budget_busy"]
+    assert busy  # some were told to wait, and then got in or were refused for good
 
 
 def test_a_short_file_after_a_long_one_still_fits_exactly(gateway: Gateway):

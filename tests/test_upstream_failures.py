@@ -39,6 +39,36 @@ def test_a_refused_connection_falls_back(gateway):
     assert call["cost_usd"] == "0.000308333"
 
 
+def test_a_fallback_that_costs_more_holds_the_difference_first(gateway):
+    """flaky/cheap ($0.001 a minute) holds 6 s of itself; its fallback costs six times as
+    much, so the hold is raised before the fallback is tried, and the call costs that."""
+    key = gateway.new_key(budgets=[{"limit_usd": "0.001", "period": "day"}])
+    gateway.script({"status": 500})
+    assert _transcribe(gateway, key, "flaky/cheap").text == TEXT
+    (call,) = gateway.calls(key)
+    assert (call["provider"], call["attempts"]) == ("openai", 2)
+    assert (call["cost_usd"], call["hold_usd"], call["review"]) == (
+        "0.000600000",
+        "0.000600000",
+        None,
+    )
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert (budget["spent_usd"], budget["held_usd"]) == ("0.000600000", "0.000000000")
+
+
+def test_a_fallback_the_budget_cannot_hold_is_not_tried(gateway):
+    key = gateway.new_key(budgets=[{"limit_usd": "0.00035", "period": "day"}])
+    gateway.script({"status": 500})
+    with pytest.raises(openai.InternalServerError) as raised:
+        _transcribe(gateway, key, "flaky/cheap")
+    assert raised.value.status_code == 502
+    assert len(gateway.upstream_requests()) == 1  # the fallback never went out
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["cost_usd"], call["attempts"]) == ("failed", "0.000000000", 1)
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert (budget["spent_usd"], budget["held_usd"]) == ("0.000000000", "0.000000000")
+
+
 def test_5xx_without_fallback_is_a_502_at_zero_cost(gateway):
     key = gateway.new_key()
     gateway.script(
