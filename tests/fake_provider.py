@@ -219,6 +219,8 @@ async def _serve(request: Request, endpoint: str, model_path: str | None) -> Res
         )
         _reset(request)
         return Response(b"", status_code=500)  # never sent: the connection is gone
+    # A provider that takes the connection and does not read: the upload stalls.
+    await asyncio.sleep(behaviour.get("stall_upload", 0))
     try:
         fields, upload = _parse_form(await request.body(), request.headers.get("content-type", ""))
     except (KeyError, ParserError):

@@ -1,10 +1,13 @@
 """Provider failures: fallbacks in order, clean 502/504s, failed calls recorded at zero cost."""
 
+import time
+
 import openai
 import pytest
 
 from tests.fake_provider import TEXT
 from tests.gateway import FIXTURES
+from tests.processes import wav_of_size
 
 SPEECH = FIXTURES / "speech.wav"
 
@@ -132,3 +135,22 @@ def test_provider_rejecting_its_own_key_names_the_provider(gateway):
         _transcribe(gateway, key, "openai/whisper-1")
     assert raised.value.body["message"] == "openai: Incorrect API key provided."
     assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+def test_an_upload_the_provider_never_reads_times_out_uncharged(gateway):
+    """The provider takes the connection and never reads: the upload stalls. It ends at
+    the provider's timeout (0.5 s here), charged nothing, since it never had the file."""
+    key = gateway.new_key()
+    gateway.script({"stall_upload": 2})
+    started = time.monotonic()
+    response = gateway.post_audio(key, "slow/whisper-1", wav_of_size(20_000_000))
+    assert response.status_code == 504
+    assert time.monotonic() - started < 1.8
+    assert "nothing was charged" in response.json()["error"]["message"]
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["cost_usd"], call["review"]) == ("failed", "0.000000000", None)
+    (attempt,) = call["upstream_attempts"]
+    assert (attempt["outcome"], attempt["error"]) == ("failed", "timeout")
+    # The abandoned connection closes once its last buffered bytes are read: the provider
+    # reads them when its stall ends (a socket that never drains is left to the provider).
+    time.sleep(max(0.0, started + 2.5 - time.monotonic()))

@@ -140,18 +140,20 @@ class RemoteProvider:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         body = _Body(request.fields, request.upload, request.progress)
         try:
-            response = await self.http.post(
-                self._url(request.route, request.endpoint),
-                headers={
-                    **self.headers,
-                    "content-type": f"multipart/form-data; boundary={body.boundary}",
-                    "content-length": str(body.length),
-                    "x-client-request-id": request.request_id,
-                },
-                data=body.chunks(),
-                timeout=self.timeout,
-                allow_redirects=False,  # a redirect would re-send the tenant's audio elsewhere
-            )
+            # The upload too must end within the provider's time (aiohttp times reads only).
+            async with asyncio.timeout(self.config.timeout_seconds):
+                response = await self.http.post(
+                    self._url(request.route, request.endpoint),
+                    headers={
+                        **self.headers,
+                        "content-type": f"multipart/form-data; boundary={body.boundary}",
+                        "content-length": str(body.length),
+                        "x-client-request-id": request.request_id,
+                    },
+                    data=body.chunks(),
+                    timeout=self.timeout,
+                    allow_redirects=False,  # a redirect would re-send the tenant's audio elsewhere
+                )
         except _TRANSPORT_ERRORS as error:
             if isinstance(error.__cause__, EarmarkError):  # from ``before_last``
                 raise error.__cause__ from None
