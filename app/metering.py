@@ -7,6 +7,8 @@ rounding, so it is a pure function that never touches a float.
 
 from __future__ import annotations
 
+import functools
+import math
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -104,21 +106,62 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
         return sum(part or 0 for part in parts)
 
 
-def cost_nanos(price: Price, usage: Usage) -> int:
-    total = Fraction(0)
+class _Rates(msgspec.Struct, frozen=True):
+    """A price as integers over one denominator: nano-dollars per billed millisecond and
+    per token of each kind, times ``denominator`` (so a cost is integer arithmetic)."""
+
+    denominator: int
+    per_ms: int | None  # None: no duration part
+    minimum_ms: int  # the minimum billed duration, in 1/``ms_scale`` milliseconds
+    ms_scale: int
+    per_text: int | None
+    per_audio: int | None
+    per_output: int | None
+
+
+@functools.cache
+def _rates(price: Price) -> _Rates:
     per_second = price.per_second()
-    if per_second is not None and usage.audio_ms is not None:
-        billed_ms = max(Fraction(usage.audio_ms), Fraction(price.minimum_seconds) * 1000)
-        total += per_second * billed_ms / 1000
-    for count, per_million in (
-        (usage.input_text_tokens, price.input_text_per_million),
-        (usage.input_audio_tokens, price.input_audio_per_million),
-        (usage.output_tokens, price.output_per_million),
+    minimum = Fraction(price.minimum_seconds) * 1000
+    per_ms = per_second * 1_000_000 / minimum.denominator if per_second is not None else None
+    per_token = [
+        Fraction(value) * 1000 if value is not None else None
+        for value in (
+            price.input_text_per_million,
+            price.input_audio_per_million,
+            price.output_per_million,
+        )
+    ]
+    rates = [rate for rate in (per_ms, *per_token) if rate is not None]
+    denominator = math.lcm(*(rate.denominator for rate in rates)) if rates else 1
+
+    def scaled(rate: Fraction | None) -> int | None:
+        return None if rate is None else int(rate * denominator)
+
+    return _Rates(
+        denominator=denominator,
+        per_ms=scaled(per_ms),
+        minimum_ms=minimum.numerator,
+        ms_scale=minimum.denominator,
+        per_text=scaled(per_token[0]),
+        per_audio=scaled(per_token[1]),
+        per_output=scaled(per_token[2]),
+    )
+
+
+def cost_nanos(price: Price, usage: Usage) -> int:
+    rates = _rates(price)
+    total = 0  # nano-dollars times rates.denominator
+    if rates.per_ms is not None and usage.audio_ms is not None:
+        total += rates.per_ms * max(usage.audio_ms * rates.ms_scale, rates.minimum_ms)
+    for count, rate in (
+        (usage.input_text_tokens, rates.per_text),
+        (usage.input_audio_tokens, rates.per_audio),
+        (usage.output_tokens, rates.per_output),
     ):
-        if count and per_million is not None:
-            total += Fraction(per_million) * count / _MILLION
-    nanos = total * NANOS_PER_USD
-    return int(nanos + Fraction(1, 2)) if nanos >= 0 else 0  # half up, once
+        if count and rate is not None:
+            total += rate * count
+    return (2 * total + rates.denominator) // (2 * rates.denominator)  # half up, once
 
 
 def usd(nanos: int) -> str:
@@ -171,17 +214,22 @@ class Billing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     hold_padding_seconds: Decimal = Decimal(0)
 
     def billed_ms(self, audio_ms: int) -> int:
-        step = Fraction(self.round_up_seconds) * 1000
+        step = _step_ms(self)
         if step <= 0:
             return audio_ms
-        steps = -(-Fraction(audio_ms) // step)  # ceiling
-        return int(steps * step)
+        return int(-(-audio_ms // step) * step)  # whole steps, rounded up
 
     def check(self) -> None:
         for name in ("round_up_seconds", "hold_padding_seconds"):
             value = getattr(self, name)
             if not value.is_finite() or not 0 <= value <= 3600:
                 raise ValueError(f"{name} must be from 0 to 3600")
+
+
+@functools.cache
+def _step_ms(billing: Billing) -> int | Fraction:
+    step = Fraction(billing.round_up_seconds) * 1000
+    return int(step) if step.denominator == 1 else step
 
 
 NO_USAGE = Usage()
@@ -210,12 +258,11 @@ def expected_nanos(price: Price, billing: Billing, probed_ms: int, prompt: str) 
     (``audio_tokens_per_second``), the prompt (about four bytes a token) and a typical
     transcript (``output_tokens_per_second``)."""
     billed = billing.billed_ms(probed_ms)
-    output = Fraction(price.output_tokens_per_second) * billed / 1000
     estimate = Usage(
         audio_ms=billed,
         input_text_tokens=len(prompt.encode()) // 4,
         input_audio_tokens=estimated_audio_tokens(price, billed),
-        output_tokens=-(-output.numerator // output.denominator),
+        output_tokens=_tokens(price.output_tokens_per_second, billed),
     )
     return cost_nanos(price, estimate)
 
@@ -230,17 +277,26 @@ def hold_nanos(price: Price, billing: Billing, probed_ms: int, prompt: str) -> i
     """
     padding = int(Fraction(billing.hold_padding_seconds) * 1000)
     billed = billing.billed_ms(probed_ms + padding)
-    output = Fraction(price.max_output_tokens_per_second) * billed / 1000
     bound = Usage(
         audio_ms=billed,
         input_text_tokens=len(prompt.encode()),
         input_audio_tokens=estimated_audio_tokens(price, billed),
-        output_tokens=-(-output.numerator // output.denominator),
+        output_tokens=_tokens(price.max_output_tokens_per_second, billed),
     )
     return cost_nanos(price, bound)
 
 
 def estimated_audio_tokens(price: Price, audio_ms: int) -> int:
     """An upper-bound estimate of a call's audio tokens from its duration."""
-    exact = Fraction(price.audio_tokens_per_second) * audio_ms / 1000
-    return -(-exact.numerator // exact.denominator)  # ceiling
+    return _tokens(price.audio_tokens_per_second, audio_ms)
+
+
+def _tokens(per_second: Decimal, audio_ms: int) -> int:
+    """Tokens at ``per_second`` over ``audio_ms``, rounded up."""
+    per_ms = _per_ms(per_second)
+    return -(-(per_ms.numerator * audio_ms) // per_ms.denominator)
+
+
+@functools.cache
+def _per_ms(per_second: Decimal) -> Fraction:
+    return Fraction(per_second) / 1000
