@@ -116,7 +116,7 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         )
     digest = key_format.digest(secret, pepper)
     now = database.utcnow()
-    row: Any = await database.store(engine).read(lambda: _looking_up(digest, now))
+    row: Any = await database.store(engine).alone(lambda: _looking_up(digest, now))
     shown = key_format.display_prefix(secret)
     if row is None or row.deleted_at is not None:
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}….")

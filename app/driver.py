@@ -171,8 +171,9 @@ class Store:
     async def write(self, make: Make[T]) -> T:
         raise NotImplementedError
 
-    async def read(self, make: Make[T]) -> T:
-        """A program of one statement, run outside any transaction (one round trip)."""
+    async def alone(self, make: Make[T]) -> T:
+        """A program of one statement, run outside any transaction (one round trip): a
+        read, or a write that is atomic on its own."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -187,7 +188,8 @@ class SqliteStore(Store):
     ``CHECKPOINT_EVERY`` inline commits); a transaction that would wait, because another
     process or this one's writer thread holds the write lock, is run again from the start
     on the writer thread, which waits its turn (``BEGIN IMMEDIATE``, across processes).
-    Reads that would wait go to a reader thread, so they never queue behind a writer."""
+    A statement run alone that would wait goes to a thread of its own, so a read never
+    queues behind a writer."""
 
     CHECKPOINT_EVERY = 1_000
 
@@ -273,7 +275,7 @@ class SqliteStore(Store):
             self._thread("write").submit(self._checkpoint)
         return result
 
-    async def read(self, make: Make[T]) -> T:
+    async def alone(self, make: Make[T]) -> T:
         """One statement, so no transaction around it."""
         try:
             return self._run(make(), None, inline=True)
@@ -381,7 +383,7 @@ class PostgresStore(Store):
     async def write(self, make: Make[T]) -> T:
         return await self._run(make, transaction=True)
 
-    async def read(self, make: Make[T]) -> T:
+    async def alone(self, make: Make[T]) -> T:
         """One statement, so no transaction around it: one round trip."""
         return await self._run(make, transaction=False)
 

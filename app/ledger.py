@@ -282,7 +282,7 @@ async def mark_sent(engine: AsyncEngine, call_id: str) -> bool:
     whole request (the sweeper then charges a lost call instead of releasing it). False if
     the row is no longer open: nothing more may be sent for it."""
     now = database.utcnow()
-    return bool(await database.store(engine).write(lambda: _marking_sent(call_id, now)))
+    return bool(await database.store(engine).alone(lambda: _marking_sent(call_id, now)))
 
 
 def _marking_sent(call_id: str, now: datetime) -> Program[int]:
