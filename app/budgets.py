@@ -137,17 +137,22 @@ _THIS_PERIOD = and_(
     budget_counters.c.budget_id == bindparam("budget_id"),
     budget_counters.c.period_start == bindparam("start", type_=UTCDateTime()),
 )
+
+
+def _fits(amount: Any) -> Any:
+    """A counter's condition for holding ``amount`` more: spent + held + it within the
+    budget's limit and this period's top-ups."""
+    counter = budget_counters.c
+    limit = select(budgets.c.limit_nanos).where(budgets.c.id == counter.budget_id)
+    return counter.spent_nanos + counter.held_nanos + amount <= (
+        limit.scalar_subquery() + counter.top_up_nanos
+    )
+
+
 # The conditional update: add to held only if spent + held + amount still fits.
 _HOLD = Statement(
     update(budget_counters)
-    .where(
-        _THIS_PERIOD,
-        budget_counters.c.spent_nanos + budget_counters.c.held_nanos + bindparam("amount")
-        <= select(budgets.c.limit_nanos)
-        .where(budgets.c.id == bindparam("budget_id"))
-        .scalar_subquery()
-        + budget_counters.c.top_up_nanos,
-    )
+    .where(_THIS_PERIOD, _fits(bindparam("amount")))
     .values(held_nanos=budget_counters.c.held_nanos + bindparam("amount"))
 )
 _COUNTER = Statement(
@@ -302,15 +307,22 @@ _LOCK_HELD = Statement(
         ),
     }
 )
+
+
+def _held_by(call_id: Any) -> Any:
+    """The counters a call holds, as an UPDATE ... FROM its ledger_holds rows joins them."""
+    return and_(
+        ledger_holds.c.ledger_id == call_id,
+        budget_counters.c.budget_id == ledger_holds.c.budget_id,
+        budget_counters.c.period_start == ledger_holds.c.period_start,
+    )
+
+
 # Move a call's holds to spent at its actual cost (0 releases them), in one statement over
 # the holds the call recorded (UPDATE ... FROM).
 _SETTLE = Statement(
     update(budget_counters)
-    .where(
-        ledger_holds.c.ledger_id == bindparam("call_id"),
-        budget_counters.c.budget_id == ledger_holds.c.budget_id,
-        budget_counters.c.period_start == ledger_holds.c.period_start,
-    )
+    .where(_held_by(bindparam("call_id")))
     .values(
         held_nanos=budget_counters.c.held_nanos - ledger_holds.c.amount_nanos,
         spent_nanos=budget_counters.c.spent_nanos + bindparam("actual"),
@@ -321,16 +333,7 @@ _SETTLE = Statement(
 # Raise every hold of a call by ``extra``, on the counters where it still fits.
 _RAISE = Statement(
     update(budget_counters)
-    .where(
-        ledger_holds.c.ledger_id == bindparam("call_id"),
-        budget_counters.c.budget_id == ledger_holds.c.budget_id,
-        budget_counters.c.period_start == ledger_holds.c.period_start,
-        budget_counters.c.spent_nanos + budget_counters.c.held_nanos + bindparam("extra")
-        <= select(budgets.c.limit_nanos)
-        .where(budgets.c.id == budget_counters.c.budget_id)
-        .scalar_subquery()
-        + budget_counters.c.top_up_nanos,
-    )
+    .where(_held_by(bindparam("call_id")), _fits(bindparam("extra")))
     .values(held_nanos=budget_counters.c.held_nanos + bindparam("extra"))
 )
 _RAISE_HOLDS = Statement(
@@ -365,11 +368,7 @@ async def correct(conn: AsyncConnection, ledger_id: str, delta: int) -> None:
     await conn.execute(_LOCK_HELD.for_dialect(conn.dialect.name), {"call_id": ledger_id})
     await conn.execute(
         update(budget_counters)
-        .where(
-            ledger_holds.c.ledger_id == ledger_id,
-            counter.budget_id == ledger_holds.c.budget_id,
-            counter.period_start == ledger_holds.c.period_start,
-        )
+        .where(_held_by(ledger_id))
         .values(spent_nanos=counter.spent_nanos + delta)
     )
 

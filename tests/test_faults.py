@@ -143,42 +143,9 @@ def test_a_provider_reporting_more_than_was_held_is_charged_and_flagged(gateway:
     assert total(scrape(gateway.url), "earmark_hold_overruns_total", model="openai/whisper-1") == 1
 
 
-def test_the_sdks_retries_get_exactly_k_answers_from_a_budget_that_fits_k(gateway: Gateway):
-    """Eight callers at once, a budget for three at their real cost: the five that cannot
-    fit yet are told to retry (429 budget_busy), and once the three settle, that nothing
-    is left (402)."""
-    key = gateway.new_key(budgets=[{"limit_usd": "0.0018", "period": "day"}])
-    gateway.script(*[{"delay": 0.3}] * 3)
-    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=key["secret"], max_retries=3)
-
-    async def everyone() -> list[str]:
-        def one() -> str:
-            try:
-                with SPEECH.open("rb") as audio:
-                    client.audio.transcriptions.create(model="openai/whisper-1", file=audio)
-            except openai.APIStatusError as error:
-                return str(error.status_code)
-            return "200"
-
-        return list(await asyncio.gather(*(asyncio.to_thread(one) for _ in range(8))))
-
-    try:
-        outcomes = asyncio.run(everyone())
-    finally:
-        client.close()
-    assert sorted(outcomes) == ["200"] * 3 + ["402"] * 5
-    assert len(_billed(gateway)) == 3
-    refusals = [c for c in gateway.calls(key) if c["status"] == "rejected"]
-    assert {c["error_code"] for c in refusals} == {"budget_busy", "budget_exceeded"}
-
-
-def test_callers_told_to_wait_get_in_when_the_calls_in_flight_fail(gateway: Gateway):
-    """A budget for three; the first two calls in flight are refused by the provider
-    (charged nothing): callers told 429 budget_busy retry, get in, and three answers come."""
-    key = gateway.new_key(budgets=[{"limit_usd": "0.0018", "period": "day"}])
-    failing = {"delay": 0.4, "status": 400}
-    gateway.script(failing, failing, *[{"delay": 0.4}] * 8)
-    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=key["secret"], max_retries=4)
+def _eight_callers_at_once(gateway: Gateway, key: dict, max_retries: int) -> list[str]:
+    """Eight SDK clients' calls at once, retrying as the SDK does: each one's final status."""
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=key["secret"], max_retries=max_retries)
 
     def one() -> str:
         try:
@@ -192,9 +159,31 @@ def test_callers_told_to_wait_get_in_when_the_calls_in_flight_fail(gateway: Gate
         return list(await asyncio.gather(*(asyncio.to_thread(one) for _ in range(8))))
 
     try:
-        outcomes = asyncio.run(everyone())
+        return asyncio.run(everyone())
     finally:
         client.close()
+
+
+def test_the_sdks_retries_get_exactly_k_answers_from_a_budget_that_fits_k(gateway: Gateway):
+    """Eight callers at once, a budget for three at their real cost: the five that cannot
+    fit yet are told to retry (429 budget_busy), and once the three settle, that nothing
+    is left (402)."""
+    key = gateway.new_key(budgets=[{"limit_usd": "0.0018", "period": "day"}])
+    gateway.script(*[{"delay": 0.3}] * 3)
+    outcomes = _eight_callers_at_once(gateway, key, max_retries=3)
+    assert sorted(outcomes) == ["200"] * 3 + ["402"] * 5
+    assert len(_billed(gateway)) == 3
+    refusals = [c for c in gateway.calls(key) if c["status"] == "rejected"]
+    assert {c["error_code"] for c in refusals} == {"budget_busy", "budget_exceeded"}
+
+
+def test_callers_told_to_wait_get_in_when_the_calls_in_flight_fail(gateway: Gateway):
+    """A budget for three; the first two calls in flight are refused by the provider
+    (charged nothing): callers told 429 budget_busy retry, get in, and three answers come."""
+    key = gateway.new_key(budgets=[{"limit_usd": "0.0018", "period": "day"}])
+    failing = {"delay": 0.4, "status": 400}
+    gateway.script(failing, failing, *[{"delay": 0.4}] * 8)
+    outcomes = _eight_callers_at_once(gateway, key, max_retries=4)
     assert outcomes.count("200") == 3
     assert outcomes.count("400") == 2
     busy = [c for c in gateway.calls(key) if c["error_code"] == "budget_busy"]
