@@ -75,6 +75,13 @@ def _post(gateway, key, data=None, files=None, **kwargs):
             "from 0 to 1",
         ),
         (
+            {"model": "openai/whisper-1", "temperature": "\u0660"},  # an Arabic-Indic zero
+            {"file": ("a.wav", SPEECH, "audio/wav")},
+            400,
+            "temperature",
+            "from 0 to 1",
+        ),
+        (
             {"model": ["openai/whisper-1", "groq/whisper-large-v3"]},
             {"file": ("a.wav", SPEECH, "audio/wav")},
             400,
@@ -106,6 +113,7 @@ def _post(gateway, key, data=None, files=None, **kwargs):
         "bad-format",
         "bad-stream",
         "bad-temperature",
+        "non-ascii-temperature",
         "two-models",
         "two-files",
         "file-in-prompt",

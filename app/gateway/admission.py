@@ -98,8 +98,8 @@ def read_options(fields: dict[str, list[str]], endpoint: str) -> CallOptions:
         raise InvalidRequest("`stream` must be true or false.", param="stream")
     temperature = single(fields, "temperature")
     if temperature is not None:
-        try:
-            valid = 0 <= float(temperature) <= 1
+        try:  # ASCII only: float() also reads other scripts' digits, which a provider may not
+            valid = temperature.isascii() and 0 <= float(temperature) <= 1
         except ValueError:
             valid = False
         if not valid:
