@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.audio.container import _id3v2_end, forwarded_filename
+from app.audio.container import forwarded_filename, id3v2_end
 from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.measure import Limits, measure
 from app.audio.packets import opus_samples
@@ -164,6 +164,50 @@ def test_a_codec_ffmpeg_finds_in_pcm_samples_is_never_measured_as_the_pcm(
     assert audio.duration_ms >= decoded_seconds(data) * 1000 - 50
 
 
+def test_truehd_found_from_one_sync_word_after_a_chain_of_sub_frames():
+    """FFmpeg's TrueHD prober counts a chain of sub-frames from the buffer's start as
+    frames: a single sync word at its end makes it switch (an audit built this)."""
+    samples = bytearray(200_000)
+    at = 20_000
+    samples[at : at + 8] = b"\x00\x01\x00\x01\xf8\x72\x6f\xba"
+    end = at + 4 + 4_324  # where that header says its frame ends
+    samples[end : end + 1_600] = b"\x00\x01" * 800
+    samples[end + 1_604 : end + 1_608] = b"\xf8\x72\x6f\xba"
+    data = riff((b"fmt ", fmt_chunk(48_000, 2, 16)), (b"data", bytes(samples)))
+    with av.open(io.BytesIO(data), format="wav") as opened:
+        assert opened.streams.audio[0].codec_context.name == "truehd"
+    assert may_be_disguised(bytes(samples[: probed_window(192_000, 4)]))
+    assert _refused(data).code == "unsupported_codec"
+
+
+def test_frames_after_an_id3_tag_at_the_start_of_the_samples_are_found(hidden_codecs):
+    """FFmpeg's prober reads past an ID3v2 tag at the start of what it probes: three ADTS
+    frames from there are enough for it, so they must be for the measure too."""
+    adts = hidden_codecs["adts"]
+    frames, at = [], 0
+    while at < len(adts) - 7:
+        size = ((adts[at + 3] & 3) << 11) | (adts[at + 4] << 3) | (adts[at + 5] >> 5)
+        frames.append(adts[at : at + size])
+        at += size
+
+    def padded(frame: bytes) -> bytes:  # to ADTS's largest frame: past FFmpeg's first packet
+        grown = bytearray(frame) + bytes(8191 - len(frame))
+        grown[3] = (grown[3] & ~3) | (8191 >> 11)
+        grown[4] = (8191 >> 3) & 0xFF
+        grown[5] = (grown[5] & 0x1F) | ((8191 & 7) << 5)
+        return bytes(grown)
+
+    # Three frames, then runs of 29 broken by a byte: no run of 40 anywhere.
+    broken = b"".join(padded(frame) for frame in frames[:3]) + b"".join(
+        b"".join(frames[n : n + 29]) + b"\x00" for n in range(3, len(frames), 29)
+    )
+    tag = b"ID3\x04\x00\x00\x00\x00\x00\x00"
+    data = riff((b"fmt ", fmt_chunk(48_000, 2, 16)), (b"data", tag + broken))
+    with av.open(io.BytesIO(data), format="wav") as opened:
+        assert opened.streams.audio[0].codec_context.name == "aac"
+    assert _measure(data).duration_ms >= decoded_seconds(data) * 1000 - 50
+
+
 @pytest.mark.parametrize(
     ("rate", "channels", "packet"),
     [(16_000, 1, 2_048), (48_000, 2, 16_384), (96_000, 2, 32_768), (192_000, 2, 65_536)],
@@ -219,7 +263,8 @@ def test_real_recordings_are_measured_without_the_slow_probe(samples):
         (b"\x7f\xfe\x80\x01", 4, 0, True),  # DTS: four sync words
         (b"\x7f\xfe\x80\x01", 3, 0, False),  # three are not enough for its prober
         (b"\x1f\xff\xe8\x00", 4, 1, False),  # it reads even offsets only
-        (b"\xf8\x72\x6f\xba", 4, 1, True),  # TrueHD, anywhere
+        (b"\xfe\x7f\x01\x80", 4, 0, True),  # DTS, its little-endian core
+        (b"\xf8\x72\x6f\xba", 1, 1, True),  # TrueHD, anywhere: one after sub-frames
         (b"\x72\xf8\x1f\x4e", 2, 1, True),  # S/PDIF bursts
     ],
 )
@@ -471,7 +516,7 @@ def test_a_file_ffmpeg_would_read_as_another_format_is_refused():
     ts = mpegts_aac(120)
     ts += null_packet * (((1 << 20) - len(ts)) // 188 + 1)  # past FFmpeg's 1 MiB ID3 skip
     mp3 = encode("mp3", "libmp3lame", tone(0.5))
-    data = id3_tag(ts) + mp3[_id3v2_end(mp3[:16]) :] + null_packet * 20
+    data = id3_tag(ts) + mp3[id3v2_end(mp3[:16]) :] + null_packet * 20
     assert decoded_seconds(data) > 100
     assert _refused(data).code in ("invalid_audio", "ambiguous_container")
 

@@ -55,7 +55,7 @@ def forwarded_filename(filename: str, container: str) -> str:
     return f"{stem}.{extension.lower()}"
 
 
-def _id3v2_end(head: bytes) -> int:
+def id3v2_end(head: bytes) -> int:
     """Where an ID3v2 tag that opens the file ends (FFmpeg skips it before probing)."""
     if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
         return 0
@@ -77,7 +77,7 @@ def sniff(file: BinaryIO) -> tuple[str, int]:
     file.seek(0)
     head, start = file.read(16), 0
     for _ in range(_MAX_ID3_TAGS):
-        skip = _id3v2_end(head)
+        skip = id3v2_end(head)
         if not skip:
             break
         start += skip

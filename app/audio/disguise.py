@@ -22,6 +22,8 @@ from functools import cache
 
 import numpy as np
 
+from app.audio.container import id3v2_end
+
 # FFmpeg's WAV demuxer probes at most 32 packets (and at most ``probesize`` bytes) of a
 # PCM stream; a packet is about a tenth of a second of audio (FFmpeg 5 and later), or
 # 4096 bytes (earlier). One packet more is looked at.
@@ -31,15 +33,15 @@ _OLD_PACKET_BYTES = 4096
 
 # Four-byte sync words, and how many of one group a prober needs before it may switch:
 # DTS core (either byte order, then each 14-bit packing) and extension substream, at
-# even offsets (its prober steps two bytes at a time; it needs more than three), TrueHD
-# and MLP (a hundred), and an S/PDIF (IEC 61937) burst preamble as read from the
-# samples (two, one burst apart).
+# even offsets from where its buffer starts (it steps two bytes at a time; it needs more
+# than three), TrueHD and MLP (one, after a chain of sub-frames from the start), and an
+# S/PDIF (IEC 61937) burst preamble as read from the samples (two, one burst apart).
 _SYNC_GROUPS = (
     ((0x7FFE8001, 0xFE7F0180), 4, True),
     ((0x1FFFE800,), 4, True),
     ((0xFF1F00E8,), 4, True),
     ((0x64582025,), 4, True),
-    ((0xF8726FBA, 0xF8726FBB), 4, False),
+    ((0xF8726FBA, 0xF8726FBB), 1, False),
     ((0x72F81F4E,), 2, False),
 )
 
@@ -74,27 +76,37 @@ def may_be_disguised(samples: bytes) -> bool:
     if len(samples) < 16:
         return False
     data = np.frombuffer(samples, dtype=np.uint8)
-    if _has_sync_words(samples, data):
+    # FFmpeg's prober reads past an ID3v2 tag at the start of what it probes; MPEG audio's
+    # skips leading zeros too. Runs are counted from each of these.
+    tag = id3v2_end(samples[:10])
+    if _has_sync_words(samples, {0, tag % 2}):
         return True
-    starts = (0, int(np.argmax(data != 0)))  # MPEG audio's prober skips leading zeros
+    starts = np.array(sorted({0, tag, _first_nonzero(data, 0), _first_nonzero(data, tag)}))
     return any(
         _has_run(positions, sizes, data, _RUN_ANYWHERE[name], starts, preamble=name == "ac3")
         for name, positions, sizes in _frames(data)
     )
 
 
-def _has_sync_words(samples: bytes, data: np.ndarray) -> bool:
-    """Whether enough of one group of sync words is there for its prober to switch."""
+def _first_nonzero(data: np.ndarray, start: int) -> int:
+    return start + int(np.argmax(data[start:] != 0)) if start < len(data) else start
+
+
+def _has_sync_words(samples: bytes, even: set[int]) -> bool:
+    """Whether enough of one group of sync words is there for its prober to switch
+    (``even``: the parities of offsets a prober that steps two bytes may read)."""
     # Every 16-bit word as read little-endian, at even offsets, then at odd ones.
     halves = [
         np.frombuffer(samples, "<u2", (len(samples) - parity) // 2, parity) for parity in (0, 1)
     ]
-    for group, needed, even_only in _SYNC_GROUPS:
+    for group, needed, stepping in _SYNC_GROUPS:
         found = 0
-        for words in halves[:1] if even_only else halves:
-            at = np.flatnonzero(words[:-1] == _word(group[0] >> 16))  # a group shares it
-            following = words[at + 1]
-            found += sum(int(np.count_nonzero(following == _word(sync))) for sync in group)
+        for parity, words in enumerate(halves):
+            if stepping and parity not in even:
+                continue
+            for sync in group:
+                following = words[1:][words[:-1] == _word(sync >> 16)]
+                found += int(np.count_nonzero(following == _word(sync)))
         if found >= needed:
             return True
     return False
@@ -148,7 +160,7 @@ def _has_run(
     sizes: np.ndarray,
     data: np.ndarray,
     frames: int,
-    starts: tuple[int, int],
+    starts: np.ndarray,
     preamble: bool,
 ) -> bool:
     """Whether two headers follow one another from one of ``starts`` (each where the
