@@ -188,8 +188,9 @@ class SqliteStore(Store):
     ``CHECKPOINT_EVERY`` inline commits); a transaction that would wait, because another
     process or this one's writer thread holds the write lock, is run again from the start
     on the writer thread, which waits its turn (``BEGIN IMMEDIATE``, across processes).
-    A statement run alone that would wait goes to a thread of its own, so a read never
-    queues behind a writer."""
+    A statement run alone that would wait goes to a thread of its own (with a busy
+    timeout: a single-statement write may wait there too), never behind the writer
+    thread's queue of transactions."""
 
     CHECKPOINT_EVERY = 1_000
 
@@ -281,7 +282,7 @@ class SqliteStore(Store):
             return self._run(make(), None, inline=True)
         except sqlite3.OperationalError:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread("read"), self._run, make(), None)
+            return await loop.run_in_executor(self._thread("alone"), self._run, make(), None)
 
     def _checkpoint(self) -> None:
         """Move the WAL's pages into the database as far as readers allow (not waiting for

@@ -6,8 +6,9 @@ fsynced), so a crash after the answer loses nothing either. Every process replay
 journal in the directory when it starts and before each sweep. A line is applied by the
 same conditional update a live settle uses, so a line applied twice changes nothing; a
 journal whose lines are all applied is deleted, once its process is gone or it is ours.
-A line that cannot be read (a process killed mid-write) is set aside in
-``unreadable-settlements.jsonl`` for an operator, never left to stop the replay.
+A line that cannot be read (one its process was killed while writing, say) is set
+aside in ``unreadable-settlements.jsonl`` for an operator when its file is deleted,
+never left to stop the replay.
 """
 
 from __future__ import annotations
@@ -106,19 +107,23 @@ class Journal:
     async def _replay_file(self, engine: AsyncEngine, path: Path) -> int:
         owner = int(path.stem.removeprefix(_PREFIX).split("-")[0])
         ours = path == self.path
+        done = ours or not _alive(owner)  # nobody will write to it again: it goes after this
         data = await self.files.run("journal", path.read_bytes)
+        lines = data.splitlines(keepends=True)
+        torn = lines.pop() if lines and not lines[-1].endswith(b"\n") else None
         applied = 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # still being written by a live process: the next round has it
+        for line in lines:
             try:
                 entry = msgspec.json.decode(line, type=Entry)
             except msgspec.DecodeError:
-                await self.files.run("journal", self._set_aside, path, line)
+                if done:  # once, as the file goes, not at every round while it stays
+                    await self.files.run("journal", self._set_aside, path, line)
                 continue
             if await ledger.apply_settlement(engine, entry.call_id, entry.settlement):
                 applied += 1
-        if ours or not _alive(owner):
+        if done:
+            if torn is not None:  # its writer died mid-line
+                await self.files.run("journal", self._set_aside, path, torn + b"\n")
             await self.files.run("journal", path.unlink, True)
             if ours:
                 self.pending = 0

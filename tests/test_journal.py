@@ -176,3 +176,37 @@ async def test_a_kept_settlement_is_applied_once_even_after_a_sweep(engine, tmp_
     }
     assert (counter.spent_nanos, counter.held_nanos) == (1000, 0)
     files.close()
+
+
+@pytest.mark.anyio
+async def test_lines_that_cannot_be_read_are_set_aside_and_never_stop_the_replay(engine, tmp_path):
+    """A journal left by a dead process with a corrupt line and a line cut off mid-write:
+    the good line is applied, the two others kept aside for an operator, the file gone,
+    and the next round has nothing to choke on."""
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    key = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="k"))
+    opening = ledger.Opening(
+        id="req_kept", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
+        model_requested="m", expected_nanos=600, hold_nanos=600,
+    )  # fmt: skip
+    await ledger.open_call(engine, opening, "p", "m")
+    settlement = ledger.Settlement(
+        status="succeeded", http_status=200, provider="p", model="m", attempts=1,
+        cost_nanos=600, latency_ms=1,
+    )  # fmt: skip
+    files = FairPool("files", 1)
+    journal = Journal(tmp_path, files)
+    await journal.append("req_kept", settlement)
+    good = journal.path.read_bytes()
+    journal.path.unlink()
+    dead = tmp_path / "settlements-999999999-0a0b0c0d.jsonl"  # no such process
+    dead.write_bytes(b'{"call_id": "req_x", "settle' + b"\n" + good + b'{"call_id": "req_y"')
+    assert await journal.replay(engine) == 1
+    assert not dead.exists()
+    kept = (tmp_path / "unreadable-settlements.jsonl").read_bytes().splitlines()
+    assert kept == [b'{"call_id": "req_x", "settle', b'{"call_id": "req_y"']
+    assert await journal.replay(engine) == 0
+    async with engine.connect() as conn:
+        (row,) = (await conn.execute(select(ledger_table))).all()
+    assert (row.status, row.cost_nanos) == ("succeeded", 600)
+    files.close()

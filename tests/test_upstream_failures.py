@@ -1,10 +1,16 @@
 """Provider failures: fallbacks in order, clean 502/504s, failed calls recorded at zero cost."""
 
+import asyncio
+import concurrent.futures
 import time
+from datetime import timedelta
 
+import httpx
 import openai
 import pytest
 
+from app import database, ledger
+from app.database import create_engine
 from tests.fake_provider import TEXT
 from tests.gateway import FIXTURES
 from tests.processes import wav_of_size
@@ -154,3 +160,40 @@ def test_an_upload_the_provider_never_reads_times_out_uncharged(gateway):
     # The abandoned connection closes once its last buffered bytes are read: the provider
     # reads them when its stall ends (a socket that never drains is left to the provider).
     time.sleep(max(0.0, started + 2.5 - time.monotonic()))
+
+
+def _upload_while(gateway, key, during) -> httpx.Response:
+    """A 20 MB upload that the provider stalls on (the socket buffers fill): ``during``
+    runs meanwhile, before the provider reads on and the upload reaches its last bytes."""
+    gateway.script({"stall_upload": 1.5})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(gateway.post_audio, key, "openai/whisper-1", wav_of_size(20_000_000))
+        time.sleep(0.7)
+        during()
+        return answer.result(timeout=30)
+
+
+def test_a_call_swept_before_its_last_bytes_went_is_never_completed(gateway, database_url):
+    """The sweeper finished the row (as it does for a lost worker) while the upload was
+    stalled: the attempt stops before the provider has it whole, and nothing is billed."""
+    key = gateway.new_key()
+
+    def sweep() -> None:
+        async def run() -> int:
+            engine = create_engine(database_url)
+            try:
+                later = database.utcnow() + timedelta(hours=1)
+                return await ledger.sweep(engine, reserved_before=later, forwarded_before=later)
+            finally:
+                await engine.dispose()
+
+        assert asyncio.run(run()) == 1
+
+    response = _upload_while(gateway, key, sweep)
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "call_expired"
+    assert "nothing was billed" in error["message"]
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["cost_usd"], call["review"]) == ("released", "0.000000000", None)
+    assert not any("billed_seconds" in r for r in gateway.upstream_requests())

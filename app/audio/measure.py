@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, BinaryIO, TypeVar
@@ -16,8 +15,6 @@ from app.audio.container import open_container, sniff
 from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.refusals import PROBE_SECONDS, AudioRefused, not_audio, too_long, too_slow
 from app.audio.sandbox import Sandbox, over_memory
-from app.audio.sandbox import opened as sandbox_opened
-from app.audio.sandbox import source as sandbox_source
 from app.audio.wav import Wav, walk
 
 T = TypeVar("T")
@@ -64,7 +61,7 @@ def measure(
         if not audio:
             seconds = deadline - time.monotonic()
             audio = (
-                sandbox.run(seconds, _read, sandbox_source(file), container, wav, limits, seconds)
+                sandbox.run(seconds, _read, file, container, wav, limits, seconds)
                 if sandbox
                 else _read(file, container, wav, limits, seconds)
             )
@@ -122,14 +119,11 @@ def _unless_unreadable(function: Callable[..., T], deadline: float, *args: Any) 
         raise over_memory() from None
 
 
-def _read(
-    source: BinaryIO | str | bytes, container: str, wav: Wav | None, limits: Limits, seconds: float
-) -> Audio:
+def _read(file: BinaryIO, container: str, wav: Wav | None, limits: Limits, seconds: float) -> Audio:
     """The upload as FFmpeg's prober reads it, PCM by its bytes, the rest decoded (in a
-    sandbox worker, ``source`` names the upload)."""
+    sandbox worker, on the worker's own handle on the upload)."""
     deadline = time.monotonic() + seconds
-    with sandbox_opened(source) if isinstance(source, str | bytes) else nullcontext(source) as file:
-        return _unless_unreadable(_decoded, deadline, file, container, wav, limits, deadline)
+    return _unless_unreadable(_decoded, deadline, file, container, wav, limits, deadline)
 
 
 def _decoded(

@@ -5,13 +5,14 @@ Demuxing and decoding an arbitrary container is where a hostile file spends memo
 opening it. So that work runs in worker processes (``app.workers``), one per probe thread,
 started at its first such upload and replaced when it dies or runs past its time; the
 gateway's own memory never holds what FFmpeg builds. The upload reaches the worker by
-path when it is spooled to disk (this process's descriptor, through ``/proc``) and by
-value when it is in memory (at most a mebibyte).
+value while it is in memory (at most a mebibyte) and by path once spooled to disk (this
+process's descriptor, through ``/proc``).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -20,33 +21,40 @@ from typing import Any, BinaryIO, TypeVar
 from app.audio.refusals import AudioRefused, not_audio, too_slow
 from app.workers import Worker
 
+logger = logging.getLogger("earmark")
 T = TypeVar("T")
 _GRACE_SECONDS = 2.0  # beyond the work's own deadline, before its worker is killed
 
 
-def source(file: BinaryIO) -> str | bytes:
-    """How a worker can read ``file``: a path to the same open file, or its bytes."""
+def _source(file: BinaryIO) -> str | bytes:
+    """How a worker can read ``file``: its bytes while it is in memory (asking a spool for
+    its descriptor would write it to disk first), else a path to the same open file."""
+    if not getattr(file, "_rolled", True) or not hasattr(file, "fileno"):
+        file.seek(0)
+        return file.read()
     try:
         return f"/proc/{os.getpid()}/fd/{file.fileno()}"
-    except (AttributeError, OSError, io.UnsupportedOperation):
+    except (OSError, io.UnsupportedOperation):  # a BytesIO, say
         file.seek(0)
         return file.read()
 
 
-def opened(source: str | bytes) -> BinaryIO:
-    """In the worker: the upload ``source`` names."""
-    return open(source, "rb") if isinstance(source, str) else io.BytesIO(source)
-
-
-def _run(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> tuple[str, Any]:
-    function, args = job
+def _run(job: tuple[Callable[..., Any], str | bytes, tuple[Any, ...]]) -> tuple[str, Any]:
+    """In the worker: ``function(the upload, *args)``, and how it ended."""
+    function, source, args = job
+    try:  # not the upload's fault if this fails: the gateway's, so it says so
+        file = open(source, "rb") if isinstance(source, str) else io.BytesIO(source)  # noqa: SIM115
+    except OSError as error:
+        return "broken", f"the probe worker cannot read the upload: {error}"
     try:
-        return "ok", function(*args)
+        with file:
+            return "ok", function(file, *args)
     except AudioRefused as refused:
         return "refused", (refused.message, refused.code)
     except MemoryError:
         return "memory", None
     except Exception:  # the upload is the only input: its fault, never the worker's end
+        logger.exception("reading an upload failed unexpectedly")
         return "refused", (not_audio().message, not_audio().code)
 
 
@@ -66,25 +74,34 @@ class Sandbox:
         self._workers: set[Worker] = set()
         self._lock = threading.Lock()
 
-    def run(self, seconds: float, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` in this thread's worker (blocking): its result, or the
-        ``AudioRefused`` it raised; too slow or over memory is a refusal too."""
+    def run(self, seconds: float, function: Callable[..., T], file: BinaryIO, *args: Any) -> T:
+        """``function(file, *args)`` in this thread's worker (blocking; it gets its own
+        handle on the upload): its result, or the ``AudioRefused`` it raised; too slow or
+        over memory is a refusal too, and the worker is replaced."""
         worker = getattr(self._local, "worker", None)
         if worker is None:
             worker = self._local.worker = Worker(_run, self.memory_bytes)
             with self._lock:
                 self._workers.add(worker)
         try:
-            kind, value = worker.call((function, args), seconds + _GRACE_SECONDS)
+            kind, value = worker.call((function, _source(file), args), seconds + _GRACE_SECONDS)
         except (TimeoutError, EOFError, OSError) as error:
-            self._local.worker = None
-            with self._lock:
-                self._workers.discard(worker)
-            worker.kill()
+            self._retire(worker)
             raise too_slow() if isinstance(error, TimeoutError) else over_memory() from None
         if kind == "ok":
             return value
-        raise over_memory() if kind == "memory" else AudioRefused(*value)
+        if kind == "memory":  # its heap may be near the cap: a fresh one for the next
+            self._retire(worker)
+            raise over_memory()
+        if kind == "broken":
+            raise RuntimeError(value)
+        raise AudioRefused(*value)
+
+    def _retire(self, worker: Worker) -> None:
+        self._local.worker = None
+        with self._lock:
+            self._workers.discard(worker)
+        worker.kill()
 
     def close(self) -> None:
         with self._lock:

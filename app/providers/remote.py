@@ -54,10 +54,18 @@ def _quoted(value: str) -> str:
 
 
 class _Body:
-    """The multipart form as a stream, counting what has gone out."""
+    """The multipart form as a stream, counting what has gone out; ``upload_deadline`` is
+    lifted once the last bytes are handed over (the answer has its own timeout)."""
 
-    def __init__(self, fields: dict[str, list[str]], upload: Upload, progress: Progress) -> None:
+    def __init__(
+        self,
+        fields: dict[str, list[str]],
+        upload: Upload,
+        progress: Progress,
+        upload_deadline: asyncio.Timeout,
+    ) -> None:
         self.progress = progress
+        self.upload_deadline = upload_deadline
         self.boundary = secrets.token_hex(16)
         head = b"".join(
             f'--{self.boundary}\r\ncontent-disposition: form-data; name="{_quoted(name)}"'
@@ -90,9 +98,12 @@ class _Body:
             progress.bytes_sent += len(chunk)
         if progress.before_last is not None:
             await progress.before_last()
+        # From here the provider gets the whole request even if the call is abandoned: a
+        # closing connection still flushes what it was handed.
+        progress.reached = True
+        self.upload_deadline.reschedule(None)
         yield self.tail
         progress.bytes_sent += len(self.tail)
-        progress.reached = True
 
 
 class RemoteProvider:
@@ -138,10 +149,12 @@ class RemoteProvider:
         return AttemptFailed(message, kind=kind, reached=reached, bytes_sent=progress.bytes_sent)
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        body = _Body(request.fields, request.upload, request.progress)
+        # The upload must end within the provider's time too (aiohttp times reads only);
+        # then the wait for the answer is timed by sock_read.
+        upload_deadline = asyncio.timeout(self.config.timeout_seconds)
+        body = _Body(request.fields, request.upload, request.progress, upload_deadline)
         try:
-            # The upload too must end within the provider's time (aiohttp times reads only).
-            async with asyncio.timeout(self.config.timeout_seconds):
+            async with upload_deadline:
                 response = await self.http.post(
                     self._url(request.route, request.endpoint),
                     headers={
