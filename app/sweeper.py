@@ -26,9 +26,12 @@ logger = logging.getLogger("earmark")
 
 
 def forwarded_stale_after(catalog: Catalog, margin_seconds: float) -> timedelta:
+    """How long a forwarded call may still be running: each attempt of its longest
+    fallback chain may take its provider's timeout to send the upload, then as long again
+    to answer (a late settlement still corrects a row swept too early)."""
     longest = max(
         (
-            sum(route.provider.timeout_seconds for route in [catalog.routes[name], *chain])
+            sum(2 * route.provider.timeout_seconds for route in [catalog.routes[name], *chain])
             for name, chain in catalog.fallbacks.items()
         ),
         default=0.0,

@@ -162,38 +162,61 @@ def test_an_upload_the_provider_never_reads_times_out_uncharged(gateway):
     time.sleep(max(0.0, started + 2.5 - time.monotonic()))
 
 
-def _upload_while(gateway, key, during) -> httpx.Response:
-    """A 20 MB upload that the provider stalls on (the socket buffers fill): ``during``
-    runs meanwhile, before the provider reads on and the upload reaches its last bytes."""
-    gateway.script({"stall_upload": 1.5})
+def _call_while(gateway, key, behaviour, audio, during) -> httpx.Response:
+    """A call the provider takes its time over (``behaviour``): ``during`` runs meanwhile."""
+    gateway.script(behaviour)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(gateway.post_audio, key, "openai/whisper-1", wav_of_size(20_000_000))
+        answer = pool.submit(gateway.post_audio, key, "openai/whisper-1", audio)
         time.sleep(0.7)
         during()
         return answer.result(timeout=30)
 
 
+def _sweep_everything_open(database_url: str) -> int:
+    """What a sweeper does to rows it takes for lost, done now to every open row."""
+
+    async def run() -> int:
+        engine = create_engine(database_url)
+        try:
+            later = database.utcnow() + timedelta(hours=1)
+            return await ledger.sweep(engine, reserved_before=later, forwarded_before=later)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def test_a_call_swept_before_its_last_bytes_went_is_never_completed(gateway, database_url):
     """The sweeper finished the row (as it does for a lost worker) while the upload was
-    stalled: the attempt stops before the provider has it whole, and nothing is billed."""
+    stalled (the socket buffers full): the attempt stops before the provider has it
+    whole, and nothing is billed."""
     key = gateway.new_key()
 
     def sweep() -> None:
-        async def run() -> int:
-            engine = create_engine(database_url)
-            try:
-                later = database.utcnow() + timedelta(hours=1)
-                return await ledger.sweep(engine, reserved_before=later, forwarded_before=later)
-            finally:
-                await engine.dispose()
+        assert _sweep_everything_open(database_url) == 1
 
-        assert asyncio.run(run()) == 1
-
-    response = _upload_while(gateway, key, sweep)
+    response = _call_while(gateway, key, {"stall_upload": 1.5}, wav_of_size(20_000_000), sweep)
     assert response.status_code == 503, response.text
     error = response.json()["error"]
     assert error["code"] == "call_expired"
     assert "nothing was billed" in error["message"]
-    (call,) = gateway.calls(key)
-    assert (call["status"], call["cost_usd"], call["review"]) == ("released", "0.000000000", None)
+    (call,) = gateway.calls(key)  # released by the sweep, then settled as what happened
+    assert (call["status"], call["error_code"]) == ("failed", "call_expired")
+    assert (call["cost_usd"], call["review"]) == ("0.000000000", None)
     assert not any("billed_seconds" in r for r in gateway.upstream_requests())
+
+
+def test_a_call_swept_while_the_provider_worked_is_corrected_when_it_answers(gateway, database_url):
+    """Swept too early (charged its expected cost for review) while the provider was still
+    working: the answer comes, and the row is corrected to what the call really cost."""
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "day"}])
+
+    def sweep() -> None:
+        assert _sweep_everything_open(database_url) == 1
+
+    response = _call_while(gateway, key, {"delay": 1.5}, b"", sweep)
+    assert response.status_code == 200, response.text
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["cost_usd"], call["review"]) == ("succeeded", "0.000600000", None)
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert (budget["spent_usd"], budget["held_usd"]) == ("0.000600000", "0.000000000")

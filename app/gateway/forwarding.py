@@ -107,16 +107,12 @@ async def _can_hold(
 
 
 def _marking_sent(gateway: Gateway, call: CallRequest) -> Callable[[], Awaitable[None]]:
-    """What a provider awaits before an attempt's last request bytes go: the row says, once,
-    that the call may now be billed. If the database cannot say so, the attempt stops
-    there, unsent: no provider had the whole request, so the tenant is told nothing was
-    billed."""
-    marked = False
+    """What a provider awaits before an attempt's last request bytes go: the row says
+    that the call may now be billed (first attempt's time kept), and that it is still
+    open. If the database cannot say so, the attempt stops there, unsent: no provider had
+    the whole request, so the tenant is told nothing was billed."""
 
     async def before_last() -> None:
-        nonlocal marked
-        if marked:
-            return
         try:
             still_open = await ledger.mark_sent(gateway.engine, call.request_id)
         except DATABASE_ERRORS as error:
@@ -132,7 +128,6 @@ def _marking_sent(gateway: Gateway, call: CallRequest) -> Callable[[], Awaitable
                 "a provider had it whole: nothing was billed. Retry.",
                 code="call_expired",
             )
-        marked = True
 
     return before_last
 

@@ -143,7 +143,8 @@ class Settlement:
             ],
         )
         try:
-            await ledger.settle_call(gateway.engine, self.call.request_id, settlement)
+            # If a sweeper took the row for lost meanwhile, it is corrected to the truth.
+            await ledger.apply_settlement(gateway.engine, self.call.request_id, settlement)
         except DATABASE_ERRORS as error:
             if not database_unavailable(error):
                 raise
