@@ -22,10 +22,12 @@ the client lose the answer it had not yet read.
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import time
 from asyncio import TimerHandle, Transport
-from typing import Any
+from collections import Counter
+from typing import Any, ClassVar
 
 import msgspec
 import uvicorn
@@ -44,6 +46,16 @@ _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503:
 # Its socket, a spooled upload, an upstream connection, and a refused one lingering.
 FILES_PER_CONNECTION = 4
 FILES_RESERVED = 64
+
+
+@functools.cache
+def _trusted(host: str) -> bool:
+    """A trusted proxy's address (uvicorn's forwarded_allow_ips, from the same variable):
+    its connections carry many clients', so no one client's cap applies to them."""
+    allowed = {
+        part.strip() for part in os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1").split(",")
+    }
+    return "*" in allowed or host in allowed
 
 
 @functools.cache
@@ -93,6 +105,8 @@ class GuardedProtocol(HttpToolsProtocol):
     # Connections refused at the cap still lingering, in this process: at most as many as
     # the cap, so that sockets never hold more than twice the cap's files.
     refused_open = 0
+    # Open connections by client address (not counting trusted proxies' addresses).
+    by_client: ClassVar[Counter[str]] = Counter()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -108,20 +122,33 @@ class GuardedProtocol(HttpToolsProtocol):
         self._message_done = False
         self._keep_alive = True  # what the request asked for, until its body is read
         self._lingered = 0
+        self._client: str | None = None  # counted in by_client
 
     # --- the connection ---
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.limits.max_connections:
-            self.transport = transport
-            if GuardedProtocol.refused_open >= self.limits.max_connections:
-                transport.close()  # as many refusals are still lingering: no file for it
-                return
-            GuardedProtocol.refused_open += 1
-            self._refuse(503, "Too many open connections; retry shortly.")
+        limits = self.limits
+        peer = transport.get_extra_info("peername")
+        client = peer[0] if isinstance(peer, tuple) and not _trusted(peer[0]) else None
+        if len(self.connections) >= limits.max_connections:
+            self._refuse_at_once(transport, "Too many open connections; retry shortly.")
             return
+        if client is not None and self.by_client[client] >= limits.max_connections_per_client:
+            self._refuse_at_once(transport, "Too many open connections from your address.")
+            return
+        if client is not None:
+            self._client = client
+            self.by_client[client] += 1
         super().connection_made(transport)
-        self._arm(self.limits.header_seconds, self._headers_overdue)
+        self._arm(limits.header_seconds, self._headers_overdue)
+
+    def _refuse_at_once(self, transport: Transport, message: str) -> None:
+        self.transport = transport
+        if GuardedProtocol.refused_open >= self.limits.max_connections:
+            transport.close()  # as many refusals are still lingering: no file for it
+            return
+        GuardedProtocol.refused_open += 1
+        self._refuse(503, message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -129,6 +156,10 @@ class GuardedProtocol(HttpToolsProtocol):
             if self._refused:
                 GuardedProtocol.refused_open -= 1
             return
+        if self._client is not None:
+            self.by_client[self._client] -= 1
+            if not self.by_client[self._client]:
+                del self.by_client[self._client]
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

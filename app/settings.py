@@ -27,6 +27,8 @@ class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
     min_body_rate: int = 16_384  # bytes a second, once the grace period is over
     body_grace_seconds: float = 10.0
     max_connections: int = 1_000  # open at once, per process
+    # ... and from one client address (a trusted proxy's are not counted: see the README)
+    max_connections_per_client: int = 100
 
 
 class Sweeping(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +98,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             min_body_rate=_count(environ, "EARMARK_HTTP_MIN_BODY_RATE", 16_384, 1 << 30),
             body_grace_seconds=_seconds(environ, "EARMARK_HTTP_BODY_GRACE", 10.0),
             max_connections=_count(environ, "EARMARK_HTTP_MAX_CONNECTIONS", 1_000, 1 << 20),
+            max_connections_per_client=_count(
+                environ, "EARMARK_HTTP_MAX_CONNECTIONS_PER_CLIENT", 100, 1 << 20
+            ),
         ),
         sweeping=Sweeping(
             interval_seconds=_seconds(environ, "EARMARK_SWEEP_INTERVAL", 30.0),

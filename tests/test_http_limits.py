@@ -160,6 +160,31 @@ def test_connections_past_the_cap_are_refused_at_once(server):
     _healthy_meanwhile(server)
 
 
+def test_one_client_address_cannot_take_every_connection(database_url, fake_provider, tmp_path):
+    """Connections dribbling half a request line hold a slot each until their deadline: one
+    address may hold its share (5 here), not the process's whole cap, so another client
+    still gets in. (Loopback counts as a client here: it is not a trusted proxy.)"""
+    env = {**process_env(database_url, fake_provider.url, tmp_path), **LIMITS}
+    env["EARMARK_HTTP_HEADER_TIMEOUT"] = "30"
+    env["EARMARK_HTTP_MAX_CONNECTIONS_PER_CLIENT"] = "5"
+    env["FORWARDED_ALLOW_IPS"] = "192.0.2.1"
+    with serving(env, tmp_path / "serve.log") as url:
+        dribbling = [_connect(url) for _ in range(5)]
+        try:
+            for sock in dribbling:
+                sock.sendall(b"POST /v1/audio/transcrip")
+            with _connect(url) as extra:
+                data, took = _answer(extra)
+            assert data.startswith(b"HTTP/1.1 503 ")
+            assert b"from your address" in data
+            assert took < 1
+        finally:
+            for sock in dribbling:
+                sock.close()
+        time.sleep(0.3)
+        _healthy_meanwhile(url)  # its slots are free again
+
+
 def test_connections_never_exhaust_the_open_file_limit(database_url, fake_provider, tmp_path):
     """1,100 idle connections against a process allowed 300 open files: those past what it
     can serve are refused, and a tenant already connected still uploads (a spooled file,
