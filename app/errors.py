@@ -89,6 +89,13 @@ class ServiceUnavailable(EarmarkError):
     error_type = "service_unavailable"
 
 
+class Busy(ServiceUnavailable):
+    """A bounded resource of this process is full: retry in a second."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="busy", headers={"retry-after": "1"})
+
+
 def error_response(
     status_code: int,
     message: str,

@@ -17,14 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from app.errors import EarmarkError
+from app.errors import Busy
 
 T = TypeVar("T")
-
-
-class Busy(EarmarkError):
-    status_code = 503
-    error_type = "service_unavailable"
 
 
 @dataclass(slots=True)
@@ -48,11 +43,7 @@ class FairPool:
 
     async def run(self, owner: str, work: Callable[..., T], *args: Any) -> T:
         if self._queued >= self.max_queued:
-            raise Busy(
-                f"The gateway is busy ({self.name}); retry shortly.",
-                code="busy",
-                headers={"retry-after": "1"},
-            )
+            raise Busy(f"The gateway is busy ({self.name}); retry shortly.")
         loop = asyncio.get_running_loop()
         job = _Job(owner, lambda: work(*args), loop.create_future())
         self._queues.setdefault(owner, deque()).append(job)

@@ -17,7 +17,7 @@ from typing import BinaryIO
 from litestar.types import Receive
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
-from app.errors import EarmarkError, InvalidRequest
+from app.errors import Busy, EarmarkError, InvalidRequest
 
 MAX_FILE_BYTES = 26_214_400  # OpenAI's 25 MiB
 MAX_FIELDS = 64
@@ -28,12 +28,33 @@ MAX_TEXT_BYTES = 4 << 20
 MAX_NAME_LENGTH = 100
 MAX_BODY_BYTES = MAX_FILE_BYTES + MAX_TEXT_BYTES + (1 << 20)  # and the parts' headers
 SPOOL_MEMORY_BYTES = 1 << 20
+# What the forms in flight may hold in this process's memory together (text fields, and
+# spools not yet on disk): past it a spool goes to disk at once, and a large text field
+# is refused (503), so a thousand connections each sending 5 MiB cannot take 5 GiB.
+MAX_BUFFERED_BYTES = 256 << 20
 _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 NOT_MULTIPART = "The request body must be multipart/form-data with the audio in a `file` field."
 
 
 class PayloadTooLarge(EarmarkError):
     status_code = 413
+
+
+class _Buffered:
+    """Bytes held in memory by the forms in flight (one event loop: no lock needed)."""
+
+    used = 0
+
+    @classmethod
+    def take(cls, count: int) -> bool:
+        if cls.used + count > MAX_BUFFERED_BYTES:
+            return False
+        cls.used += count
+        return True
+
+    @classmethod
+    def give(cls, count: int) -> None:
+        cls.used -= count
 
 
 class ClientGone(EarmarkError):
@@ -66,10 +87,13 @@ class Upload:
 class Form:
     fields: dict[str, list[str]] = field(default_factory=dict)
     upload: Upload | None = None
+    buffered: int = 0  # bytes of it counted in _Buffered
 
     def close(self) -> None:
         if self.upload is not None:
             self.upload.file.close()
+        _Buffered.give(self.buffered)
+        self.buffered = 0
 
 
 def file_too_large(size: int | str) -> PayloadTooLarge:
@@ -189,6 +213,7 @@ class _Reader:
         self.name = ""
         self.text: bytearray | None = None
         self.spool: BinaryIO | None = None
+        self.spooled_in_memory: int | None = None  # bytes of the spool counted, until on disk
         self.size = 0
         self.filename: str | None = None
         self.content_type: str | None = None
@@ -202,6 +227,7 @@ class _Reader:
         if self.form.upload is not None:
             raise InvalidRequest("Send exactly one audio file in the `file` field.", param="file")
         self.spool, self.size = _spool(), 0
+        self.spooled_in_memory = 0
         self.filename, self.content_type = segment.filename, segment.content_type
 
     def data(self, chunk: bytes) -> None:
@@ -209,9 +235,13 @@ class _Reader:
             self.size += len(chunk)
             if self.size > MAX_FILE_BYTES:
                 raise file_too_large(f"more than {MAX_FILE_BYTES}")
+            self._hold_spooled(len(chunk))
             self.spool.write(chunk)
             return
         assert self.text is not None
+        if not _Buffered.take(len(chunk)):
+            raise Busy("The gateway holds as much request data as it can; retry shortly.")
+        self.form.buffered += len(chunk)
         self.text += chunk
         self.text_total += len(chunk)
         limit = LARGE_FIELDS.get(self.name, MAX_FIELD_BYTES)
@@ -227,6 +257,21 @@ class _Reader:
                 param=self.name,
                 code="request_too_large",
             )
+
+    def _hold_spooled(self, count: int) -> None:
+        """Count a chunk the spool keeps in memory; once it is past its memory size, or the
+        process is past its budget, the spool is on disk and counts for nothing."""
+        assert self.spool is not None
+        if self.spooled_in_memory is None:
+            return  # on disk already
+        if self.size <= SPOOL_MEMORY_BYTES and _Buffered.take(count):
+            self.spooled_in_memory += count
+            self.form.buffered += count
+            return
+        self.spool.rollover()  # type: ignore[attr-defined]
+        _Buffered.give(self.spooled_in_memory)
+        self.form.buffered -= self.spooled_in_memory
+        self.spooled_in_memory = None
 
     def end(self) -> None:
         if self.spool is not None:
