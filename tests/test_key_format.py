@@ -23,14 +23,15 @@ def test_body_carries_at_least_256_bits():
 
 
 @settings(deadline=None)  # no timing here: a loaded machine is not a failure
-@given(position=st.integers(min_value=6, max_value=key_format.KEY_LENGTH - 1), data=st.data())
-def test_any_single_character_typo_fails_the_checksum(position, data):
+@given(
+    position=st.integers(min_value=6, max_value=key_format.KEY_LENGTH - 1),
+    shift=st.integers(min_value=1, max_value=61),
+)
+def test_any_single_character_typo_fails_the_checksum(position, shift):
+    # The draw never depends on the (random) key, so Hypothesis can replay it.
+    alphabet = string.ascii_letters + string.digits
     secret = key_format.generate()
-    replacement = data.draw(
-        st.sampled_from(string.ascii_letters + string.digits).filter(
-            lambda char: char != secret[position]
-        )
-    )
+    replacement = alphabet[(alphabet.index(secret[position]) + shift) % len(alphabet)]
     typo = secret[:position] + replacement + secret[position + 1 :]
     assert not key_format.is_well_formed(typo)
 
