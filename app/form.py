@@ -188,6 +188,7 @@ async def read_form(
         form.close()
         raise
     if form.upload is None:
+        form.close()
         raise InvalidRequest(
             "Missing the audio file: send it as the multipart field `file`.", param="file"
         )

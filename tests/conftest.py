@@ -213,10 +213,13 @@ def gateway(
     database_url: str, fake_provider: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
     """Earmark on loopback in front of the fake provider, on each database."""
+    from app import form
     from tests.fake_provider import API_KEY
     from tests.gateway import KEY_ENV, serve_gateway
 
     fake_provider.script.reset()
     monkeypatch.setenv(KEY_ENV, API_KEY)
+    held = form._Buffered.used
     with serve_gateway(database_url, fake_provider.url, tmp_path) as gateway:
         yield gateway
+    assert form._Buffered.used == held, "a form was never closed: its memory stays counted"

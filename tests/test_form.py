@@ -8,26 +8,27 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app import form
-from app.errors import Busy
+from app.errors import Busy, InvalidRequest
 from app.form import read_form
 
 pytestmark = pytest.mark.anyio
 BOUNDARY = "formboundary"
 
 
-def _body(fields: dict[str, bytes], audio: bytes) -> bytes:
+def _body(fields: dict[str, bytes], audio: bytes | None) -> bytes:
     parts = [
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
         + value
         + b"\r\n"
         for name, value in fields.items()
     ]
-    parts.append(
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-        "Content-Type: audio/wav\r\n\r\n".encode()
-        + audio
-        + b"\r\n"
-    )
+    if audio is not None:
+        parts.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'.encode()
+            + audio
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -39,8 +40,16 @@ async def _read(body: bytes) -> form.Form:
     return await read_form(chunks(), f"multipart/form-data; boundary={BOUNDARY}", str(len(body)))
 
 
+async def test_a_form_without_a_file_gives_back_what_it_held():
+    before = form._Buffered.used
+    with pytest.raises(InvalidRequest):
+        await _read(_body({"model": b"whisper-1"}, None))
+    assert form._Buffered.used == before
+
+
 async def test_large_text_fields_beyond_the_process_budget_are_a_503(monkeypatch):
     monkeypatch.setattr(form, "MAX_BUFFERED_BYTES", 3 << 20)
+    before = form._Buffered.used
     references = {"known_speaker_references[]": b"data:audio/wav;base64," + b"A" * 2_000_000}
     first = await _read(_body(references, b"RIFF"))
     with pytest.raises(Busy) as busy:
@@ -50,11 +59,12 @@ async def test_large_text_fields_beyond_the_process_budget_are_a_503(monkeypatch
     first.close()
     second = await _read(_body(references, b"RIFF"))  # room again once the first is done
     second.close()
-    assert form._Buffered.used == 0
+    assert form._Buffered.used == before
 
 
 async def test_an_upload_past_the_budget_goes_to_disk_at_once(monkeypatch):
     monkeypatch.setattr(form, "MAX_BUFFERED_BYTES", 512 << 10)
+    before = form._Buffered.used
     audio = b"\x01" * 900_000  # under the spool's memory size, over what is left
     read = await _read(_body({"model": b"whisper-1"}, audio))
     assert read.upload is not None and read.upload.size == len(audio)
@@ -62,4 +72,4 @@ async def test_an_upload_past_the_budget_goes_to_disk_at_once(monkeypatch):
     assert read.upload.file.read() == audio
     assert form._Buffered.used <= 512 << 10
     read.close()
-    assert form._Buffered.used == 0
+    assert form._Buffered.used == before
