@@ -46,6 +46,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _append_durably(path: Path, line: bytes) -> None:
+    """Append ``line`` to ``path`` and wait until it is on disk, with the file's name too
+    when this made the file (a power loss keeps both)."""
+    created = not path.exists()
+    with path.open("ab") as out:
+        out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
+    if created:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
 class Journal:
     def __init__(self, directory: Path, files: FairPool) -> None:
         self.directory = directory
@@ -58,23 +74,10 @@ class Journal:
 
     def _write(self, line: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        with self.path.open("ab") as out:
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-        if created:  # the file's name must survive a power loss as well as its lines
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        _append_durably(self.path, line)
 
     def _set_aside(self, path: Path, line: bytes) -> None:
-        with (self.directory / _UNREADABLE).open("ab") as out:
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
+        _append_durably(self.directory / _UNREADABLE, line)
         logger.error(
             "a settlement in %s cannot be read; it is kept in %s for review",
             path.name,
