@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import random
 import resource
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,12 +18,13 @@ from hypothesis import strategies as st
 
 from app.audio.container import forwarded_filename, id3v2_end
 from app.audio.disguise import may_be_disguised, probed_window
-from app.audio.measure import Limits, measure
+from app.audio.measure import Limits, measure, measure_inline
 from app.audio.packets import opus_samples
 from app.audio.refusals import AudioRefused
 from app.audio.sandbox import Sandbox
 from app.audio.wav import MAX_WAV_CHUNKS
 from tests.audio_files import (
+    TONE_RATE,
     decoded_seconds,
     encode,
     fmt_chunk,
@@ -42,9 +44,14 @@ SPEECH_MS = 5848  # sox: 5.84875 s
 
 
 def _measure(data: bytes, max_seconds: int = 10_800):
+    """``measure``'s answer, which the gateway's event-loop path (``measure_inline``) must
+    give too whenever it answers at all."""
+    limits = Limits(max_seconds=max_seconds)
     file = io.BytesIO(data)
-    audio = measure(file, len(data), Limits(max_seconds=max_seconds))
+    audio = measure(file, len(data), limits)
     assert file.tell() == 0  # ready to be forwarded
+    assert measure_inline(file, len(data), limits) in (None, audio)
+    assert file.tell() == 0
     return audio
 
 
@@ -53,6 +60,10 @@ def _refused(data: bytes, max_seconds: int = 10_800) -> AudioRefused:
         _measure(data, max_seconds)
     assert refused.value.status_code == 400
     assert refused.value.param == "file"
+    try:  # the event-loop path refuses alike, or leaves it to the probe pool
+        assert measure_inline(io.BytesIO(data), len(data), Limits(max_seconds)) is None
+    except AudioRefused as inline:
+        assert inline.code == refused.value.code
     return refused.value
 
 
@@ -325,6 +336,21 @@ def test_a_1_hz_wav_claiming_four_billion_samples_is_refused():
     refused = _refused(data)
     assert refused.code == "sample_rate_out_of_range"
     assert "1 Hz" in refused.message
+
+
+def _zeroed_wav(**fields: int) -> bytes:
+    header = {"channels": 1, "rate": TONE_RATE, "align": 2, **fields}
+    fmt = struct.pack("<HHIIHH", 1, header["channels"], header["rate"], 0, header["align"], 16)
+    return riff((b"fmt ", fmt), (b"data", tone(1)))
+
+
+@pytest.mark.parametrize("field", ["channels", "rate"])
+def test_a_wav_header_of_zeros_is_refused(field):
+    _refused(_zeroed_wav(**{field: 0}))
+
+
+def test_a_wav_header_without_a_block_size_is_measured_as_ffmpeg_plays_it():
+    assert _measure(_zeroed_wav(align=0)).duration_ms == 1_000
 
 
 def test_too_many_channels_are_refused():

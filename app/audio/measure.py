@@ -20,6 +20,9 @@ from app.audio.wav import Wav, walk
 T = TypeVar("T")
 DEFAULT_MAX_SECONDS = 10_800  # 3 hours; a model may set its own `max_audio_seconds`
 MAX_FAST_WINDOW = 1 << 20  # samples looked at for a hidden codec; beyond, FFmpeg probes
+# A window this small is checked on the event loop (well under a millisecond): cheaper,
+# for every call, than handing it to a thread that contends for the GIL.
+INLINE_WINDOW = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,7 @@ def measure(
     container, start = sniff(file)
     try:
         wav = walk(file, start, size) if container == "wav" else None
-        audio = wav and _unless_unreadable(_plain_pcm, deadline, file, wav)
+        audio = wav and _unless_unreadable(_plain_pcm, deadline, file, wav, MAX_FAST_WINDOW)
         if not audio:
             seconds = deadline - time.monotonic()
             audio = (
@@ -67,6 +70,26 @@ def measure(
             )
     finally:
         file.seek(0)
+    return _within(audio, limits)
+
+
+def measure_inline(file: BinaryIO, size: int, limits: Limits = Limits()) -> Audio | None:
+    """``measure``'s answer when the upload is a plain PCM WAV whose check is small enough
+    for the event loop (``INLINE_WINDOW``), else ``None``: run ``measure`` in the probe
+    pool. Same refusals as ``measure``."""
+    container, start = sniff(file)
+    try:
+        if container != "wav":
+            return None
+        wav = walk(file, start, size)
+        deadline = time.monotonic() + PROBE_SECONDS
+        audio = _unless_unreadable(_plain_pcm, deadline, file, wav, INLINE_WINDOW)
+    finally:
+        file.seek(0)
+    return audio and _within(audio, limits)
+
+
+def _within(audio: Audio, limits: Limits) -> Audio:
     if audio.duration_ms > limits.max_seconds * 1000:
         raise too_long(Fraction(audio.duration_ms, 1000), limits.max_seconds)
     if audio.duration_ms <= 0:
@@ -74,19 +97,21 @@ def measure(
     return audio
 
 
-def _plain_pcm(file: BinaryIO, wav: Wav) -> Audio | None:
+def _plain_pcm(file: BinaryIO, wav: Wav, max_window: int) -> Audio | None:
     """A one-chunk WAV that FFmpeg reads as the PCM its header declares, and whose samples
     its prober could not read as anything else: its bytes are its duration, exactly.
-    Otherwise ``None``, and FFmpeg probes and decodes it."""
-    if wav.data_chunks != 1:
+    Otherwise ``None``, and FFmpeg probes and decodes it; also when the samples its prober
+    would look at are more than ``max_window`` bytes (high rates: FFmpeg's prober reads so
+    much that it may as well decide)."""
+    if wav.data_chunks != 1 or not (wav.block_align and wav.sample_rate):
+        return None
+    window = probed_window(wav.block_align * wav.sample_rate, wav.block_align)
+    if window > max_window:
         return None
     with open_container(file, "wav", probe_streams=False) as opened:
         audio = _pcm_audio(opened, wav)
     if audio is None:
         return None
-    window = probed_window(wav.block_align * audio.sample_rate, wav.block_align)
-    if window > MAX_FAST_WINDOW:
-        return None  # high rates: FFmpeg's prober reads so much that it may as well decide
     file.seek(wav.data_start)
     return None if may_be_disguised(file.read(window)) else audio
 

@@ -19,7 +19,7 @@ import msgspec
 
 from app import budgets, cache, ledger
 from app.audio.container import forwarded_filename
-from app.audio.measure import measure
+from app.audio.measure import measure, measure_inline
 from app.catalog import Route
 from app.errors import InvalidRequest
 from app.form import Form, Upload, read_form
@@ -135,14 +135,17 @@ class Admission:
         opening.stream = options.stream
         route = self.route = gateway.catalog.resolve(options.model)
         gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
-        audio = await gateway.executors.probe.run(
-            principal.tenant_id,
-            measure,
-            form.upload.file,
-            form.upload.size,
-            route.audio_limits,
-            gateway.sandbox,
-        )
+        upload = form.upload
+        audio = upload.in_memory and measure_inline(upload.file, upload.size, route.audio_limits)
+        if not audio:
+            audio = await gateway.executors.probe.run(
+                principal.tenant_id,
+                measure,
+                upload.file,
+                upload.size,
+                route.audio_limits,
+                gateway.sandbox,
+            )
         admitted = Admitted(
             options=options,
             fields=form.fields,
