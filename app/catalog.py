@@ -97,6 +97,18 @@ class Catalog:
             code="model_not_found",
         )
 
+    def check_known(self, allowed: list[str] | None) -> None:
+        """A key's allowed-model list names only models this gateway serves (a typo would
+        make the key useless without a word): a 400 naming the first unknown entry."""
+        for index, name in enumerate(allowed or []):
+            if name not in self.routes and name not in self._bare:
+                raise InvalidRequest(
+                    f"allowed_models[{index}]: {name!r} is not a model on this gateway; "
+                    f"known: {', '.join(sorted(self.routes))}",
+                    param="allowed_models",
+                    code="model_not_found",
+                )
+
     def is_allowed(self, route: Route, allowed: list[str] | None) -> bool:
         """Whether a key's allowed-model list (names, bare names or aliases) covers a route."""
         if allowed is None:

@@ -17,9 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import admin_users, keys, migrate, tenants
+from app import __version__, admin_users, keys, migrate, tenants
+from app.catalog import Catalog
+from app.config import ConfigError, load_config, provider_api_keys
 from app.database import create_engine
 from app.errors import EarmarkError
 from app.pagination import MAX_LIMIT
@@ -45,10 +49,22 @@ def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> N
         _print(result)
 
 
+def _catalog(settings: Settings) -> Catalog:
+    """The configuration as the gateway would load it: a mistake is a ``ConfigError``
+    naming the file and the entry, before any worker starts."""
+    config = load_config(settings.config_path)
+    catalog = Catalog(config)
+    provider_api_keys(config)
+    return catalog
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    _catalog(settings)
     if settings.is_sqlite:
         # The embedded default migrates itself; PostgreSQL waits for `earmark migrate`.
         migrate.upgrade(settings.database_url)
+    else:
+        _run(settings, lambda engine: asyncio.sleep(0))  # reachable, and at head
     # Every worker writes its metrics to files here and each scrape sums them; the
     # variable must be set before prometheus_client is first imported, hence here.
     metrics_dir = os.environ.get(MULTIPROC_ENV)
@@ -79,8 +95,76 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
 
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> None:
+    async def revision() -> str | None:
+        engine = create_engine(settings.database_url)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    before = asyncio.run(revision())
     migrate.upgrade(settings.database_url)
-    print(f"database at revision {migrate.head_revision()}", file=sys.stderr)
+    head = migrate.head_revision()
+    if before == head:
+        print(f"database already at revision {head}: nothing to apply", file=sys.stderr)
+        return
+    applied = migrate.revisions_between(before, head)
+    print(
+        f"database upgraded from {before or '(empty)'} to {head}: applied " + ", ".join(applied),
+        file=sys.stderr,
+    )
+
+
+def _check_config(settings: Settings, _: argparse.Namespace) -> None:
+    """Validate the configuration and print what it resolves to: the providers, each
+    model's canonical name, aliases, fallbacks and price."""
+    catalog = _catalog(settings)
+    print(f"configuration: {settings.config_path or 'built-in (the local engine)'}")
+    providers: dict[str, list[str]] = {}
+    for route in catalog.routes.values():
+        providers.setdefault(route.provider_name, []).append(route.name)
+    for provider_name, names in providers.items():
+        provider = catalog.routes[names[0]].provider
+        where = provider.base_url or "on this machine"
+        print(f"provider {provider_name} ({provider.kind}, {where})")
+        for name in names:
+            route = catalog.routes[name]
+            price = {k: str(v) for k, v in msgspec.structs.asdict(route.config.price).items()}
+            shown = ", ".join(
+                f"{k}={v}"
+                for k, v in price.items()
+                if k in _PRICE_FIELDS and v not in ("None", "0")
+            )
+            print(f"  model {name}: {shown or 'free'}")
+            if route.config.aliases:
+                print(f"    aliases: {', '.join(route.config.aliases)}")
+            if catalog.fallbacks[name]:
+                print(f"    fallbacks: {', '.join(r.name for r in catalog.fallbacks[name])}")
+    print("configuration OK")
+
+
+_PRICE_FIELDS = (
+    "per_audio_second",
+    "per_audio_minute",
+    "per_audio_hour",
+    "minimum_seconds",
+    "input_text_per_million",
+    "input_audio_per_million",
+    "output_per_million",
+)
+
+
+def _database_problem(settings: Settings, error: Exception) -> str:
+    """One line: which database (without its password), what went wrong, what to do."""
+    url = make_url(settings.database_url).render_as_string(hide_password=True)
+    cause = getattr(error, "orig", None) or error
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    hint = (
+        "create it (e.g. `createdb`), then run `earmark migrate`"
+        if "does not exist" in reason
+        else "check that the server is running and EARMARK_DATABASE_URL is right"
+    )
+    return f"cannot use the database {url}: {reason}; {hint}"
 
 
 def _tenants_create(settings: Settings, args: argparse.Namespace) -> None:
@@ -106,6 +190,7 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
         "allowed_models": args.allow_model,
     }
     data = msgspec.convert(body, KeyCreate, strict=False)
+    _catalog(settings).check_known(data.allowed_models)
     _run(settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, actor="cli"))
 
 
@@ -157,6 +242,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the gateway")
@@ -169,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="upgrade the database to head").set_defaults(
         handler=_migrate
     )
+    commands.add_parser(
+        "check-config",
+        help="validate EARMARK_CONFIG and print its providers, models, aliases and prices",
+    ).set_defaults(handler=_check_config)
 
     tenant_commands = commands.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True
@@ -224,9 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(load_settings(), args)
-    except (SettingsError, migrate.SchemaNotCurrent) as error:
+        settings = load_settings()
+        args.handler(settings, args)
+    except (SettingsError, ConfigError, migrate.SchemaNotCurrent) as error:
         sys.exit(f"earmark: {error}")
+    except (DBAPIError, OSError) as error:
+        sys.exit(f"earmark: {_database_problem(settings, error)}")
     except EarmarkError as error:
         sys.exit(f"earmark: {error.message}")
     except msgspec.ValidationError as error:

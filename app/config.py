@@ -7,10 +7,12 @@ that holds its API key. Any mistake stops start-up with a message naming the ent
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -89,7 +91,49 @@ def _convert(raw: object, kind: type, where: str, source: str):
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as error:
         message, _, path = str(error).partition(" - at `$")
-        raise ConfigError(f"{source}: {where}{path.rstrip('`')}: {message}") from None
+        path = path.rstrip("`")
+        enum = re.fullmatch(r"Invalid enum value (.*)", message)
+        choices = enum and _choices(kind, re.findall(r"\.(\w+)", path))
+        if enum and choices:
+            message = f"{enum.group(1)} is not one of {', '.join(choices)}"
+        raise ConfigError(f"{source}: {where}{path}: {message}") from None
+
+
+def _choices(kind: Any, path: list[str]) -> list[str] | None:
+    """The values a ``Literal`` field at ``path`` (field names from ``kind``) may take."""
+    for name in path:
+        hints = typing.get_type_hints(kind) if isinstance(kind, type) else {}
+        if name not in hints:
+            return None
+        kind = hints[name]
+        # Through ``X | None``: the struct or literal inside.
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) is not Literal and len(inner) == 1:
+            kind = inner[0]
+    if typing.get_origin(kind) is Literal:
+        return [str(value) for value in typing.get_args(kind)]
+    inner = [a for a in typing.get_args(kind) if typing.get_origin(a) is Literal]
+    return [str(value) for value in typing.get_args(inner[0])] if inner else None
+
+
+_PRICE_TABLES = ("price", "hit_price")
+
+
+def _refuse_float_prices(raw: object, where: str, source: str) -> None:
+    """Money is exact: a TOML float (0.006) is a binary approximation of the price, so a
+    price must be written as a string ("0.006") or a whole number."""
+    if not isinstance(raw, dict):
+        return
+    for name, value in raw.items():
+        if name in _PRICE_TABLES and isinstance(value, dict):
+            for field, amount in value.items():
+                if isinstance(amount, float):
+                    raise ConfigError(
+                        f"{source}: {where}.{name}.{field}: {amount!r} is a float; quote "
+                        f'prices ({field} = "{amount!r}") so they are exact'
+                    )
+        elif isinstance(value, dict):
+            _refuse_float_prices(value, f"{where}.{name}", source)
 
 
 def _table(raw: object, where: str, source: str) -> dict:
@@ -111,6 +155,7 @@ def parse_config(text: str, source: str = "earmark.toml") -> Config:
     for name, table in _table(raw.get("providers", {}), "providers", source).items():
         where = f"providers.{name}"
         table = _table(table, where, source)
+        _refuse_float_prices(table, where, source)
         models_raw = _table(table.pop("models", {}), f"{where}.models", source)
         provider = _convert(table, ProviderConfig, where, source)
         if "/" in name:

@@ -52,6 +52,17 @@ async def _on_connection(engine: AsyncEngine, run: object) -> None:
         await conn.run_sync(_sync)
 
 
+def revisions_between(base: str | None, head: str | None) -> list[str]:
+    """The revisions an upgrade from ``base`` to ``head`` applies, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    walked = script.walk_revisions(base or "base", head or "heads")
+    return [
+        f"{r.revision} ({r.doc})" if r.doc else r.revision
+        for r in reversed(list(walked))
+        if r.revision != base
+    ]
+
+
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 

@@ -163,10 +163,32 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+# The models the admin API's tests name (no provider is reached through them).
+ADMIN_TEST_CONFIG = """
+[providers.openai]
+base_url = "http://127.0.0.1:9/v1"
+[providers.openai.models.whisper-1]
+aliases = ["whisper"]
+[providers.openai.models.gpt-4o-transcribe]
+[providers.groq]
+base_url = "http://127.0.0.1:9/v1"
+[providers.groq.models.whisper-large-v3]
+[providers.local]
+kind = "local"
+[providers.local.models.pocketsphinx]
+engine = "pocketsphinx"
+"""
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
+    config = tmp_path / "earmark.toml"
+    config.write_text(ADMIN_TEST_CONFIG)
     return Settings(
-        database_url=database_url, admin_token=ADMIN_TOKEN, journal_dir=str(tmp_path / "journal")
+        database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        journal_dir=str(tmp_path / "journal"),
+        config_path=str(config),
     )
 
 

@@ -196,6 +196,10 @@ async def test_list_filters_by_tenant_and_status_and_paginates(client, tenant):
         ({"tenant_id": "TENANT", "name": "x", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
         ({"tenant_id": "TENANT", "name": "x", "expires_at": "2030-01-01T00:00:00"}, "expires_at"),
         ({"tenant_id": "TENANT", "name": "x", "expires_at": "tomorrow"}, "expires_at"),
+        (
+            {"tenant_id": "TENANT", "name": "x", "allowed_models": ["whisper", "nope-model"]},
+            "allowed_models",
+        ),
         ({"tenant_id": "TENANT", "name": "x", "allowed_models": []}, "allowed_models"),
         (
             {"tenant_id": "TENANT", "name": "x", "allowed_models": ["has space"]},
@@ -211,6 +215,25 @@ async def test_bad_key_bodies_name_the_field(client, tenant, body, param):
     response = await client.post("/admin/keys", json=body, headers=ADMIN)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["param"] == param, response.json()
+
+
+async def test_a_model_the_gateway_does_not_serve_is_never_allowed(client, tenant, key):
+    """A typo would make the key useless without a word: refused, naming the entry."""
+    body = {"tenant_id": tenant["id"], "name": "x", "allowed_models": ["whisper", "nope-model"]}
+    created = await client.post("/admin/keys", json=body, headers=ADMIN)
+    updated = await client.patch(
+        f"/admin/keys/{key['id']}", json={"allowed_models": ["nope-model"]}, headers=ADMIN
+    )
+    for response, index in ((created, 1), (updated, 0)):
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "model_not_found"
+        assert error["message"].startswith(
+            f"allowed_models[{index}]: 'nope-model' is not a model on this gateway"
+        )
+    # Every spelling of a served model is fine: canonical, bare, alias.
+    body["allowed_models"] = ["openai/whisper-1", "whisper-large-v3", "whisper"]
+    assert (await client.post("/admin/keys", json=body, headers=ADMIN)).status_code == 201
 
 
 @pytest.mark.parametrize(

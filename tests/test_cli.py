@@ -6,7 +6,12 @@ import sys
 
 import pytest
 
-from tests.conftest import create_postgres_database, drop_postgres_database
+from tests.conftest import (
+    ADMIN_TEST_CONFIG,
+    create_postgres_database,
+    drop_postgres_database,
+    postgres_database,
+)
 from tests.processes import earmark_env, run_cli, serving
 
 
@@ -15,8 +20,9 @@ def _ok(result: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(result.stdout)
 
 
-def test_tenant_and_key_lifecycle(database_url):
-    env = earmark_env(database_url)
+def test_tenant_and_key_lifecycle(database_url, tmp_path):
+    (tmp_path / "earmark.toml").write_text(ADMIN_TEST_CONFIG)
+    env = earmark_env(database_url, EARMARK_CONFIG=str(tmp_path / "earmark.toml"))
     tenant = _ok(run_cli(env, "tenants", "create", "acme", "--metadata", '{"plan": "pro"}'))
     assert tenant["metadata"] == {"plan": "pro"}
     assert [t["id"] for t in _ok(run_cli(env, "tenants", "list"))["data"]] == [tenant["id"]]
@@ -124,3 +130,84 @@ def test_sqlite_migrates_itself_on_serve(tmp_path):
     env = earmark_env(f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
     with serving(env, tmp_path / "serve.log") as base:
         assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+
+
+def test_a_config_mistake_stops_serve_with_one_line(tmp_path):
+    (tmp_path / "earmark.toml").write_text('[providers.local]\nkind = "locale"\n')
+    env = earmark_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'e.db'}", EARMARK_CONFIG=str(tmp_path / "earmark.toml")
+    )
+    for command in (["serve", "--port", "1"], ["check-config"]):
+        result = run_cli(env, *command)
+        assert result.returncode != 0
+        assert result.stderr.strip() == (
+            f"earmark: {tmp_path / 'earmark.toml'}: providers.local.kind: "
+            "'locale' is not one of openai, azure, local"
+        )
+
+
+def test_check_config_prints_what_the_file_resolves_to(tmp_path):
+    (tmp_path / "earmark.toml").write_text(
+        '[providers.fast]\nbase_url = "http://127.0.0.1:1/v1"\napi_key_env = "FAST_KEY"\n'
+        '[providers.fast.models.whisper-1]\naliases = ["whisper"]\n'
+        'price = { per_audio_minute = "0.006" }\nfallbacks = ["slow/whisper-1"]\n'
+        '[providers.slow]\nbase_url = "http://127.0.0.1:2/v1"\n'
+        '[providers.slow.models.whisper-1]\nprice = { per_audio_hour = "0.111", '
+        'minimum_seconds = "10" }\n'
+    )
+    env = earmark_env(
+        "sqlite+aiosqlite:///unused.db", EARMARK_CONFIG=str(tmp_path / "earmark.toml")
+    )
+    missing = run_cli(env, "check-config")
+    assert missing.returncode != 0
+    assert "FAST_KEY is not set" in missing.stderr
+    result = run_cli({**env, "FAST_KEY": "sk-x"}, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        "provider fast (openai, http://127.0.0.1:1/v1)",
+        "  model fast/whisper-1: per_audio_minute=0.006",
+        "    aliases: whisper",
+        "    fallbacks: slow/whisper-1",
+        "provider slow (openai, http://127.0.0.1:2/v1)",
+        "  model slow/whisper-1: per_audio_hour=0.111, minimum_seconds=10",
+        "configuration OK",
+    ]
+
+
+def test_version():
+    result = run_cli({}, "--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("earmark ")
+
+
+@pytest.mark.postgres
+def test_a_missing_postgres_database_is_one_line_saying_what_to_do():
+    env = earmark_env(postgres_database("earmark_no_such_database"))
+    for command in (["migrate"], ["serve", "--port", "1"], ["keys", "list"]):
+        result = run_cli(env, *command)
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        assert 'database "earmark_no_such_database" does not exist' in result.stderr
+        assert "earmark migrate" in result.stderr
+
+
+def test_migrate_says_which_revisions_it_applied(tmp_path):
+    env = earmark_env(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    first = run_cli(env, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "upgraded from (empty) to" in first.stderr
+    assert "applied" in first.stderr
+    again = run_cli(env, "migrate")
+    assert "nothing to apply" in again.stderr
+
+
+def test_a_key_for_a_model_the_gateway_does_not_serve_is_refused(database_url):
+    env = earmark_env(database_url)  # the built-in configuration: local/pocketsphinx
+    tenant = _ok(run_cli(env, "tenants", "create", "acme"))
+    args = ["keys", "create", "--tenant", tenant["id"], "--name", "k"]
+    refused = run_cli(env, *args, "--allow-model", "pocketsphinx", "--allow-model", "nope-model")
+    assert refused.returncode != 0
+    assert "allowed_models[1]: 'nope-model' is not a model on this gateway" in refused.stderr
+    assert _ok(run_cli(env, *args, "--allow-model", "local/pocketsphinx"))["allowed_models"] == [
+        "local/pocketsphinx"
+    ]

@@ -79,6 +79,48 @@ def test_config_errors_name_the_entry(toml, named):
         parse_config(toml)
 
 
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            '[providers.l]\nkind = "locale"\n',
+            "providers.l.kind: 'locale' is not one of openai, azure, local",
+        ),
+        (
+            '[providers.l]\nkind = "local"\n[providers.l.models.m]\nengine = "vosk"\n',
+            "providers.l.models.m.engine: 'vosk' is not one of pocketsphinx, faster-whisper",
+        ),
+    ],
+)
+def test_a_misspelt_choice_lists_the_valid_ones(toml, message):
+    with pytest.raises(ConfigError) as refused:
+        parse_config(toml)
+    assert str(refused.value) == f"earmark.toml: {message}"
+
+
+@pytest.mark.parametrize(
+    ("toml", "entry"),
+    [
+        ("[providers.x.models.m]\nprice = {per_audio_minute = 0.006}\n", "models.m.price"),
+        ("[providers.x.cache.hit_price]\nper_audio_second = 0.5\n", "cache.hit_price"),
+        (
+            "[providers.x.models.m.cache.hit_price]\noutput_per_million = 1.5\n",
+            "models.m.cache.hit_price",
+        ),
+    ],
+)
+def test_a_float_price_is_refused_with_how_to_write_it(toml, entry):
+    with pytest.raises(ConfigError) as refused:
+        parse_config('[providers.x]\nbase_url = "http://x"\n' + toml)
+    assert f"providers.x.{entry}." in str(refused.value)
+    assert "quote prices" in str(refused.value)
+    # Quoted, or a whole number, it is exact and accepted.
+    parse_config(
+        '[providers.x]\nbase_url = "http://x"\n'
+        + toml.replace("0.006", '"0.006"').replace("0.5", "1").replace("1.5", '"1.5"')
+    )
+
+
 def test_without_a_config_file_the_local_engine_is_served():
     config = load_config(None)
     (provider,) = config.providers.values()

@@ -22,6 +22,7 @@ async def create_key(
     settings: NamedDependency[Settings],
 ) -> KeyWithSecret:
     actor = str(request.state.admin)
+    request.app.state.gateway.catalog.check_known(data.allowed_models)
     return await keys.create_key(engine, settings.key_pepper, data, actor=actor)
 
 
@@ -45,8 +46,13 @@ async def get_key(key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
 
 @patch("/keys/{key_id:str}", summary="Update a key's name, metadata, expiry or allowed models")
 async def update_key(
-    key_id: FromPath[PathId], data: JSONBody[KeyUpdate], engine: NamedDependency[AsyncEngine]
+    request: Request,
+    key_id: FromPath[PathId],
+    data: JSONBody[KeyUpdate],
+    engine: NamedDependency[AsyncEngine],
 ) -> Key:
+    if isinstance(data.allowed_models, list):
+        request.app.state.gateway.catalog.check_known(data.allowed_models)
     return await keys.update_key(engine, key_id, data)
 
 
