@@ -25,6 +25,8 @@ def test_json_transcription_with_extra_fields_and_exact_cost(gateway):
         )
     result = raw.parse()
     assert result.text == TEXT
+    assert raw.status_code == 200
+    assert raw.headers["x-bf-cache"] == "miss"  # on every answer, cached model or not
     body = result.to_dict()
     assert body["usage"] == {"type": "duration", "seconds": 6}  # the provider's, untouched
     extra = body["extra_fields"]
@@ -126,10 +128,11 @@ def test_text_from_a_token_priced_model_is_fetched_as_json_and_billed_its_tokens
 def test_stream_is_relayed_event_by_event_with_usage(gateway):
     key = gateway.new_key()
     with SPEECH.open("rb") as audio:
-        stream = gateway.sdk(key["secret"]).audio.transcriptions.create(
+        raw = gateway.sdk(key["secret"]).audio.transcriptions.with_raw_response.create(
             model="gpt-4o-transcribe", file=audio, stream=True
         )
-        events = list(stream)
+        assert (raw.status_code, raw.headers["x-bf-cache"]) == (200, "miss")
+        events = list(raw.parse())
     deltas = [event.delta for event in events if event.type == "transcript.text.delta"]
     done = events[-1]
     assert "".join(deltas).strip() == TEXT

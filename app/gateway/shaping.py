@@ -85,7 +85,7 @@ def answer(
 ) -> Shaped:
     """A whole 2xx answer shaped for the caller; ``AttemptFailed`` if it is not the JSON it
     claims to be (the provider answered, so it billed: an uncertain attempt)."""
-    headers = {cache.HEADER: "miss"} if cached else {}
+    headers = {cache.HEADER: "miss"}  # on every answer, whether or not the model caches
     content_type, body = upstream.content_type, upstream.body
     if not content_type.startswith("application/json"):
         media_type = content_type or TEXT_PLAIN

@@ -15,6 +15,7 @@ import anyio
 import msgspec
 from litestar.response import Stream
 
+from app.cache import HEADER
 from app.providers import AttemptFailed, UpstreamResponse
 
 # How a stream ended, and the done event's payload if one came.
@@ -27,7 +28,7 @@ def relay(upstream: UpstreamResponse, finish: Finish) -> Stream:
         _relayed(upstream, finish),
         **_EVENT_STREAM,
         status_code=200,
-        headers={"cache-control": "no-cache"},
+        headers={"cache-control": "no-cache", HEADER: "miss"},
     )
 
 
