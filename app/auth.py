@@ -130,7 +130,7 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         raise PermissionDenied(f"API key {row.id} has been revoked.", code="key_revoked")
     if expires_at is not None and expires_at <= now:
         raise PermissionDenied(
-            f"API key {row.id} expired at {expires_at.isoformat()}.", code="key_expired"
+            f"API key {row.id} expired at {database.utc_text(expires_at)}.", code="key_expired"
         )
     if row.tenant_status != "active":
         raise PermissionDenied(

@@ -226,7 +226,7 @@ def _exceeded(budget: Any, view: Budget, amount: int | None) -> BudgetExceeded:
     owner = f"key {budget.key_id}" if budget.key_id else f"tenant {budget.tenant_id}"
     per = "in total" if budget.period == "none" else f"per {budget.period}"
     resets = (
-        f"It resets at {view.period_end.isoformat().replace('+00:00', 'Z')}."
+        f"It resets at {database.utc_text(view.period_end)}."
         if view.period_end
         else "It does not reset; an admin can raise it or top it up."
     )

@@ -32,6 +32,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def utc_text(value: datetime) -> str:
+    """An instant as the API writes it: RFC 3339 in UTC with ``Z``."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def store(engine: AsyncEngine) -> Store:
     """The call path's bare-driver access to the engine's database (``app.driver``)."""
     return _stores[engine]

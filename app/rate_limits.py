@@ -144,7 +144,8 @@ def admitting(key_id: str, limits: RateLimits, audio_ms: int, now: datetime) -> 
             f"{limits.audio_seconds_per_window} audio seconds per {limits.window_seconds} s", wait
         )
     if limits.max_concurrent is not None and use.in_flight + 1 > limits.max_concurrent:
-        raise RateLimited(f"{limits.max_concurrent} calls in flight", 1)
+        n = limits.max_concurrent
+        raise RateLimited(f"{n} call{'' if n == 1 else 's'} in flight", 1)
 
 
 async def current_use(

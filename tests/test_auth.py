@@ -2,6 +2,7 @@
 the other."""
 
 import base64
+import re
 
 import pytest
 
@@ -89,7 +90,9 @@ async def test_an_expired_key_is_403(client, key, settings):
         await engine.dispose()
     response = await client.get("/v1/quota", headers=bearer(key["secret"]))
     assert response.status_code == 403
-    assert response.json()["error"]["code"] == "key_expired"
+    error = response.json()["error"]
+    assert error["code"] == "key_expired"
+    assert re.search(r"expired at \d{4}-\d\d-\d\dT[\d:.]+Z\.$", error["message"]), error
     listed = await client.get("/admin/keys", params={"status": "expired"}, headers=ADMIN)
     assert [k["id"] for k in listed.json()["data"]] == [key["id"]]
 

@@ -45,12 +45,13 @@ def test_calls_in_flight(gateway, fake_provider):
     key = gateway.new_key(rate_limits={"max_concurrent": 1})
     fake_provider.script.latency = 0.5
     try:
-        statuses = sorted(
-            r.status_code for r in asyncio.run(burst([gateway.url], key["secret"], 2))
+        answers = sorted(
+            asyncio.run(burst([gateway.url], key["secret"], 2)), key=lambda r: r.status_code
         )
     finally:
         fake_provider.script.latency = 0.0
-    assert statuses == [200, 429]
+    assert [r.status_code for r in answers] == [200, 429]
+    assert "1 call in flight" in answers[1].json()["error"]["message"]
     assert gateway.post_audio(key, MODEL).status_code == 200  # the slot is free again
 
 

@@ -92,7 +92,7 @@ def test_grouped_rows_add_up_to_the_totals(gateway, traffic):
 def test_csv_export_matches_the_json(gateway, traffic):
     json_rows = _usage(gateway, group_by="tenant,model").json()["data"]
     response = _usage(gateway, group_by="tenant,model", format="csv")
-    assert response.headers["content-type"].startswith("text/csv")
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
     assert "attachment" in response.headers["content-disposition"]
     csv_rows = list(csv.DictReader(io.StringIO(response.text)))
     assert csv_rows == [

@@ -49,7 +49,7 @@ async def usage_report(
     if format == "csv":
         return Response(
             usage.to_csv(report),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # Litestar adds "; charset=utf-8" to text/*
             headers={"content-disposition": 'attachment; filename="earmark-usage.csv"'},
         )
     return Response(report)
