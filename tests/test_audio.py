@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.audio.container import forwarded_filename, id3v2_end
+from app.audio.container import DEMUXERS, forwarded_filename, id3v2_end
 from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.measure import Limits, measure, measure_inline
 from app.audio.packets import opus_samples
@@ -545,6 +545,42 @@ def test_a_file_ffmpeg_would_read_as_another_format_is_refused():
     data = id3_tag(ts) + mp3[id3v2_end(mp3[:16]) :] + null_packet * 20
     assert decoded_seconds(data) > 100
     assert _refused(data).code in ("invalid_audio", "ambiguous_container")
+
+
+def _full_prober_reads(data: bytes) -> str:
+    """The format a provider's FFmpeg (every demuxer, no whitelist) reads ``data`` as."""
+    with av.open(io.BytesIO(data), metadata_errors="replace") as opened:
+        return opened.format.name
+
+
+def _act_lookalike(rate: int) -> bytes:
+    """An 8 kHz PCM WAV whose first samples are silence and one byte: what FFmpeg's ACT
+    probe looks for (it outscores the WAV demuxer's)."""
+    data = bytearray(wav(tone(30, rate=rate), rate=rate))
+    data[44:512] = bytes(468)
+    data[256] = 0x84
+    return bytes(data)
+
+
+def test_a_wav_a_full_ffmpeg_reads_as_act_is_refused():
+    """A provider's FFmpeg would decode it as G.729 (8 kbit/s): 16 times the 8 kHz 16-bit
+    PCM duration its header states, and this gateway's own FFmpeg may not open ACT."""
+    data = _act_lookalike(8_000)
+    assert _full_prober_reads(data) == "act"
+    assert _refused(data).code == "ambiguous_container"
+    # A byte either side of the signature and it is plain WAV again, to both.
+    plain = bytearray(data)
+    plain[300] = 1
+    assert _full_prober_reads(bytes(plain)) == "wav"
+    assert _measure(bytes(plain)).duration_ms == 30_000
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "mp3", "mp4", "mpeg", "ogg", "webm"])
+def test_what_is_measured_is_the_format_a_full_ffmpeg_reads(ext):
+    """Earmark opens uploads with an allow-list of demuxers; a provider's FFmpeg has them
+    all. Each accepted format is read as the same format by both."""
+    data = (FIXTURES / f"speech.{ext}").read_bytes()
+    assert DEMUXERS[_measure(data).container] in _full_prober_reads(data).split(",")
 
 
 def test_apple_lossless_is_not_accepted():

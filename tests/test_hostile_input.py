@@ -91,6 +91,17 @@ def test_hours_of_silence_claiming_one_second_are_refused_before_any_hold(gatewa
 # --- FFmpeg opens nothing but the upload ------------------------------------------------
 
 
+def test_a_wav_a_providers_ffmpeg_reads_as_g729_is_refused(gateway: Gateway):
+    """8 kHz PCM by its header (billed 30 s), ACT voice to a full FFmpeg (8 minutes)."""
+    data = bytearray(riff((b"fmt ", fmt_chunk(8_000)), (b"data", tone(30, rate=8_000))))
+    data[44:512] = bytes(468)
+    data[256] = 0x84
+    key = gateway.new_key()
+    response = gateway.post_audio(key, WHISPER, bytes(data))
+    error = _refused(gateway, key, response, 400, "ambiguous_container")
+    assert "ACT" in error["message"]
+
+
 def test_a_concat_list_naming_a_server_file_is_not_audio(gateway: Gateway):
     key = gateway.new_key()
     target = FIXTURES / "speech.wav"

@@ -85,6 +85,13 @@ def sniff(file: BinaryIO) -> tuple[str, int]:
         head = file.read(16)
     magic = head[:4]
     if magic in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        file.seek(start)
+        if _reads_as_act(file.read(512)):
+            raise AudioRefused(
+                "The file starts as WAV but FFmpeg reads it as ACT (G.729 voice): send plain "
+                "audio.",
+                "ambiguous_container",
+            )
         return "wav", start
     if magic == b"fLaC":
         return "flac", start
@@ -99,6 +106,21 @@ def sniff(file: BinaryIO) -> tuple[str, int]:
     if _is_mpeg_audio_frame(head):
         return "mp3", start
     raise not_audio()
+
+
+def _reads_as_act(head: bytes) -> bool:
+    """Whether FFmpeg's full prober (a provider's, with every demuxer) reads a RIFF/WAVE
+    start as ACT rather than WAV: its probe scores above the WAV demuxer's on these bytes
+    (``libavformat/act.c``), and G.729 at 8 kbit/s plays 16 times as long as the 8 kHz
+    PCM header says. This gateway's own FFmpeg may not open ACT, so it must be told."""
+    return (
+        len(head) == 512
+        and head[:4] == b"RIFF"
+        and head[16:20] == b"\x10\0\0\0"
+        and not any(head[44:256])
+        and head[256] == 0x84
+        and not any(head[264:512])
+    )
 
 
 def _refuse_nested_open(url: str, flags: int, options: dict[str, str]) -> None:
