@@ -12,10 +12,8 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging.config import LoggingConfig
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
-from app import __version__, migrate
+from app import migrate, openapi
 from app.admin_users import PasswordChecker
 from app.audio.sandbox import Sandbox
 from app.auth import require_admin, require_tenant
@@ -104,13 +102,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app_metrics = Metrics(tenant_label=settings.metrics_tenant_label)
     admin = Router(
         path="/admin",
-        route_handlers=[
-            *admin_tenants.ROUTES,
-            *admin_keys.ROUTES,
-            *admin_budgets.ROUTES,
-            *admin_usage.ROUTES,
-            *admin_calls.ROUTES,
-        ],
+        route_handlers=openapi.with_errors(
+            [
+                *admin_tenants.ROUTES,
+                *admin_keys.ROUTES,
+                *admin_budgets.ROUTES,
+                *admin_usage.ROUTES,
+                *admin_calls.ROUTES,
+            ],
+            openapi.ADMIN_ERRORS,
+        ),
         guards=[require_admin],
         before_request=strict_json_body,
         request_max_body_size=ADMIN_MAX_BODY_BYTES,
@@ -119,7 +120,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     v1 = Router(
         path="/v1",
-        route_handlers=[*tenant.ROUTES, *audio.ROUTES],
+        route_handlers=[
+            *openapi.with_errors(tenant.ROUTES, openapi.TENANT_ERRORS),
+            *openapi.with_errors(audio.ROUTES, openapi.AUDIO_ERRORS),
+        ],
         guards=[require_tenant],
         dependencies={
             "principal": Provide(provide_principal, sync_to_thread=False),
@@ -129,7 +133,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         security=[{"virtualKey": []}],
     )
     return Litestar(
-        route_handlers=[health.healthz, health.readyz, metrics.metrics, admin, v1],
+        route_handlers=[
+            *openapi.with_errors([health.healthz, metrics.metrics], ()),
+            *openapi.with_errors([health.readyz], (503,)),
+            admin,
+            v1,
+            openapi.assets_router(),
+        ],
         dependencies={
             "engine": Provide(provide_engine, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
@@ -147,22 +157,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             },
         ),
         state=State({"settings": settings, "metrics": app_metrics}),
-        openapi_config=OpenAPIConfig(
-            title="Earmark",
-            version=__version__,
-            description="Metering gateway for OpenAI-compatible speech-to-text APIs.",
-            components=Components(
-                security_schemes={
-                    "virtualKey": SecurityScheme(
-                        type="http", scheme="bearer", description="An sk-bf- virtual key"
-                    ),
-                    "adminToken": SecurityScheme(
-                        type="http", scheme="bearer", description="EARMARK_ADMIN_TOKEN"
-                    ),
-                    "adminUser": SecurityScheme(
-                        type="http", scheme="basic", description="An admin user"
-                    ),
-                }
-            ),
-        ),
+        openapi_config=openapi.config(),
     )

@@ -26,6 +26,7 @@ from app.main import create_app
 from app.migrate import upgrade
 from app.models import Base, budget_counters, ledger, ledger_holds
 from app.settings import Settings
+from tests import openapi_drift
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -245,3 +246,16 @@ def gateway(
     with serve_gateway(database_url, fake_provider.url, tmp_path) as gateway:
         yield gateway
     assert form._Buffered.used == held, "a form was never closed: its memory stays counted"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a route answered a status its OpenAPI schema does not document."""
+    missing = openapi_drift.undocumented()
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "the OpenAPI schema does not document what the routes answered:\n  " + (
+            "\n  ".join(missing)
+        )
+        if reporter:
+            reporter.write_line(text, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

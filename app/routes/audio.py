@@ -12,6 +12,7 @@ from litestar.params import HeaderParameter
 from app.auth import Principal
 from app.form import body_chunks
 from app.gateway.call import CallRequest, Gateway, handle_call
+from app.openapi import AudioOperation
 from app.request_id import request_id
 
 SendRaw = Annotated[str | None, HeaderParameter(name="x-bf-send-back-raw-response")]
@@ -26,8 +27,10 @@ CacheDirective = Annotated[
 
 @post(
     ["/audio/transcriptions", "/audio/translations"],
-    # The form is read by app/form.py, which bounds it field by field.
+    status_code=200,
+    # The form is read by app/form.py, which bounds it field by field (documented there).
     request_max_body_size=None,
+    operation_class=AudioOperation,
     summary="Transcribe, or translate into English, audio (OpenAI-compatible), metered",
 )
 async def audio_call(
