@@ -1,0 +1,130 @@
+"""The API's documentation: a valid OpenAPI 3.1 schema that says what the routes really
+take and answer, and a /schema page that renders in a real browser with nothing fetched
+from another origin."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import ADMIN_TOKEN, not_run
+from tests.servers import ServerThread
+
+ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return create_app(Settings(admin_token=ADMIN_TOKEN)).openapi_schema.to_schema()
+
+
+def test_the_schema_is_valid_openapi_3_1(spec):
+    assert spec["openapi"].startswith("3.1")
+    validate(spec)
+
+
+@pytest.mark.parametrize("endpoint", ["transcriptions", "translations"])
+def test_the_audio_endpoints_document_their_form_answers_and_refusals(spec, endpoint):
+    operation = spec["paths"][f"/v1/audio/{endpoint}"]["post"]
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file", "model"]
+    assert form["properties"]["file"]["format"] == "binary"
+    formats = set(form["properties"]["response_format"]["enum"])
+    assert formats >= {"json", "text", "srt", "verbose_json", "vtt"}
+    assert ("diarized_json" in formats) == (endpoint == "transcriptions")
+    if endpoint == "transcriptions":
+        assert {"timestamp_granularities[]", "include[]", "stream", "chunking_strategy"} <= set(
+            form["properties"]
+        )
+
+    responses = operation["responses"]
+    assert "201" not in responses
+    ok = responses["200"]
+    assert set(ok["content"]) == {"application/json", "text/plain", "text/event-stream"}
+    assert {"x-bf-cache", "x-request-id"} <= set(ok["headers"])
+    for status in ("400", "401", "402", "403", "404", "413", "429", "502", "503", "504"):
+        assert responses[status]["content"]["application/json"]["schema"] == ENVELOPE, status
+    assert "retry-after" in responses["429"]["headers"]
+    assert "x-should-retry" in responses["402"]["headers"]
+
+
+def test_every_error_anywhere_is_the_envelope(spec):
+    envelope = spec["components"]["schemas"]["ErrorEnvelope"]
+    assert envelope["required"] == ["error"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == ENVELOPE, (method, path, status)
+    assert "ValidationException" not in str(spec)  # Litestar's own 400 body, never sent
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("schema")
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{directory / 'e.db'}",
+        admin_token=ADMIN_TOKEN,
+        journal_dir=str(directory / "journal"),
+    )
+    from app.migrate import upgrade
+
+    upgrade(settings.database_url)
+    with ServerThread(create_app(settings)) as running:
+        yield running.url
+
+
+def test_the_schema_page_loads_its_assets_from_this_server(server):
+    page = httpx.get(f"{server}/schema")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower() and "unpkg" not in page.text.lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
+        assert f'"/schema/assets/{asset}"' in page.text
+        served = httpx.get(f"{server}/schema/assets/{asset}")
+        assert served.status_code == 200
+        assert len(served.content) > 10_000
+
+
+def _browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        not_run("Debian's chromium and chromium-driver are not installed: browser tests NOT RUN")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_schema_page_renders_the_api_in_a_real_browser(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(f"{server}/schema")
+        WebDriverWait(browser, 30).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".opblock"))
+        )
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "/v1/audio/transcriptions" in text
+        assert "/admin/keys" in text
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert fetched and all(url.startswith(server) for url in fetched), fetched
+        Path(tmp_path / "schema.png").write_bytes(browser.get_screenshot_as_png())
+    finally:
+        browser.quit()
