@@ -59,12 +59,15 @@ def _catalog(settings: Settings) -> Catalog:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    _catalog(settings)
+    catalog = _catalog(settings)
     if settings.is_sqlite:
         # The embedded default migrates itself; PostgreSQL waits for `earmark migrate`.
         migrate.upgrade(settings.database_url)
     else:
         _run(settings, lambda engine: asyncio.sleep(0))  # reachable, and at head
+    if args.access_log:
+        os.environ["EARMARK_ACCESS_LOG"] = "true"  # read by each worker's settings
+    summary = _summary(settings, catalog, args)
     # Every worker writes its metrics to files here and each scrape sums them; the
     # variable must be set before prometheus_client is first imported, hence here.
     metrics_dir = os.environ.get(MULTIPROC_ENV)
@@ -74,10 +77,29 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     else:
         _empty_metrics_dir(metrics_dir)
     try:
-        _run_uvicorn(args)
+        _run_uvicorn(args, summary)
     finally:
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _summary(settings: Settings, catalog: Catalog, args: argparse.Namespace) -> str:
+    """What is about to serve, in one line (no secret)."""
+    models: dict[str, int] = {}
+    for route in catalog.routes.values():
+        models[route.provider_name] = models.get(route.provider_name, 0) + 1
+    providers = ", ".join(
+        f"{name} ({n} model{'' if n == 1 else 's'})" for name, n in models.items()
+    )
+    url = make_url(settings.database_url).render_as_string(hide_password=True)
+    workers = f"{args.workers} worker{'' if args.workers == 1 else 's'}"
+    return (
+        f"earmark {__version__} on http://{args.host}:{args.port} ({workers}); database {url}; "
+        f"providers: {providers or 'none'}; config: {settings.config_path or 'built-in'}; "
+        f"admin token: {'set' if settings.admin_token else 'not set (admin users only)'}; "
+        f"metrics: /metrics, summed over workers; access log: "
+        f"{'on' if args.access_log or settings.access_log else 'off'}"
+    )
 
 
 def _empty_metrics_dir(directory: str) -> None:
@@ -88,9 +110,13 @@ def _empty_metrics_dir(directory: str) -> None:
             os.remove(os.path.join(directory, name))
 
 
-def _run_uvicorn(args: argparse.Namespace) -> None:
+def _run_uvicorn(args: argparse.Namespace, summary: str) -> None:
+    import logging.config
+
     from app import server  # imports uvicorn, after the metrics directory is set
 
+    logging.config.dictConfig(server.log_config(args.log_level))
+    logging.getLogger("earmark.serve").info(summary)
     server.run(args.host, args.port, args.workers, args.log_level)
 
 
@@ -245,11 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the gateway")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the gateway",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="least severe log level shown",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one line per request, never a secret (also EARMARK_ACCESS_LOG=true)",
+    )
     serve.set_defaults(handler=_serve)
 
     commands.add_parser("migrate", help="upgrade the database to head").set_defaults(

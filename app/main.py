@@ -28,7 +28,7 @@ from app.journal import Journal
 from app.metrics import Metrics
 from app.providers import build_providers
 from app.providers.remote import create_client
-from app.request_id import add_request_id_header
+from app.request_id import access_log, add_request_id_header
 from app.routes import (
     admin_budgets,
     admin_calls,
@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[app_metrics.middleware],
+        middleware=[app_metrics.middleware, *([access_log] if settings.access_log else [])],
         before_send=[add_request_id_header],
         lifespan=[lifespan],
         # Earmark's own logger reports what matters; a client library's chatter does not.

@@ -314,11 +314,36 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# One format for every line the server prints: Earmark's and Alembic's (through Litestar's
+# logging config, which uses this format) and uvicorn's own.
+LOG_FORMAT = "%(levelname)s - %(asctime)s - %(name)s - %(module)s - %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"standard": {"format": LOG_FORMAT}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "standard",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            name: {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+            for name in ("uvicorn", "earmark.serve")
+        },
+    }
+
+
 def run(host: str, port: int, workers: int, log_level: str) -> None:
     raise_open_file_limit()
     limits = _limits()
     uvicorn.run(
         "app.main:create_app",
+        log_config=log_config(log_level),
         factory=True,
         host=host,
         port=port,

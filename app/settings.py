@@ -61,6 +61,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sweeping: Sweeping = Sweeping()
     # Where settlements wait when the database cannot take them (one file per process).
     journal_dir: str = "./earmark-journal"
+    # One line per request (method, path without its query, status, ms, request id).
+    access_log: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -86,6 +88,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         config_path=environ.get("EARMARK_CONFIG") or None,
         key_pepper=environ.get("EARMARK_KEY_PEPPER", ""),
         metrics_tenant_label=_flag(environ, "EARMARK_METRICS_TENANT_LABEL"),
+        access_log=_flag(environ, "EARMARK_ACCESS_LOG"),
         probe_threads=_count(environ, "EARMARK_PROBE_THREADS", 4),
         probe_memory_mb=_count(environ, "EARMARK_PROBE_MEMORY_MB", 1024, 1 << 20),
         password_threads=_count(environ, "EARMARK_PASSWORD_THREADS", 1),

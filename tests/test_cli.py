@@ -1,6 +1,7 @@
 """The `earmark` command, run as an operator runs it."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -211,3 +212,31 @@ def test_a_key_for_a_model_the_gateway_does_not_serve_is_refused(database_url):
     assert _ok(run_cli(env, *args, "--allow-model", "local/pocketsphinx"))["allowed_models"] == [
         "local/pocketsphinx"
     ]
+
+
+def test_serve_says_what_it_serves_and_logs_requests_without_secrets(tmp_path):
+    import httpx
+
+    env = earmark_env(
+        f"sqlite+aiosqlite:///{tmp_path / 's.db'}", EARMARK_ADMIN_TOKEN="a-long-admin-token-1234"
+    )
+    log = tmp_path / "serve.log"
+    with serving(env, log, "--access-log") as base:
+        secret = "sk-bf-" + "x" * 49
+        httpx.get(f"{base}/v1/models?api_key={secret}", headers={"x-api-key": secret})
+        httpx.get(f"{base}/healthz")
+    text = log.read_text()
+    (summary,) = [line for line in text.splitlines() if "earmark.serve" in line]
+    assert re.match(r"INFO - [\d-]+ [\d:,]+ - earmark.serve - cli - earmark \d", summary)
+    # One format for uvicorn's lines too.
+    assert "INFO:" not in text
+    assert re.search(r"INFO - [\d-]+ [\d:,]+ - uvicorn.error - server - Started server", text)
+    assert "(1 worker); database sqlite+aiosqlite:///" in summary
+    assert "providers: local (1 model)" in summary
+    assert "admin token: set" in summary and "a-long-admin-token" not in text
+    assert "access log: on" in summary
+    access = [line for line in text.splitlines() if "GET /v1/models 401" in line]
+    assert len(access) == 1, text
+    assert re.search(r"GET /v1/models 401 [\d.]+ms req_\w+$", access[0]), access[0]
+    assert "GET /healthz 200" in text
+    assert secret not in text and "x" * 49 not in text
