@@ -454,6 +454,26 @@ async def _fetch(conn: AsyncConnection, budget_id: str) -> Any:
     return row
 
 
+async def create_budget(
+    engine: AsyncEngine,
+    data: BudgetCreate,
+    actor: str,
+    *,
+    key_id: str | None = None,
+    tenant_id: str | None = None,
+) -> Budget:
+    """A budget on a key or a tenant (404 if it does not exist), as the API shows it."""
+    from app import keys, tenants  # they import this module
+
+    if key_id is not None:
+        await keys.get_key(engine, key_id)
+    else:
+        await tenants.get_tenant(engine, tenant_id or "")
+    async with database.write(engine) as conn:
+        budget_id = await add_budget(conn, data, actor, key_id=key_id, tenant_id=tenant_id)
+    return await get_budget(engine, budget_id)
+
+
 async def views_on_path(conn: AsyncConnection, key_id: str, tenant_id: str) -> list[Budget]:
     now = database.utcnow()
     rows = (

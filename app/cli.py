@@ -21,13 +21,21 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import __version__, admin_users, keys, migrate, tenants
+from app import __version__, admin_users, budgets, keys, ledger, migrate, tenants, usage
 from app.catalog import Catalog
 from app.config import ConfigError, load_config, provider_api_keys
 from app.database import create_engine
 from app.errors import EarmarkError
 from app.pagination import MAX_LIMIT
-from app.schemas import KeyCreate, TenantCreate
+from app.schemas import (
+    BudgetCreate,
+    BudgetUpdate,
+    KeyCreate,
+    KeyUpdate,
+    TenantCreate,
+    TenantUpdate,
+    TopUp,
+)
 from app.settings import MULTIPROC_ENV, Settings, SettingsError, load_settings
 
 
@@ -246,6 +254,103 @@ def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def _actor() -> str:
+    """Who made a change from the CLI, for the budget's audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _convert(body: dict[str, Any], kind: type) -> Any:
+    """The body as the admin API's type would take it: the same checks, the same errors."""
+    return msgspec.convert({k: v for k, v in body.items() if v is not None}, kind, strict=False)
+
+
+def _tenants_show(settings: Settings, args: argparse.Namespace) -> None:
+    _run(settings, lambda engine: tenants.get_tenant(engine, args.tenant_id))
+
+
+def _tenants_update(settings: Settings, args: argparse.Namespace) -> None:
+    status = {"deactivate": "inactive", "activate": "active"}.get(args.action)
+    body = {"name": getattr(args, "name", None), "metadata": getattr(args, "metadata", None)}
+    data = _convert({**body, "status": status}, TenantUpdate)
+    _run(settings, lambda engine: tenants.update_tenant(engine, args.tenant_id, data))
+
+
+def _keys_update(settings: Settings, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"name": args.name, "metadata": args.metadata}
+    if args.no_expiry or args.expires_at:
+        body["expires_at"] = args.expires_at
+    if args.all_models or args.allow_model:
+        body["allowed_models"] = args.allow_model
+        _catalog(settings).check_known(args.allow_model)
+    data = msgspec.convert(
+        {k: v for k, v in body.items() if v is not None or k in ("expires_at", "allowed_models")},
+        KeyUpdate,
+        strict=False,
+    )
+    _run(settings, lambda engine: keys.update_key(engine, args.key_id, data))
+
+
+def _keys_delete(settings: Settings, args: argparse.Namespace) -> None:
+    _run(settings, lambda engine: keys.delete_key(engine, args.key_id))
+
+
+def _calls(settings: Settings, args: argparse.Namespace) -> None:
+    _run(
+        settings,
+        lambda engine: ledger.list_calls(
+            engine,
+            args.limit,
+            args.cursor,
+            key_id=args.key,
+            tenant_id=args.tenant,
+            review=args.review,
+        ),
+    )
+
+
+def _budgets(settings: Settings, args: argparse.Namespace) -> None:
+    actor, budget_id = _actor(), getattr(args, "budget_id", None)
+    action = {
+        "add": lambda engine: budgets.create_budget(
+            engine,
+            _convert({"limit_usd": args.limit_usd, "period": args.period}, BudgetCreate),
+            actor,
+            key_id=args.key,
+            tenant_id=args.tenant,
+        ),
+        "list": lambda engine: budgets.list_budgets(engine, key_id=args.key, tenant_id=args.tenant),
+        "show": lambda engine: budgets.get_budget(engine, budget_id),
+        "set-limit": lambda engine: budgets.update_budget(
+            engine, budget_id, _convert({"limit_usd": args.usd}, BudgetUpdate), actor
+        ),
+        "top-up": lambda engine: budgets.top_up(
+            engine, budget_id, _convert({"amount_usd": args.usd}, TopUp).amount_usd, actor
+        ),
+        "reset": lambda engine: budgets.reset(engine, budget_id, actor),
+        "delete": lambda engine: budgets.delete_budget(engine, budget_id, actor),
+        "periods": lambda engine: budgets.periods(engine, budget_id),
+        "events": lambda engine: budgets.events(engine, budget_id),
+    }[args.action]
+    _run(settings, action)
+
+
+def _usage(settings: Settings, args: argparse.Namespace) -> None:
+    groups = usage.parse_group_by(args.group_by)
+    start, end = usage.parse_instant("from", args.start), usage.parse_instant("to", args.end)
+
+    async def report(engine: AsyncEngine) -> Any:
+        found = await usage.usage_report(engine, groups, start, end)
+        if args.format == "csv":
+            sys.stdout.write(usage.to_csv(found))
+            return None
+        return found
+
+    _run(settings, report)
+
+
 def _admin_create_user(settings: Settings, args: argparse.Namespace) -> None:
     if sys.stdin.isatty():
         password = getpass.getpass(f"Password for {args.name}: ")
@@ -339,6 +444,87 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if action == "rotate":
             sub.add_argument("--grace-seconds", type=int, default=0)
+
+    sub = key_commands.add_parser("update", help="change a key's name, expiry, models or labels")
+    sub.add_argument("key_id")
+    sub.add_argument("--name", help="new name")
+    sub.add_argument("--expires-at", help="RFC 3339 time with offset")
+    sub.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    sub.add_argument("--allow-model", action="append", help="the models it may use (repeatable)")
+    sub.add_argument("--all-models", action="store_true", help="let it use every model")
+    sub.add_argument("--metadata", type=_json_object, help="JSON object of labels")
+    sub.set_defaults(handler=_keys_update)
+    sub = key_commands.add_parser("delete", help="delete a key: refused from now on, history kept")
+    sub.add_argument("key_id")
+    sub.set_defaults(handler=_keys_delete)
+
+    for action, text in [
+        ("show", "show a tenant"),
+        ("update", "rename a tenant or change its labels"),
+        ("deactivate", "refuse every key of a tenant until it is activated"),
+        ("activate", "let a tenant's keys call again"),
+    ]:
+        sub = tenant_commands.add_parser(action, help=text)
+        sub.add_argument("tenant_id")
+        if action == "update":
+            sub.add_argument("--name", help="new name")
+            sub.add_argument("--metadata", type=_json_object, help="JSON object of labels")
+        sub.set_defaults(handler=_tenants_show if action == "show" else _tenants_update)
+
+    budget_commands = commands.add_parser(
+        "budgets", help="budgets on keys and tenants"
+    ).add_subparsers(dest="action", required=True)
+    sub = budget_commands.add_parser("add", help="add a budget to a key or a tenant")
+    owner = sub.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--key", help="key id")
+    owner.add_argument("--tenant", help="tenant id (the budget covers all its keys)")
+    sub.add_argument("--limit-usd", required=True, help='the limit, exact: "25" or "2.50"')
+    sub.add_argument("--period", required=True, choices=["day", "week", "month", "none"])
+    sub.set_defaults(handler=_budgets)
+    sub = budget_commands.add_parser("list", help="budgets of a key or a tenant")
+    owner = sub.add_mutually_exclusive_group()
+    owner.add_argument("--key", help="key id")
+    owner.add_argument("--tenant", help="tenant id")
+    sub.set_defaults(handler=_budgets)
+    for action, text in [
+        ("show", "a budget and its current period"),
+        ("set-limit", "raise or lower its limit"),
+        ("top-up", "grant extra spend for the current period"),
+        ("reset", "zero the current period's spend"),
+        ("delete", "stop enforcing it"),
+        ("periods", "spend of every period, newest first"),
+        ("events", "who changed it, and when"),
+    ]:
+        sub = budget_commands.add_parser(action, help=text)
+        sub.add_argument("budget_id")
+        if action in ("set-limit", "top-up"):
+            sub.add_argument("usd", help='an exact amount in dollars: "10" or "0.50"')
+        sub.set_defaults(handler=_budgets)
+
+    report = commands.add_parser(
+        "usage",
+        help="calls, audio seconds, tokens and cost, grouped",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    report.add_argument(
+        "--group-by", help="comma-separated: tenant, key, model, provider, day, month"
+    )
+    report.add_argument("--from", dest="start", help="RFC 3339 start (inclusive)")
+    report.add_argument("--to", dest="end", help="RFC 3339 end (exclusive)")
+    report.add_argument("--format", choices=["json", "csv"], default="json", help="output")
+    report.set_defaults(handler=_usage)
+
+    calls = commands.add_parser(
+        "calls",
+        help="ledger rows, newest first, with their upstream attempts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    calls.add_argument("--key", help="only this key's calls")
+    calls.add_argument("--tenant", help="only this tenant's calls")
+    calls.add_argument("--review", action="store_true", help="only calls flagged for review")
+    calls.add_argument("--limit", type=int, default=MAX_LIMIT, help="rows per page")
+    calls.add_argument("--cursor", help="the next_cursor of the previous page")
+    calls.set_defaults(handler=_calls)
 
     admin_commands = commands.add_parser("admin", help="manage admin users").add_subparsers(
         dest="action", required=True

@@ -172,6 +172,14 @@ async def get_key(engine: AsyncEngine, key_id: str) -> Key:
         return _to_api(await _fetch(conn, key_id), database.utcnow())
 
 
+async def check_existed(engine: AsyncEngine, key_id: str) -> None:
+    """404 unless the key exists or existed: a deleted key's history stays readable."""
+    async with database.read(engine) as conn:
+        found = (await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))).first()
+    if found is None:
+        raise NotFound(f"no key with id {key_id!r}", code="key_not_found")
+
+
 async def update_key(engine: AsyncEngine, key_id: str, data: KeyUpdate) -> Key:
     now = database.utcnow()
     changes = provided(data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +49,25 @@ def _bucket(dialect: str, column: ColumnElement[Any], unit: str) -> ColumnElemen
         pattern = "YYYY-MM-DD" if unit == "day" else "YYYY-MM"
         return func.to_char(func.timezone("UTC", column), pattern)
     return func.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m", column)  # naive UTC text
+
+
+def parse_instant(name: str, text: str | None) -> datetime | None:
+    """A bound of the range, in UTC; errors name `from` or `to`."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise InvalidRequest(
+            f"`{name}` must be an RFC 3339 time with a UTC offset, e.g. 2026-11-01T00:00:00Z.",
+            param=name,
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before the year 1 in UTC
+        raise InvalidRequest(f"`{name}` is out of range.", param=name) from None
 
 
 def parse_group_by(text: str | None) -> list[str]:

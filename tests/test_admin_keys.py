@@ -154,6 +154,12 @@ async def test_delete_hides_the_key_and_refuses_it(client, key):
     assert key["id"] not in (await client.get("/admin/keys", headers=ADMIN)).text
     refused = await client.get("/v1/quota", headers=bearer(key["secret"]))
     assert refused.status_code == 401
+    # Its history stays readable: the ledger keeps its rows and usage counts them.
+    history = await client.get(f"/admin/keys/{key['id']}/calls", headers=ADMIN)
+    assert history.status_code == 200, history.text
+    assert history.json()["data"] == []
+    unknown = await client.get("/admin/keys/key_never/calls", headers=ADMIN)
+    assert unknown.status_code == 404
 
 
 async def test_list_filters_by_tenant_and_status_and_paginates(client, tenant):

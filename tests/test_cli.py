@@ -240,3 +240,66 @@ def test_serve_says_what_it_serves_and_logs_requests_without_secrets(tmp_path):
     assert re.search(r"GET /v1/models 401 [\d.]+ms req_\w+$", access[0]), access[0]
     assert "GET /healthz 200" in text
     assert secret not in text and "x" * 49 not in text
+
+
+def test_the_cli_reaches_budgets_usage_calls_and_every_key_and_tenant_change(
+    database_url, tmp_path
+):
+    (tmp_path / "earmark.toml").write_text(ADMIN_TEST_CONFIG)
+    env = earmark_env(database_url, EARMARK_CONFIG=str(tmp_path / "earmark.toml"))
+    tenant = _ok(run_cli(env, "tenants", "create", "acme"))
+    key = _ok(run_cli(env, "keys", "create", "--tenant", tenant["id"], "--name", "k"))
+
+    # Keys: rename, narrow, expire, widen again, delete.
+    args = ["keys", "update", key["id"], "--name", "renamed", "--allow-model", "whisper"]
+    updated = _ok(run_cli(env, *args, "--expires-at", "2099-01-01T00:00:00Z"))
+    assert (updated["name"], updated["allowed_models"]) == ("renamed", ["whisper"])
+    assert updated["expires_at"].startswith("2099-01-01")
+    widened = _ok(run_cli(env, "keys", "update", key["id"], "--all-models", "--no-expiry"))
+    assert (widened["allowed_models"], widened["expires_at"]) == (None, None)
+    typo = run_cli(env, "keys", "update", key["id"], "--allow-model", "nope")
+    assert typo.returncode != 0 and "'nope' is not a model" in typo.stderr
+
+    # Budgets: add to the key and the tenant, raise, top up, reset, read back, delete.
+    budget = _ok(
+        run_cli(env, "budgets", "add", "--key", key["id"], "--limit-usd", "5", "--period", "day")
+    )
+    assert (budget["owner"], budget["limit_usd"]) == ("key", "5.000000000")
+    args = ["budgets", "add", "--tenant", tenant["id"], "--limit-usd", "50", "--period", "month"]
+    assert _ok(run_cli(env, *args))["owner"] == "tenant"
+    assert len(_ok(run_cli(env, "budgets", "list", "--tenant", tenant["id"]))) == 1
+    assert _ok(run_cli(env, "budgets", "set-limit", budget["id"], "7.5"))["limit_usd"] == (
+        "7.500000000"
+    )
+    topped = _ok(run_cli(env, "budgets", "top-up", budget["id"], "1"))
+    assert topped["remaining_usd"] == "8.500000000"
+    _ok(run_cli(env, "budgets", "reset", budget["id"]))
+    events = _ok(run_cli(env, "budgets", "events", budget["id"]))
+    assert {e["action"] for e in events} >= {"top_up", "reset"}
+    assert all(e["actor"].startswith("cli") for e in events)
+    assert len(_ok(run_cli(env, "budgets", "periods", budget["id"]))) == 1
+    bad = run_cli(env, "budgets", "top-up", budget["id"], "lots")
+    assert bad.returncode != 0 and "amount_usd" in bad.stderr
+    assert run_cli(env, "budgets", "delete", budget["id"]).returncode == 0
+    assert _ok(run_cli(env, "budgets", "list", "--key", key["id"])) == []
+
+    # Reports: usage as JSON and CSV, calls (none yet), bad ranges named.
+    report = _ok(run_cli(env, "usage", "--group-by", "tenant,month"))
+    assert report["data"] == []
+    csv = run_cli(env, "usage", "--group-by", "tenant", "--format", "csv")
+    assert csv.returncode == 0 and csv.stdout.startswith("tenant")
+    reversed_range = run_cli(
+        env, "usage", "--from", "2026-02-01T00:00:00Z", "--to", "2026-01-01T00:00:00Z"
+    )
+    assert reversed_range.returncode != 0 and "`to` must be after `from`" in reversed_range.stderr
+    assert _ok(run_cli(env, "calls", "--key", key["id"]))["data"] == []
+
+    # Tenants: rename, deactivate (its keys are refused), activate; then delete the key.
+    assert _ok(run_cli(env, "tenants", "update", tenant["id"], "--name", "acme2"))["name"] == (
+        "acme2"
+    )
+    assert _ok(run_cli(env, "tenants", "deactivate", tenant["id"]))["status"] == "inactive"
+    assert _ok(run_cli(env, "tenants", "activate", tenant["id"]))["status"] == "active"
+    assert _ok(run_cli(env, "tenants", "show", tenant["id"]))["name"] == "acme2"
+    assert run_cli(env, "keys", "delete", key["id"]).returncode == 0
+    assert "no key" in run_cli(env, "keys", "show", key["id"]).stderr

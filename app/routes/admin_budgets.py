@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database, keys, tenants
+from app import budgets
 from app.routes.params import PathId, QueryId
 from app.schemas import (
     Budget,
@@ -24,12 +24,6 @@ def _actor(request: Request) -> str:
     return str(request.state.admin)
 
 
-async def _add(engine: AsyncEngine, data: BudgetCreate, actor: str, **owner: str) -> Budget:
-    async with database.write(engine) as conn:
-        budget_id = await budgets.add_budget(conn, data, actor, **owner)
-    return await budgets.get_budget(engine, budget_id)
-
-
 @post("/keys/{key_id:str}/budgets", summary="Add a budget to a key")
 async def add_key_budget(
     request: Request,
@@ -37,8 +31,7 @@ async def add_key_budget(
     data: JSONBody[BudgetCreate],
     engine: NamedDependency[AsyncEngine],
 ) -> Budget:
-    await keys.get_key(engine, key_id)
-    return await _add(engine, data, _actor(request), key_id=key_id)
+    return await budgets.create_budget(engine, data, _actor(request), key_id=key_id)
 
 
 @post("/tenants/{tenant_id:str}/budgets", summary="Add a budget to a tenant (all its keys)")
@@ -48,8 +41,7 @@ async def add_tenant_budget(
     data: JSONBody[BudgetCreate],
     engine: NamedDependency[AsyncEngine],
 ) -> Budget:
-    await tenants.get_tenant(engine, tenant_id)
-    return await _add(engine, data, _actor(request), tenant_id=tenant_id)
+    return await budgets.create_budget(engine, data, _actor(request), tenant_id=tenant_id)
 
 
 @get("/budgets", summary="List budgets, by key or tenant")

@@ -81,14 +81,17 @@ async def delete_key(key_id: FromPath[PathId], engine: NamedDependency[AsyncEngi
     await keys.delete_key(engine, key_id)
 
 
-@get("/keys/{key_id:str}/calls", summary="The key's ledger rows, newest first")
+@get(
+    "/keys/{key_id:str}/calls",
+    summary="The key's ledger rows, newest first (a deleted key's too)",
+)
 async def list_key_calls(
     key_id: FromPath[PathId],
     engine: NamedDependency[AsyncEngine],
     limit: FromQuery[Limit] = DEFAULT_LIMIT,
     cursor: FromQuery[Cursor] = None,
 ) -> ledger.CallPage:
-    await keys.get_key(engine, key_id)  # 404 for an unknown key, not an empty page
+    await keys.check_existed(engine, key_id)  # 404 for an unknown key, not an empty page
     return await ledger.list_calls(engine, limit, cursor, key_id=key_id)
 
 

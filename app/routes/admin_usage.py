@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from litestar import Response, get
@@ -11,29 +10,9 @@ from litestar.params import FromQuery, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import usage
-from app.errors import InvalidRequest
 
 From = Annotated[str | None, QueryParameter(name="from", description="inclusive, RFC 3339")]
 To = Annotated[str | None, QueryParameter(name="to", description="exclusive, RFC 3339")]
-
-
-def _instant(name: str, text: str | None) -> datetime | None:
-    """A bound of the range; parsed here so that errors name `from` and `to`."""
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise InvalidRequest(
-            f"`{name}` must be an RFC 3339 time with a UTC offset, e.g. 2026-11-01T00:00:00Z.",
-            param=name,
-        )
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before the year 1 in UTC
-        raise InvalidRequest(f"`{name}` is out of range.", param=name) from None
 
 
 @get("/usage", summary="Calls, audio seconds, tokens and cost grouped over a time range")
@@ -45,7 +24,8 @@ async def usage_report(
     format: FromQuery[Literal["json", "csv"]] = "json",
 ) -> Response[object]:
     groups = usage.parse_group_by(group_by)
-    report = await usage.usage_report(engine, groups, _instant("from", start), _instant("to", end))
+    bounds = usage.parse_instant("from", start), usage.parse_instant("to", end)
+    report = await usage.usage_report(engine, groups, *bounds)
     if format == "csv":
         return Response(
             usage.to_csv(report),
