@@ -141,10 +141,15 @@ async def create_key(
             )
         )
         await _store_secret(conn, key_id, secret, pepper, now)
-        for budget in data.budgets:
-            await budgets.add_budget(conn, budget, actor, key_id=key_id)
+        budget_ids = [
+            await budgets.add_budget(conn, budget, actor, key_id=key_id) for budget in data.budgets
+        ]
         row = await _fetch(conn, key_id)
-    return KeyWithSecret(**msgspec.structs.asdict(_to_api(row, now)), secret=secret)
+    return KeyWithSecret(
+        **msgspec.structs.asdict(_to_api(row, now)),
+        secret=secret,
+        budgets=[await budgets.get_budget(engine, budget_id) for budget_id in budget_ids],
+    )
 
 
 async def list_keys(
@@ -232,6 +237,7 @@ async def rotate_key(
         **msgspec.structs.asdict(_to_api(row, now)),
         secret=secret,
         previous_secret_valid_until=old_until if grace_seconds else None,
+        budgets=await budgets.list_budgets(engine, key_id=key_id, tenant_id=None),
     )
 
 

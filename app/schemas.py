@@ -218,6 +218,8 @@ class KeyWithSecret(Key, kw_only=True):
 
     secret: str
     previous_secret_valid_until: datetime | None = None
+    # The key's own budgets, with their ids (at creation, those given inline).
+    budgets: list[Budget] = []
 
 
 class KeyPage(Struct, kw_only=True):

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app import database
 from app.errors import InvalidRequest
 from app.metering import usd
-from app.models import ledger
+from app.models import api_keys, ledger, tenants
 
 GROUPS = ("tenant", "key", "model", "provider", "day", "month")
 _REFUSED = ("rejected", "released")  # never went upstream: no usage, no cost
@@ -135,13 +135,28 @@ async def usage_report(
     async with database.read(engine) as conn:
         rows = (await conn.execute(query)).all() if keys else []
         totals = (await conn.execute(totals_query)).one()
-    return UsageReport(
-        group_by=groups,
-        start=start,
-        end=end,
-        data=[_shape(row, groups) for row in rows],
-        totals=_shape(totals, []),
-    )
+        data = [_shape(row, groups) for row in rows]
+        await _name(conn, data, groups)
+    return UsageReport(group_by=groups, start=start, end=end, data=data, totals=_shape(totals, []))
+
+
+_NAMED = {"tenant": tenants, "key": api_keys}  # grouped by these, rows carry their names too
+
+
+async def _name(conn: AsyncConnection, data: list[dict[str, Any]], groups: list[str]) -> None:
+    """``tenant_name`` / ``key_name`` beside each id, for invoices (a deleted key's too)."""
+    for group in groups:
+        table = _NAMED.get(group)
+        if table is None:
+            continue
+        ids = sorted({row[group] for row in data if row[group] is not None})
+        names = dict(
+            (await conn.execute(select(table.c.id, table.c.name).where(table.c.id.in_(ids)))).all()
+            if ids
+            else []
+        )
+        for row in data:
+            row[f"{group}_name"] = names.get(row[group])
 
 
 async def key_totals(conn: AsyncConnection, key_id: str, start: datetime) -> dict[str, Any]:
@@ -152,7 +167,10 @@ async def key_totals(conn: AsyncConnection, key_id: str, start: datetime) -> dic
 
 def to_csv(report: UsageReport) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*report.group_by, *METRICS], lineterminator="\n")
+    columns: list[str] = []
+    for group in report.group_by:
+        columns += [group, f"{group}_name"] if group in _NAMED else [group]
+    writer = csv.DictWriter(out, fieldnames=[*columns, *METRICS], lineterminator="\n")
     writer.writeheader()
     writer.writerows(report.data or [report.totals])
     return out.getvalue()

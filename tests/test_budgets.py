@@ -44,6 +44,7 @@ def test_periods_are_utc_calendar_periods(period, now, start, end):
 def test_budget_admin_lifecycle_is_audited(gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "5.00", "period": "day"}])
     (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    assert key["budgets"] == [budget]  # echoed, with its id, by the creation
     assert budget["limit_usd"] == "5.000000000"
     assert budget["remaining_usd"] == "5.000000000"
     assert budget["owner"] == "key"

@@ -78,6 +78,8 @@ def test_grouped_rows_add_up_to_the_totals(gateway, traffic):
         (traffic["globex"]["id"], "openai"),
         (traffic["globex"]["id"], "groq"),
     }
+    names = {traffic["acme"]["id"]: "acme", traffic["globex"]["id"]: "globex"}
+    assert all(row["tenant_name"] == names[row["tenant"]] for row in rows)  # for invoices
     for metric in ("calls", "refused", "output_tokens"):
         assert sum(row[metric] for row in rows) == report["totals"][metric]
     assert sum(Decimal(row["cost_usd"]) for row in rows) == Decimal(report["totals"]["cost_usd"])
@@ -94,6 +96,7 @@ def test_csv_export_matches_the_json(gateway, traffic):
     response = _usage(gateway, group_by="tenant,model", format="csv")
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
     assert "attachment" in response.headers["content-disposition"]
+    assert response.text.startswith("tenant,tenant_name,model,calls,")
     csv_rows = list(csv.DictReader(io.StringIO(response.text)))
     assert csv_rows == [
         {k: "" if v is None else str(v) for k, v in row.items()} for row in json_rows
