@@ -28,7 +28,7 @@ from app.journal import Journal
 from app.metrics import Metrics
 from app.providers import build_providers
 from app.providers.remote import create_client
-from app.request_id import access_log, add_request_id_header
+from app.request_id import add_request_id_header
 from app.routes import (
     admin_budgets,
     admin_calls,
@@ -99,7 +99,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
-    app_metrics = Metrics(tenant_label=settings.metrics_tenant_label)
+    app_metrics = Metrics(
+        tenant_label=settings.metrics_tenant_label, access_log=settings.access_log
+    )
     admin = Router(
         path="/admin",
         route_handlers=openapi.with_errors(
@@ -145,7 +147,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[app_metrics.middleware, *([access_log] if settings.access_log else [])],
+        middleware=[app_metrics.middleware],
         before_send=[add_request_id_header],
         lifespan=[lifespan],
         # Earmark's own logger reports what matters; a client library's chatter does not.

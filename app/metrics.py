@@ -33,6 +33,7 @@ from app import __version__
 from app.catalog import Route
 from app.errors import BAD_INPUT, REFUSAL_REASONS
 from app.metering import NANOS_PER_USD, Usage
+from app.request_id import log_access
 from app.settings import MULTIPROC_ENV
 
 # The classic text format, which every Prometheus reads (the web layer adds the charset).
@@ -55,7 +56,8 @@ _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
 class Metrics:
     """The process's metrics. One per app; ``render()`` is what ``/metrics`` serves."""
 
-    def __init__(self, *, tenant_label: bool = False) -> None:
+    def __init__(self, *, tenant_label: bool = False, access_log: bool = False) -> None:
+        self.access_log = access_log
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         if self.multiprocess_dir and not getattr(values.ValueClass, "_multiprocess", False):
             raise RuntimeError(
@@ -244,7 +246,8 @@ class Metrics:
         return generate_latest(registry)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
-        """Count and time every HTTP request by its route template (bounded)."""
+        """Count and time every HTTP request by its route template (bounded), and write
+        the access log's line for it when that is on."""
 
         async def measured(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
@@ -262,10 +265,13 @@ class Metrics:
             try:
                 await app(scope, receive, send_status)
             finally:
+                seconds = time.perf_counter() - started
                 route = scope.get("path_template") or "unmatched"
                 method = scope["method"]
                 self.http_requests.labels(method, route, str(status)).inc()
-                self.http_duration.labels(method, route).observe(time.perf_counter() - started)
+                self.http_duration.labels(method, route).observe(seconds)
+                if self.access_log:
+                    log_access(scope, status, seconds)
 
         return measured
 
