@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from app.audio.container import DEMUXERS, forwarded_filename, id3v2_end
@@ -22,7 +22,7 @@ from app.audio.measure import Limits, measure, measure_inline
 from app.audio.packets import opus_samples
 from app.audio.refusals import AudioRefused
 from app.audio.sandbox import Sandbox
-from app.audio.wav import MAX_WAV_CHUNKS
+from app.audio.wav import MAX_WAV_CHUNKS, declares_pcm16, walk
 from tests.audio_files import (
     TONE_RATE,
     decoded_seconds,
@@ -462,6 +462,43 @@ def test_the_wav_walk_never_counts_less_than_ffmpeg_plays(chunks, forged, tail):
         assert played * 1000 < 1, "refused audio that FFmpeg plays"
         return
     assert measured >= int(played * 1000), (measured, played)
+
+
+@settings(max_examples=1_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rate=st.sampled_from([8_000, 16_000, 44_100, 48_000, 4_000, 384_000, 3_999, 384_001, 0]),
+    channels=st.sampled_from([1, 1, 2, 2, 6, 16, 0, 17]),
+    stated=st.sampled_from(["exact", "exact", "exact", 0, 0xFFFFFFFF, 0x766F6F6D, 0x70797466]),
+    flips=st.lists(st.tuples(st.integers(0, 47), st.integers(0, 255)), max_size=1),
+)
+def test_a_header_read_without_ffmpeg_is_read_so_by_ffmpeg(rate, channels, stated, flips):
+    """``declares_pcm16`` stands in for opening the file with FFmpeg: whenever it says
+    "16-bit PCM at this rate and channel count", FFmpeg's allow-listed prober and WAV
+    demuxer say the same (and ``moov`` or ``ftyp`` in the RIFF size never pass)."""
+    pcm = tone(0.2) * max(channels, 1)
+    body = (
+        b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2, 2 * channels, 16)
+        + b"data"
+        + struct.pack("<I", len(pcm))
+        + pcm
+    )
+    size = 4 + len(body) if stated == "exact" else stated
+    data = bytearray(b"RIFF" + struct.pack("<I", size) + b"WAVE" + body)
+    for at, value in flips:
+        data[at] = value
+    if not declares_pcm16(bytes(data[:64]), len(data), range(4_000, 384_001), range(1, 17)):
+        return
+    try:
+        walked = walk(io.BytesIO(bytes(data)), 0, len(data))
+    except AudioRefused:
+        return  # refused before the header is trusted
+    event("checked against FFmpeg")
+    with av.open(io.BytesIO(bytes(data)), options={"probesize": "32"}) as opened:
+        (stream,) = opened.streams.audio
+        context = stream.codec_context
+        assert (opened.format.name, context.name) == ("wav", "pcm_s16le")
+        assert (context.sample_rate, context.channels) == (walked.sample_rate, walked.channels)
 
 
 def test_a_plain_wav_is_measured_exactly():

@@ -15,10 +15,12 @@ from app.audio.container import open_container, sniff
 from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.refusals import PROBE_SECONDS, AudioRefused, not_audio, too_long, too_slow
 from app.audio.sandbox import Sandbox, over_memory
-from app.audio.wav import Wav, walk
+from app.audio.wav import Wav, declares_pcm16, walk
 
 T = TypeVar("T")
 DEFAULT_MAX_SECONDS = 10_800  # 3 hours; a model may set its own `max_audio_seconds`
+_RATES = range(packets.MIN_SAMPLE_RATE, packets.MAX_SAMPLE_RATE + 1)
+_CHANNELS = range(1, packets.MAX_CHANNELS + 1)
 MAX_FAST_WINDOW = 1 << 20  # samples looked at for a hidden codec; beyond, FFmpeg probes
 # A window this small is checked on the event loop (well under a millisecond): cheaper,
 # for every call, than handing it to a thread that contends for the GIL.
@@ -60,7 +62,7 @@ def measure(
     container, start = sniff(file)
     try:
         wav = walk(file, start, size) if container == "wav" else None
-        audio = wav and _unless_unreadable(_plain_pcm, deadline, file, wav, MAX_FAST_WINDOW)
+        audio = wav and _unless_unreadable(_plain_pcm, deadline, file, size, wav, MAX_FAST_WINDOW)
         if not audio:
             seconds = deadline - time.monotonic()
             audio = (
@@ -83,7 +85,7 @@ def measure_inline(file: BinaryIO, size: int, limits: Limits = Limits()) -> Audi
             return None
         wav = walk(file, start, size)
         deadline = time.monotonic() + PROBE_SECONDS
-        audio = _unless_unreadable(_plain_pcm, deadline, file, wav, INLINE_WINDOW)
+        audio = _unless_unreadable(_plain_pcm, deadline, file, size, wav, INLINE_WINDOW)
     finally:
         file.seek(0)
     return audio and _within(audio, limits)
@@ -97,7 +99,7 @@ def _within(audio: Audio, limits: Limits) -> Audio:
     return audio
 
 
-def _plain_pcm(file: BinaryIO, wav: Wav, max_window: int) -> Audio | None:
+def _plain_pcm(file: BinaryIO, size: int, wav: Wav, max_window: int) -> Audio | None:
     """A one-chunk WAV that FFmpeg reads as the PCM its header declares, and whose samples
     its prober could not read as anything else: its bytes are its duration, exactly.
     Otherwise ``None``, and FFmpeg probes and decodes it; also when the samples its prober
@@ -108,8 +110,13 @@ def _plain_pcm(file: BinaryIO, wav: Wav, max_window: int) -> Audio | None:
     window = probed_window(wav.block_align * wav.sample_rate, wav.block_align)
     if window > max_window:
         return None
-    with open_container(file, "wav", probe_streams=False) as opened:
-        audio = _pcm_audio(opened, wav)
+    file.seek(0)
+    if declares_pcm16(file.read(64), size, _RATES, _CHANNELS):
+        seconds = Fraction(wav.pcm_bytes // wav.block_align, wav.sample_rate)
+        audio = Audio(int(seconds * 1000), "wav", "pcm_s16le", wav.sample_rate, wav.channels)
+    else:
+        with open_container(file, "wav", probe_streams=False) as opened:
+            audio = _pcm_audio(opened, wav)
     if audio is None:
         return None
     file.seek(wav.data_start)

@@ -9,6 +9,7 @@ from typing import BinaryIO
 from app.audio.refusals import AudioRefused, not_audio
 
 MAX_WAV_CHUNKS = 1_024
+_CANONICAL = struct.Struct("<4sI8sIHHIIHH")  # RIFF, size, WAVEfmt , 16, the PCM format
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,4 +104,29 @@ def walk(file: BinaryIO, start: int, size: int) -> Wav:
         pcm_bytes=pcm,
         data_start=min(data),
         data_chunks=len(data),
+    )
+
+
+def declares_pcm16(head: bytes, size: int, rates: range, channels: range) -> bool:
+    """Whether a WAV of ``size`` bytes starts with the canonical 16-bit PCM header, one
+    FFmpeg reads only one way, so opening it with FFmpeg would say nothing more:
+
+    - ``RIFF`` with a stated size within the file (no other allow-listed demuxer's probe
+      can then outscore the WAV demuxer's: MOV's would need an atom name there), then
+      ``WAVE`` and a 16-byte ``fmt `` chunk first;
+    - format 1 (PCM) at 16 bits, a block of two bytes per channel, and a rate and a
+      channel count this gateway accepts: FFmpeg reads it as ``pcm_s16le`` at that rate
+      and with those channels (its prober may still find another codec in the samples:
+      ``disguise`` asks that).
+
+    Tests generate headers and check FFmpeg agrees with every one this accepts."""
+    if len(head) < _CANONICAL.size:
+        return False
+    riff, stated, wave, fmt_size, tag, count, rate, _, align, bits = _CANONICAL.unpack_from(head)
+    return (
+        (riff, wave, fmt_size, tag, bits) == (b"RIFF", b"WAVEfmt ", 16, 1, 16)
+        and 0 < stated <= size
+        and count in channels
+        and rate in rates
+        and align == 2 * count
     )
