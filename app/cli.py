@@ -225,7 +225,8 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
     }
     data = msgspec.convert(body, KeyCreate, strict=False)
     _catalog(settings).check_known(data.allowed_models)
-    _run(settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, actor="cli"))
+    actor = _actor()
+    _run(settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, actor=actor))
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
