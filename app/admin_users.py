@@ -13,11 +13,11 @@ import time
 import unicodedata
 
 from passlib.hash import argon2
-from sqlalchemy import exc, insert, select
+from sqlalchemy import delete, exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import database
-from app.errors import Conflict, InvalidRequest
+from app.errors import Conflict, InvalidRequest, NotFound
 from app.executors import FairPool
 from app.ids import new_id
 from app.models import admin_users
@@ -44,14 +44,18 @@ def _check_name(name: str) -> str:
     return name
 
 
-async def create_admin_user(engine: AsyncEngine, name: str, password: str) -> AdminUserCreated:
-    name = _check_name(name)
+async def _hashed(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidRequest(
             f"the password must be at least {MIN_PASSWORD_LENGTH} characters long",
             param="password",
         )
-    password_hash = await asyncio.to_thread(_hasher.hash, password)
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def create_admin_user(engine: AsyncEngine, name: str, password: str) -> AdminUserCreated:
+    name = _check_name(name)
+    password_hash = await _hashed(password)
     now = database.utcnow()
     user = AdminUserCreated(id=new_id("adm"), name=name, created_at=now)
     try:
@@ -68,6 +72,34 @@ async def create_admin_user(engine: AsyncEngine, name: str, password: str) -> Ad
     except exc.IntegrityError:
         raise Conflict(f"an admin user named {name!r} already exists", param="name") from None
     return user
+
+
+async def list_admin_users(engine: AsyncEngine) -> list[AdminUserCreated]:
+    columns = admin_users.c
+    query = select(columns.id, columns.name, columns.created_at).order_by(columns.name)
+    async with database.read(engine) as conn:
+        rows = (await conn.execute(query)).all()
+    return [AdminUserCreated(id=r.id, name=r.name, created_at=r.created_at) for r in rows]
+
+
+async def set_password(engine: AsyncEngine, name: str, password: str) -> None:
+    """A new password, effective on the user's next request (no session outlives it)."""
+    password_hash = await _hashed(password)
+    async with database.write(engine) as conn:
+        changed = await conn.execute(
+            update(admin_users)
+            .where(admin_users.c.name == _check_name(name))
+            .values(password_hash=password_hash, updated_at=database.utcnow())
+        )
+    if not changed.rowcount:
+        raise NotFound(f"no admin user named {name!r}", param="name")
+
+
+async def delete_admin_user(engine: AsyncEngine, name: str) -> None:
+    async with database.write(engine) as conn:
+        removed = await conn.execute(delete(admin_users).where(admin_users.c.name == name))
+    if not removed.rowcount:
+        raise NotFound(f"no admin user named {name!r}", param="name")
 
 
 class PasswordChecker:

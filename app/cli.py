@@ -352,14 +352,29 @@ def _usage(settings: Settings, args: argparse.Namespace) -> None:
     _run(settings, report)
 
 
-def _admin_create_user(settings: Settings, args: argparse.Namespace) -> None:
+def _new_password(name: str) -> str:
+    """From a prompt (twice) on a terminal, else the first line of stdin."""
     if sys.stdin.isatty():
-        password = getpass.getpass(f"Password for {args.name}: ")
+        password = getpass.getpass(f"Password for {name}: ")
         if getpass.getpass("Repeat password: ") != password:
             raise EarmarkError("the passwords do not match")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _admin_create_user(settings: Settings, args: argparse.Namespace) -> None:
+    password = _new_password(args.name)
     _run(settings, lambda engine: admin_users.create_admin_user(engine, args.name, password))
+
+
+def _admin_users(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action == "set-password":
+        password = _new_password(args.name)
+        _run(settings, lambda engine: admin_users.set_password(engine, args.name, password))
+    elif args.action == "delete-user":
+        _run(settings, lambda engine: admin_users.delete_admin_user(engine, args.name))
+    else:
+        _run(settings, admin_users.list_admin_users)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -535,6 +550,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     user.add_argument("name")
     user.set_defaults(handler=_admin_create_user)
+    admin_commands.add_parser("list-users", help="list admin users").set_defaults(
+        handler=_admin_users
+    )
+    for action, text in [
+        ("set-password", "give an admin user a new password (stdin or a prompt)"),
+        ("delete-user", "delete an admin user: refused from the next request"),
+    ]:
+        sub = admin_commands.add_parser(action, help=text)
+        sub.add_argument("name")
+        sub.set_defaults(handler=_admin_users)
     return parser
 
 

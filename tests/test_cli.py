@@ -95,6 +95,32 @@ def test_admin_create_user_reads_the_password_from_stdin(database_url):
     assert "12 characters" in short.stderr
 
 
+def test_admin_users_are_listed_given_new_passwords_and_deleted(database_url, tmp_path):
+    import httpx
+
+    env = earmark_env(database_url)
+    _ok(run_cli(env, "admin", "create-user", "alice", stdin="the first password\n"))
+    _ok(run_cli(env, "admin", "create-user", "bob", stdin="bob's own password\n"))
+    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))] == ["alice", "bob"]
+    with serving(env, tmp_path / "serve.log") as base:
+
+        def status(user: str, password: str) -> int:
+            return httpx.get(f"{base}/admin/tenants", auth=(user, password)).status_code
+
+        assert status("alice", "the first password") == 200
+        changed = run_cli(env, "admin", "set-password", "alice", stdin="the second password\n")
+        assert changed.returncode == 0, changed.stderr
+        assert status("alice", "the first password") == 401
+        assert status("alice", "the second password") == 200
+        assert run_cli(env, "admin", "delete-user", "bob").returncode == 0
+        assert status("bob", "bob's own password") == 401
+    missing = run_cli(env, "admin", "delete-user", "bob")
+    assert missing.returncode != 0 and "no admin user named 'bob'" in missing.stderr
+    short = run_cli(env, "admin", "set-password", "alice", stdin="short\n")
+    assert short.returncode != 0 and "12 characters" in short.stderr
+    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))] == ["alice"]
+
+
 @pytest.mark.postgres
 def test_postgres_behind_head_is_refused_with_what_to_run(tmp_path):
     import asyncio
