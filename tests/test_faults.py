@@ -67,6 +67,23 @@ def test_work_the_provider_did_without_answering_is_charged_for_review(
     assert total(samples, "earmark_uncertain_attempts_total", provider=model.split("/")[0]) == 1
 
 
+def test_an_sdk_does_not_retry_work_a_provider_may_have_billed(gateway: Gateway):
+    """The OpenAI SDK retries a 5xx twice by default; after an uncertain attempt the
+    answer says x-should-retry: false, so the work is not sent (and billed) again."""
+    key = gateway.new_key()
+    gateway.script({"reset": "after_work"})
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=key["secret"])  # default retries
+    try:
+        with pytest.raises(openai.APIStatusError) as raised, SPEECH.open("rb") as audio:
+            client.audio.transcriptions.create(model="openai/whisper-1", file=audio)
+    finally:
+        client.close()
+    assert raised.value.status_code == 502
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert len(_billed(gateway, wait_for=1)) == 1
+    assert len(gateway.calls(key)) == 1
+
+
 def test_a_reset_during_the_upload_is_not_charged(gateway: Gateway):
     key = gateway.new_key()
     gateway.script({"reset": "during_upload"})

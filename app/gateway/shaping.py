@@ -163,9 +163,15 @@ def no_answer(forwarded: Forwarded, charged: int) -> UpstreamError:
         )
     else:
         outcome = " No provider can have billed it: nothing was charged."
+    # An SDK retries a 5xx on its own: never when that may bill the work twice.
+    headers = {"x-should-retry": "false"} if charged else None
     if failure.kind == "timeout":
-        return UpstreamTimeout(failure.message + "." + outcome, code="upstream_timeout")
-    return UpstreamError(failure.message + "." + outcome, code="upstream_unreachable")
+        return UpstreamTimeout(
+            failure.message + "." + outcome, code="upstream_timeout", headers=headers
+        )
+    return UpstreamError(
+        failure.message + "." + outcome, code="upstream_unreachable", headers=headers
+    )
 
 
 def upstream_error_body(provider: str, status: int, body: bytes) -> dict[str, Any]:
