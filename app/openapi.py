@@ -77,7 +77,7 @@ _HEADERS_BY_STATUS = {
     "503": {"retry-after": _header("Seconds to wait before retrying, when known")},
 }
 
-ADMIN_ERRORS = (400, 401, 403, 404, 409, 413, 503)
+ADMIN_ERRORS = (400, 401, 403, 404, 409, 413, 429, 503)  # 429: sign-ins throttled
 TENANT_ERRORS = (401, 403, 503)
 AUDIO_ERRORS = (400, 401, 402, 403, 404, 408, 413, 429, 502, 503, 504)
 
