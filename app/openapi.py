@@ -59,7 +59,8 @@ _WHY = {
     408: "The request was not sent in time",
     409: "Conflicts with the current state",
     413: "The body or the file is over its limit (25 MiB for audio)",
-    429: "A rate limit, or budgets busy with calls in flight: retry after `Retry-After`",
+    429: "Too many requests (a rate limit, budgets busy with calls in flight, throttled "
+    "sign-ins): retry after `Retry-After`",
     502: "The provider failed and no fallback answered",
     503: "The database or the gateway is unavailable: nothing was sent upstream",
     504: "The provider did not answer in time",
