@@ -29,6 +29,9 @@ from app.errors import EarmarkError
 from app.pagination import MAX_LIMIT
 from app.schemas import (
     BudgetCreate,
+    BudgetEventList,
+    BudgetList,
+    BudgetPeriodList,
     BudgetUpdate,
     KeyCreate,
     KeyUpdate,
@@ -322,7 +325,9 @@ def _budgets(settings: Settings, args: argparse.Namespace) -> None:
             key_id=args.key,
             tenant_id=args.tenant,
         ),
-        "list": lambda engine: budgets.list_budgets(engine, key_id=args.key, tenant_id=args.tenant),
+        "list": lambda engine: _listed(
+            BudgetList, budgets.list_budgets(engine, key_id=args.key, tenant_id=args.tenant)
+        ),
         "show": lambda engine: budgets.get_budget(engine, budget_id),
         "set-limit": lambda engine: budgets.update_budget(
             engine, budget_id, _convert({"limit_usd": args.usd}, BudgetUpdate), actor
@@ -332,10 +337,15 @@ def _budgets(settings: Settings, args: argparse.Namespace) -> None:
         ),
         "reset": lambda engine: budgets.reset(engine, budget_id, actor),
         "delete": lambda engine: budgets.delete_budget(engine, budget_id, actor),
-        "periods": lambda engine: budgets.periods(engine, budget_id),
-        "events": lambda engine: budgets.events(engine, budget_id),
+        "periods": lambda engine: _listed(BudgetPeriodList, budgets.periods(engine, budget_id)),
+        "events": lambda engine: _listed(BudgetEventList, budgets.events(engine, budget_id)),
     }[args.action]
     _run(settings, action)
+
+
+async def _listed(kind: type, items: Awaitable[list[Any]]) -> Any:
+    """A list in the API's one shape, ``{data, next_cursor}``."""
+    return kind(data=await items, next_cursor=None)
 
 
 def _usage(settings: Settings, args: argparse.Namespace) -> None:

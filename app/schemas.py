@@ -227,6 +227,23 @@ class KeyPage(Struct, kw_only=True):
     next_cursor: str | None
 
 
+class BudgetList(Struct, kw_only=True):
+    """A key's or a tenant's budgets: few, so always one page (``next_cursor`` null)."""
+
+    data: list[Budget]
+    next_cursor: str | None
+
+
+class BudgetPeriodList(Struct, kw_only=True):
+    data: list[BudgetPeriodSpend]
+    next_cursor: str | None
+
+
+class BudgetEventList(Struct, kw_only=True):
+    data: list[BudgetEvent]
+    next_cursor: str | None
+
+
 class Quota(Struct, kw_only=True):
     key_id: str
     key_name: str

@@ -117,8 +117,8 @@ def billed(gateway: Gateway, database_url: str) -> dict[str, Any]:
     budgets = [
         budget
         for key in keys
-        for budget in gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
-    ] + gateway.admin("GET", "/admin/budgets", params={"tenant_id": globex["id"]})
+        for budget in gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
+    ] + gateway.admin("GET", "/admin/budgets", params={"tenant_id": globex["id"]})["data"]
     return {
         "tenants": {acme["id"]: "acme", globex["id"]: "globex"},
         "keys": {key["id"]: key for key in keys},

@@ -43,7 +43,7 @@ def test_periods_are_utc_calendar_periods(period, now, start, end):
 
 def test_budget_admin_lifecycle_is_audited(gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "5.00", "period": "day"}])
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert key["budgets"] == [budget]  # echoed, with its id, by the creation
     assert budget["limit_usd"] == "5.000000000"
     assert budget["remaining_usd"] == "5.000000000"
@@ -54,7 +54,7 @@ def test_budget_admin_lifecycle_is_audited(gateway):
     assert topped["top_up_usd"] == "1.250000000"
     assert topped["remaining_usd"] == "3.750000000"
     assert gateway.admin("POST", f"{url}/reset")["spent_usd"] == "0.000000000"
-    actions = [(e["action"], e["actor"]) for e in gateway.admin("GET", f"{url}/events")]
+    actions = [(e["action"], e["actor"]) for e in gateway.admin("GET", f"{url}/events")["data"]]
     assert actions == [
         ("create", "token"),
         ("update", "token"),
@@ -125,7 +125,7 @@ def test_failed_calls_release_their_holds(gateway, database_url):
     gateway.script({"status": 500}, {"status": 400, "body": {"error": {"message": "no"}}})
     assert gateway.post_audio(key, "openai/whisper-1").status_code == 502
     assert gateway.post_audio(key, "openai/whisper-1").status_code == 400
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert budget["spent_usd"] == "0.000000000"
     assert budget["held_usd"] == "0.000000000"
     asyncio.run(ledger_invariants(database_url))
@@ -139,7 +139,7 @@ def test_200_concurrent_calls_against_a_budget_for_5_pass_exactly_5(gateway, dat
     # once they have, the spend alone leaves no room (402).
     assert statuses.count(402) + statuses.count(429) == 195
     assert len(gateway.upstream_requests()) == 5
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert budget["spent_usd"] == "0.003000000"
     assert budget["held_usd"] == "0.000000000"
     asyncio.run(ledger_invariants(database_url))
@@ -313,7 +313,7 @@ def test_what_each_failure_is_charged_and_holds_return_to_zero(
     if scripted:
         gateway.script(scripted)
     assert gateway.post_audio(key, model).status_code == status
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert budget["held_usd"] == "0.000000000"
     (call,) = gateway.calls(key)
     assert budget["spent_usd"] == call["cost_usd"] == cost
@@ -368,8 +368,8 @@ def test_spend_plus_holds_never_exceed_the_limit_while_calls_race(gateway, datab
 def test_spend_history_per_period(gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "month"}])
     assert gateway.post_audio(key, "openai/whisper-1").status_code == 200
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
-    (period,) = gateway.admin("GET", f"/admin/budgets/{budget['id']}/periods")
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
+    (period,) = gateway.admin("GET", f"/admin/budgets/{budget['id']}/periods")["data"]
     assert period["period_start"] == budget["period_start"]
     assert period["spent_usd"] == COST
     assert period["held_usd"] == "0.000000000"

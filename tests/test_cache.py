@@ -74,7 +74,7 @@ def test_a_hit_is_billed_at_its_own_price(gateway: Gateway) -> None:
     assert hit["usage_source"] == "cache"
     # The 6 s the provider reported, at $0.001 a minute instead of the provider's $0.006.
     assert (miss["cost_usd"], hit["cost_usd"]) == ("0.000600000", "0.000100000")
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert budget["spent_usd"] == "0.000700000"
 
 

@@ -293,21 +293,24 @@ def test_the_cli_reaches_budgets_usage_calls_and_every_key_and_tenant_change(
     assert (budget["owner"], budget["limit_usd"]) == ("key", "5.000000000")
     args = ["budgets", "add", "--tenant", tenant["id"], "--limit-usd", "50", "--period", "month"]
     assert _ok(run_cli(env, *args))["owner"] == "tenant"
-    assert len(_ok(run_cli(env, "budgets", "list", "--tenant", tenant["id"]))) == 1
+    assert len(_ok(run_cli(env, "budgets", "list", "--tenant", tenant["id"]))["data"]) == 1
     assert _ok(run_cli(env, "budgets", "set-limit", budget["id"], "7.5"))["limit_usd"] == (
         "7.500000000"
     )
     topped = _ok(run_cli(env, "budgets", "top-up", budget["id"], "1"))
     assert topped["remaining_usd"] == "8.500000000"
     _ok(run_cli(env, "budgets", "reset", budget["id"]))
-    events = _ok(run_cli(env, "budgets", "events", budget["id"]))
+    events = _ok(run_cli(env, "budgets", "events", budget["id"]))["data"]
     assert {e["action"] for e in events} >= {"top_up", "reset"}
     assert all(e["actor"].startswith("cli") for e in events)
-    assert len(_ok(run_cli(env, "budgets", "periods", budget["id"]))) == 1
+    assert len(_ok(run_cli(env, "budgets", "periods", budget["id"]))["data"]) == 1
     bad = run_cli(env, "budgets", "top-up", budget["id"], "lots")
     assert bad.returncode != 0 and "amount_usd" in bad.stderr
     assert run_cli(env, "budgets", "delete", budget["id"]).returncode == 0
-    assert _ok(run_cli(env, "budgets", "list", "--key", key["id"])) == []
+    assert _ok(run_cli(env, "budgets", "list", "--key", key["id"])) == {
+        "data": [],
+        "next_cursor": None,
+    }
 
     # Reports: usage as JSON and CSV, calls (none yet), bad ranges named.
     report = _ok(run_cli(env, "usage", "--group-by", "tenant,month"))

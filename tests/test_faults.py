@@ -61,7 +61,7 @@ def test_work_the_provider_did_without_answering_is_charged_for_review(
     assert (attempt["outcome"], attempt["error"]) == ("uncertain", kind)
     assert attempt["charged_nanos"] == 600_000
     assert [c["id"] for c in _review(gateway)] == [call["id"]]
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert (budget["spent_usd"], budget["held_usd"]) == (COST, "0.000000000")
     samples = scrape(gateway.url)
     assert total(samples, "earmark_uncertain_attempts_total", provider=model.split("/")[0]) == 1
@@ -212,5 +212,5 @@ def test_a_short_file_after_a_long_one_still_fits_exactly(gateway: Gateway):
     key = gateway.new_key(budgets=[{"limit_usd": "0.0008", "period": "day"}])
     assert gateway.post_audio(key, "openai/whisper-1", wav(tone(2))).status_code == 200
     assert gateway.post_audio(key, "openai/whisper-1").status_code == 200
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert budget["spent_usd"] == budget["limit_usd"] == "0.000800000"

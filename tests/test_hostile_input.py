@@ -24,7 +24,7 @@ WHISPER = "openai/whisper-1"  # $0.006 a minute: $0.0001 a second
 
 
 def _budget(gateway: Gateway, key: dict) -> dict:
-    (budget,) = gateway.admin("GET", f"/admin/budgets?key_id={key['id']}")
+    (budget,) = gateway.admin("GET", f"/admin/budgets?key_id={key['id']}")["data"]
     return budget
 
 

@@ -112,7 +112,7 @@ def test_an_answer_survives_the_database_going_away(proxy, fake_provider, tmp_pa
         call = _wait_for(gateway, key, "succeeded")  # the sweeper applied the journal
         assert (call["cost_usd"], call["usage_source"]) == (COST, "provider")
         assert not list((tmp_path / "journal").glob("*.jsonl"))
-        (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+        (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
         assert (budget["spent_usd"], budget["held_usd"]) == (COST, "0.000000000")
         metrics = httpx.get(f"{gateway.url}/metrics").text
         assert 'earmark_journal_settlements_total{event="kept"} 1.0' in metrics

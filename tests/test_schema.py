@@ -128,3 +128,23 @@ def test_the_schema_page_renders_the_api_in_a_real_browser(server, tmp_path):
         Path(tmp_path / "schema.png").write_bytes(browser.get_screenshot_as_png())
     finally:
         browser.quit()
+
+
+def test_every_admin_list_has_one_shape(spec):
+    """`{data, next_cursor}` for every list, never a bare array."""
+
+    def resolved(schema: dict) -> dict:
+        name = schema.get("$ref", "").rsplit("/", 1)[-1]
+        return spec["components"]["schemas"][name] if name else schema
+
+    lists = 0
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/admin") or "get" not in operations:
+            continue
+        content = operations["get"]["responses"]["200"].get("content", {})
+        schema = resolved(content.get("application/json", {}).get("schema", {}))
+        assert schema.get("type") != "array", path
+        if "data" in schema.get("properties", {}):
+            lists += 1
+            assert {"data", "next_cursor"} <= set(schema["required"]), path
+    assert lists >= 7  # tenants, keys, calls (twice), budgets, periods, events

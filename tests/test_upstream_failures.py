@@ -61,7 +61,7 @@ def test_a_fallback_that_costs_more_holds_the_difference_first(gateway):
         "0.000600000",
         None,
     )
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert (budget["spent_usd"], budget["held_usd"]) == ("0.000600000", "0.000000000")
 
 
@@ -74,7 +74,7 @@ def test_a_fallback_the_budget_cannot_hold_is_not_tried(gateway):
     assert len(gateway.upstream_requests()) == 1  # the fallback never went out
     (call,) = gateway.calls(key)
     assert (call["status"], call["cost_usd"], call["attempts"]) == ("failed", "0.000000000", 1)
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert (budget["spent_usd"], budget["held_usd"]) == ("0.000000000", "0.000000000")
 
 
@@ -218,5 +218,5 @@ def test_a_call_swept_while_the_provider_worked_is_corrected_when_it_answers(gat
     assert response.status_code == 200, response.text
     (call,) = gateway.calls(key)
     assert (call["status"], call["cost_usd"], call["review"]) == ("succeeded", "0.000600000", None)
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
     assert (budget["spent_usd"], budget["held_usd"]) == ("0.000600000", "0.000000000")

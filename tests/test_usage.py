@@ -65,7 +65,9 @@ def test_totals_equal_the_ledger_and_the_budget(gateway, traffic):
     )
 
     by_key = {row["key"]: row for row in _usage(gateway, group_by="key").json()["data"]}
-    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": traffic["budgeted"]["id"]})
+    (budget,) = gateway.admin(
+        "GET", "/admin/budgets", params={"key_id": traffic["budgeted"]["id"]}
+    )["data"]
     assert by_key[traffic["budgeted"]["id"]]["cost_usd"] == budget["spent_usd"]
 
 

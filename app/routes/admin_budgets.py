@@ -12,8 +12,9 @@ from app.routes.params import PathId, QueryId
 from app.schemas import (
     Budget,
     BudgetCreate,
-    BudgetEvent,
-    BudgetPeriodSpend,
+    BudgetEventList,
+    BudgetList,
+    BudgetPeriodList,
     BudgetUpdate,
     TopUp,
 )
@@ -49,8 +50,9 @@ async def list_budgets(
     engine: NamedDependency[AsyncEngine],
     key_id: FromQuery[QueryId] = None,
     tenant_id: FromQuery[QueryId] = None,
-) -> list[Budget]:
-    return await budgets.list_budgets(engine, key_id=key_id, tenant_id=tenant_id)
+) -> BudgetList:
+    found = await budgets.list_budgets(engine, key_id=key_id, tenant_id=tenant_id)
+    return BudgetList(data=found, next_cursor=None)
 
 
 @get("/budgets/{budget_id:str}", summary="A budget and its current period")
@@ -99,15 +101,15 @@ async def reset(
 @get("/budgets/{budget_id:str}/periods", summary="Spend of every period, newest first")
 async def budget_periods(
     budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
-) -> list[BudgetPeriodSpend]:
-    return await budgets.periods(engine, budget_id)
+) -> BudgetPeriodList:
+    return BudgetPeriodList(data=await budgets.periods(engine, budget_id), next_cursor=None)
 
 
 @get("/budgets/{budget_id:str}/events", summary="Who changed the budget, and when")
 async def budget_events(
     budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
-) -> list[BudgetEvent]:
-    return await budgets.events(engine, budget_id)
+) -> BudgetEventList:
+    return BudgetEventList(data=await budgets.events(engine, budget_id), next_cursor=None)
 
 
 ROUTES = [
