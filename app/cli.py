@@ -29,9 +29,6 @@ from app.errors import EarmarkError
 from app.pagination import MAX_LIMIT
 from app.schemas import (
     BudgetCreate,
-    BudgetEventList,
-    BudgetList,
-    BudgetPeriodList,
     BudgetUpdate,
     KeyCreate,
     KeyUpdate,
@@ -326,7 +323,7 @@ def _budgets(settings: Settings, args: argparse.Namespace) -> None:
             tenant_id=args.tenant,
         ),
         "list": lambda engine: _listed(
-            BudgetList, budgets.list_budgets(engine, key_id=args.key, tenant_id=args.tenant)
+            budgets.list_budgets(engine, key_id=args.key, tenant_id=args.tenant)
         ),
         "show": lambda engine: budgets.get_budget(engine, budget_id),
         "set-limit": lambda engine: budgets.update_budget(
@@ -337,15 +334,15 @@ def _budgets(settings: Settings, args: argparse.Namespace) -> None:
         ),
         "reset": lambda engine: budgets.reset(engine, budget_id, actor),
         "delete": lambda engine: budgets.delete_budget(engine, budget_id, actor),
-        "periods": lambda engine: _listed(BudgetPeriodList, budgets.periods(engine, budget_id)),
-        "events": lambda engine: _listed(BudgetEventList, budgets.events(engine, budget_id)),
+        "periods": lambda engine: _listed(budgets.periods(engine, budget_id)),
+        "events": lambda engine: _listed(budgets.events(engine, budget_id)),
     }[args.action]
     _run(settings, action)
 
 
-async def _listed(kind: type, items: Awaitable[list[Any]]) -> Any:
-    """A list in the API's one shape, ``{data, next_cursor}``."""
-    return kind(data=await items, next_cursor=None)
+async def _listed(items: Awaitable[list[Any]]) -> dict[str, Any]:
+    """A whole list in the API's one shape, ``{data, next_cursor}``."""
+    return {"data": await items, "next_cursor": None}
 
 
 def _usage(settings: Settings, args: argparse.Namespace) -> None:
@@ -384,7 +381,7 @@ def _admin_users(settings: Settings, args: argparse.Namespace) -> None:
     elif args.action == "delete-user":
         _run(settings, lambda engine: admin_users.delete_admin_user(engine, args.name))
     else:
-        _run(settings, admin_users.list_admin_users)
+        _run(settings, lambda engine: _listed(admin_users.list_admin_users(engine)))
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def test_admin_users_are_listed_given_new_passwords_and_deleted(database_url, tm
     env = earmark_env(database_url)
     _ok(run_cli(env, "admin", "create-user", "alice", stdin="the first password\n"))
     _ok(run_cli(env, "admin", "create-user", "bob", stdin="bob's own password\n"))
-    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))] == ["alice", "bob"]
+    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))["data"]] == ["alice", "bob"]
     with serving(env, tmp_path / "serve.log") as base:
 
         def status(user: str, password: str) -> int:
@@ -118,7 +118,7 @@ def test_admin_users_are_listed_given_new_passwords_and_deleted(database_url, tm
     assert missing.returncode != 0 and "no admin user named 'bob'" in missing.stderr
     short = run_cli(env, "admin", "set-password", "alice", stdin="short\n")
     assert short.returncode != 0 and "12 characters" in short.stderr
-    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))] == ["alice"]
+    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))["data"]] == ["alice"]
 
 
 @pytest.mark.postgres
