@@ -76,6 +76,15 @@ _HEADERS_BY_STATUS = {
     "402": {"x-should-retry": _header("`false`: a retry cannot succeed (SDKs do not retry)")},
     "429": {"retry-after": _header("Seconds to wait before retrying")},
     "503": {"retry-after": _header("Seconds to wait before retrying, when known")},
+    **{
+        status: {
+            "x-should-retry": _header(
+                "`false` when the provider may have done (and billed) the work: an SDK's "
+                "automatic retry would have it done twice"
+            )
+        }
+        for status in ("502", "504")
+    },
 }
 
 ADMIN_ERRORS = (400, 401, 403, 404, 409, 413, 429, 503)  # 429: sign-ins throttled
@@ -112,13 +121,13 @@ class DocumentedOperation(Operation):
 def with_errors(handlers: Iterable[Any], statuses: Iterable[int]) -> list[Any]:
     """The handlers, each documenting the error envelope for ``statuses`` (a handler's own
     ``responses`` win) and its headers."""
-    statuses = tuple(statuses)
+    statuses, handlers = tuple(statuses), list(handlers)
     for handler in handlers:
         if isinstance(handler, HTTPRouteHandler):
             handler.responses = {**error_responses(statuses), **(handler.responses or {})}
             if not issubclass(handler.operation_class, DocumentedOperation):
                 handler.operation_class = DocumentedOperation
-    return list(handlers)
+    return handlers
 
 
 # --- The audio endpoints --------------------------------------------------------------

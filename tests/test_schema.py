@@ -53,6 +53,7 @@ def test_the_audio_endpoints_document_their_form_answers_and_refusals(spec, endp
         assert responses[status]["content"]["application/json"]["schema"] == ENVELOPE, status
     assert "retry-after" in responses["429"]["headers"]
     assert "x-should-retry" in responses["402"]["headers"]
+    assert "x-should-retry" in responses["502"]["headers"]  # after work a provider may bill
 
 
 def test_every_error_anywhere_is_the_envelope(spec):
