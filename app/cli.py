@@ -263,9 +263,12 @@ def _actor() -> str:
         return "cli"
 
 
-def _convert(body: dict[str, Any], kind: type) -> Any:
-    """The body as the admin API's type would take it: the same checks, the same errors."""
-    return msgspec.convert({k: v for k, v in body.items() if v is not None}, kind, strict=False)
+def _convert(body: dict[str, Any], kind: type, **cleared: Any) -> Any:
+    """The body as the admin API's type would take it: the same checks, the same errors.
+    Options not given (None) are left out; ``cleared`` fields are sent even when None
+    (``null`` clears them)."""
+    given = {k: v for k, v in body.items() if v is not None}
+    return msgspec.convert({**given, **cleared}, kind, strict=False)
 
 
 def _tenants_show(settings: Settings, args: argparse.Namespace) -> None:
@@ -280,17 +283,13 @@ def _tenants_update(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _keys_update(settings: Settings, args: argparse.Namespace) -> None:
-    body: dict[str, Any] = {"name": args.name, "metadata": args.metadata}
+    cleared: dict[str, Any] = {}
     if args.no_expiry or args.expires_at:
-        body["expires_at"] = args.expires_at
+        cleared["expires_at"] = args.expires_at
     if args.all_models or args.allow_model:
-        body["allowed_models"] = args.allow_model
+        cleared["allowed_models"] = args.allow_model
         _catalog(settings).check_known(args.allow_model)
-    data = msgspec.convert(
-        {k: v for k, v in body.items() if v is not None or k in ("expires_at", "allowed_models")},
-        KeyUpdate,
-        strict=False,
-    )
+    data = _convert({"name": args.name, "metadata": args.metadata}, KeyUpdate, **cleared)
     _run(settings, lambda engine: keys.update_key(engine, args.key_id, data))
 
 
