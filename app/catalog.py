@@ -104,7 +104,8 @@ class Catalog:
             if name not in self.routes and name not in self._bare:
                 raise InvalidRequest(
                     f"allowed_models[{index}]: {name!r} is not a model on this gateway; "
-                    f"known: {', '.join(sorted(self.routes))}",
+                    f"known: {', '.join(sorted(self.routes))} (to allow it anyway, e.g. a "
+                    "model configured later, pass allow_unknown_models=true)",
                     param="allowed_models",
                     code="model_not_found",
                 )

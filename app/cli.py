@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__, admin_users, budgets, keys, ledger, migrate, tenants, usage
 from app.catalog import Catalog
+from app.cli_output import render, to_json
 from app.config import ConfigError, load_config, provider_api_keys
 from app.database import create_engine
 from app.errors import EarmarkError
@@ -39,11 +40,7 @@ from app.schemas import (
 from app.settings import MULTIPROC_ENV, Settings, SettingsError, load_settings
 
 
-def _print(value: Any) -> None:
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
-
-
-def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> None:
+def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
     async def main() -> Any:
         engine = create_engine(settings.database_url)
         try:
@@ -52,9 +49,7 @@ def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> N
         finally:
             await engine.dispose()
 
-    result = asyncio.run(main())
-    if result is not None:
-        _print(result)
+    return asyncio.run(main())
 
 
 def _catalog(settings: Settings) -> Catalog:
@@ -201,53 +196,91 @@ def _database_problem(settings: Settings, error: Exception) -> str:
     return f"cannot use the database {url}: {reason}; {hint}"
 
 
-def _tenants_create(settings: Settings, args: argparse.Namespace) -> None:
+def _tenants_create(settings: Settings, args: argparse.Namespace) -> Any:
     data = msgspec.convert({"name": args.name, "metadata": args.metadata or {}}, TenantCreate)
-    _run(settings, lambda engine: tenants.create_tenant(engine, data))
+    return _run(settings, lambda engine: tenants.create_tenant(engine, data))
 
 
-def _tenants_list(settings: Settings, args: argparse.Namespace) -> None:
-    _run(
+def _tenants_list(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(
         settings,
-        lambda engine: tenants.list_tenants(
-            engine, status=args.status, limit=args.limit, cursor=None
+        lambda engine: _pages(
+            args,
+            lambda limit, cursor: tenants.list_tenants(
+                engine, status=args.status, limit=limit, cursor=cursor
+            ),
         ),
     )
 
 
-def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
+async def _pages(
+    args: argparse.Namespace, fetch: Callable[[int, str | None], Awaitable[Any]]
+) -> Any:
+    """The page ``--cursor`` names, or with ``--all`` every page joined into one list."""
+    if not args.all:
+        return await fetch(args.limit, args.cursor)
+    rows: list[Any] = []
+    cursor = args.cursor
+    while True:
+        page = await fetch(MAX_LIMIT, cursor)
+        rows += page.data
+        cursor = page.next_cursor
+        if cursor is None:
+            return {"data": rows, "next_cursor": None}
+
+
+def _keys_create(settings: Settings, args: argparse.Namespace) -> Any:
     body = {
         "tenant_id": args.tenant,
         "name": args.name,
         "metadata": args.metadata or {},
         "expires_at": args.expires_at,
         "allowed_models": args.allow_model,
+        "rate_limits": _rate_limits(args),
+        "cache": args.cache,
     }
-    data = msgspec.convert(body, KeyCreate, strict=False)
-    _catalog(settings).check_known(data.allowed_models)
+    data = _convert(body, KeyCreate)
+    if not args.allow_unknown_models:
+        _catalog(settings).check_known(data.allowed_models)
     actor = _actor()
-    _run(settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, actor=actor))
+    return _run(
+        settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, actor=actor)
+    )
 
 
-def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
-    _run(
+def _rate_limits(args: argparse.Namespace) -> dict[str, int] | None:
+    limits = {
+        "requests_per_minute": args.requests_per_minute,
+        "audio_seconds_per_window": args.audio_seconds_per_window,
+        "window_seconds": args.window_seconds,
+        "max_concurrent": args.max_concurrent,
+    }
+    given = {name: value for name, value in limits.items() if value is not None}
+    return given or None
+
+
+def _keys_list(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(
         settings,
-        lambda engine: keys.list_keys(
-            engine, tenant_id=args.tenant, status=args.status, limit=args.limit, cursor=None
+        lambda engine: _pages(
+            args,
+            lambda limit, cursor: keys.list_keys(
+                engine, tenant_id=args.tenant, status=args.status, limit=limit, cursor=cursor
+            ),
         ),
     )
 
 
-def _keys_show(settings: Settings, args: argparse.Namespace) -> None:
-    _run(settings, lambda engine: keys.get_key(engine, args.key_id))
+def _keys_show(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(settings, lambda engine: keys.get_key(engine, args.key_id))
 
 
-def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
-    _run(settings, lambda engine: keys.revoke_key(engine, args.key_id))
+def _keys_revoke(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(settings, lambda engine: keys.revoke_key(engine, args.key_id))
 
 
-def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
-    _run(
+def _keys_rotate(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(
         settings,
         lambda engine: keys.rotate_key(
             engine, settings.key_pepper, args.key_id, args.grace_seconds
@@ -271,47 +304,49 @@ def _convert(body: dict[str, Any], kind: type, **cleared: Any) -> Any:
     return msgspec.convert({**given, **cleared}, kind, strict=False)
 
 
-def _tenants_show(settings: Settings, args: argparse.Namespace) -> None:
-    _run(settings, lambda engine: tenants.get_tenant(engine, args.tenant_id))
+def _tenants_show(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(settings, lambda engine: tenants.get_tenant(engine, args.tenant_id))
 
 
-def _tenants_update(settings: Settings, args: argparse.Namespace) -> None:
+def _tenants_update(settings: Settings, args: argparse.Namespace) -> Any:
     status = {"deactivate": "inactive", "activate": "active"}.get(args.action)
     body = {"name": getattr(args, "name", None), "metadata": getattr(args, "metadata", None)}
     data = _convert({**body, "status": status}, TenantUpdate)
-    _run(settings, lambda engine: tenants.update_tenant(engine, args.tenant_id, data))
+    return _run(settings, lambda engine: tenants.update_tenant(engine, args.tenant_id, data))
 
 
-def _keys_update(settings: Settings, args: argparse.Namespace) -> None:
+def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
     cleared: dict[str, Any] = {}
     if args.no_expiry or args.expires_at:
         cleared["expires_at"] = args.expires_at
     if args.all_models or args.allow_model:
         cleared["allowed_models"] = args.allow_model
-        _catalog(settings).check_known(args.allow_model)
-    data = _convert({"name": args.name, "metadata": args.metadata}, KeyUpdate, **cleared)
-    _run(settings, lambda engine: keys.update_key(engine, args.key_id, data))
+        if not args.allow_unknown_models:
+            _catalog(settings).check_known(args.allow_model)
+    if args.no_rate_limits or _rate_limits(args):
+        cleared["rate_limits"] = _rate_limits(args)
+    body = {"name": args.name, "metadata": args.metadata, "cache": args.cache}
+    data = _convert(body, KeyUpdate, **cleared)
+    return _run(settings, lambda engine: keys.update_key(engine, args.key_id, data))
 
 
-def _keys_delete(settings: Settings, args: argparse.Namespace) -> None:
-    _run(settings, lambda engine: keys.delete_key(engine, args.key_id))
+def _keys_delete(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(settings, lambda engine: keys.delete_key(engine, args.key_id))
 
 
-def _calls(settings: Settings, args: argparse.Namespace) -> None:
-    _run(
+def _calls(settings: Settings, args: argparse.Namespace) -> Any:
+    return _run(
         settings,
-        lambda engine: ledger.list_calls(
-            engine,
-            args.limit,
-            args.cursor,
-            key_id=args.key,
-            tenant_id=args.tenant,
-            review=args.review,
+        lambda engine: _pages(
+            args,
+            lambda limit, cursor: ledger.list_calls(
+                engine, limit, cursor, key_id=args.key, tenant_id=args.tenant, review=args.review
+            ),
         ),
     )
 
 
-def _budgets(settings: Settings, args: argparse.Namespace) -> None:
+def _budgets(settings: Settings, args: argparse.Namespace) -> Any:
     actor, budget_id = _actor(), getattr(args, "budget_id", None)
     action = {
         "add": lambda engine: budgets.create_budget(
@@ -336,7 +371,7 @@ def _budgets(settings: Settings, args: argparse.Namespace) -> None:
         "periods": lambda engine: _listed(budgets.periods(engine, budget_id)),
         "events": lambda engine: _listed(budgets.events(engine, budget_id)),
     }[args.action]
-    _run(settings, action)
+    return _run(settings, action)
 
 
 async def _listed(items: Awaitable[list[Any]]) -> dict[str, Any]:
@@ -344,7 +379,7 @@ async def _listed(items: Awaitable[list[Any]]) -> dict[str, Any]:
     return {"data": await items, "next_cursor": None}
 
 
-def _usage(settings: Settings, args: argparse.Namespace) -> None:
+def _usage(settings: Settings, args: argparse.Namespace) -> Any:
     groups = usage.parse_group_by(args.group_by)
     start, end = usage.parse_instant("from", args.start), usage.parse_instant("to", args.end)
 
@@ -355,7 +390,7 @@ def _usage(settings: Settings, args: argparse.Namespace) -> None:
             return None
         return found
 
-    _run(settings, report)
+    return _run(settings, report)
 
 
 def _new_password(name: str) -> str:
@@ -368,19 +403,19 @@ def _new_password(name: str) -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
-def _admin_create_user(settings: Settings, args: argparse.Namespace) -> None:
+def _admin_create_user(settings: Settings, args: argparse.Namespace) -> Any:
     password = _new_password(args.name)
-    _run(settings, lambda engine: admin_users.create_admin_user(engine, args.name, password))
+    return _run(settings, lambda engine: admin_users.create_admin_user(engine, args.name, password))
 
 
-def _admin_users(settings: Settings, args: argparse.Namespace) -> None:
+def _admin_users(settings: Settings, args: argparse.Namespace) -> Any:
     if args.action == "set-password":
         password = _new_password(args.name)
-        _run(settings, lambda engine: admin_users.set_password(engine, args.name, password))
+        return _run(settings, lambda engine: admin_users.set_password(engine, args.name, password))
     elif args.action == "delete-user":
-        _run(settings, lambda engine: admin_users.delete_admin_user(engine, args.name))
+        return _run(settings, lambda engine: admin_users.delete_admin_user(engine, args.name))
     else:
-        _run(settings, lambda engine: _listed(admin_users.list_admin_users(engine)))
+        return _run(settings, lambda engine: _listed(admin_users.list_admin_users(engine)))
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -393,15 +428,95 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+# The columns of each list, as a person reads it; --json prints every field.
+_TENANT_COLUMNS = ("id", "name", "status", "created_at")
+_KEY_COLUMNS = (
+    *("id", "name", "tenant_id", "display_prefix", "status"),
+    *("allowed_models", "expires_at", "created_at"),
+)
+_CALL_COLUMNS = (
+    *("id", "created_at", "key_id", "model_requested", "status", "http_status"),
+    *("audio_ms", "cost_usd", "review"),
+)
+_BUDGET_COLUMNS = (
+    *("id", "owner", "key_id", "tenant_id", "period", "limit_usd", "spent_usd"),
+    *("held_usd", "remaining_usd", "period_end"),
+)
+_PERIOD_COLUMNS = ("period_start", "spent_usd", "held_usd", "top_up_usd")
+_EVENT_COLUMNS = ("created_at", "action", "actor", "details")
+_USER_COLUMNS = ("id", "name", "created_at")
+
+
+def _output() -> argparse.ArgumentParser:
+    """The options every command that prints something shares."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--json", action="store_true", help="print the admin API's JSON instead of a table"
+    )
+    return parser
+
+
+def _paged(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=MAX_LIMIT, help="rows per page")
+    parser.add_argument("--cursor", help="the page after this one (a list's next_cursor)")
+    parser.add_argument("--all", action="store_true", help="every page, as one list")
+
+
+def _key_options(parser: argparse.ArgumentParser) -> None:
+    """What a key may do, as ``keys create`` and ``keys update`` take it."""
+    parser.add_argument("--expires-at", help="RFC 3339 time with offset")
+    parser.add_argument(
+        "--allow-model", action="append", help="a model the key may use (repeatable)"
+    )
+    parser.add_argument(
+        "--allow-unknown-models",
+        action="store_true",
+        help="accept --allow-model names this gateway does not serve (yet)",
+    )
+    parser.add_argument("--requests-per-minute", type=int, help="rate limit: calls a minute")
+    parser.add_argument(
+        "--audio-seconds-per-window", type=int, help="rate limit: audio seconds per window"
+    )
+    parser.add_argument(
+        "--window-seconds", type=int, help="the audio-seconds window (default 3600)"
+    )
+    parser.add_argument("--max-concurrent", type=int, help="rate limit: calls in flight")
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        help="answer repeated uploads from the cache where the model has one (default: yes)",
+    )
+    parser.add_argument("--metadata", type=_json_object, help="JSON object of labels")
+
+
+class _Defaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            help += " (default: %(default)s)"
+        return help
+
+
+class _Parser(argparse.ArgumentParser):
+    """Each subcommand's parser is one of these too (argparse makes them of the type of
+    the parser that holds them), so every ``--help`` shows defaults the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Defaults)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="earmark", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="earmark", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    output = [_output()]
 
     serve = commands.add_parser(
         "serve",
         help="serve the gateway",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
@@ -430,141 +545,150 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_commands = commands.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True
     )
-    create = tenant_commands.add_parser("create", help="create a tenant")
-    create.add_argument("name")
+    create = tenant_commands.add_parser("create", help="create a tenant", parents=output)
+    create.add_argument("name", help="unique, whatever its case")
     create.add_argument("--metadata", type=_json_object, help="JSON object of labels")
     create.set_defaults(handler=_tenants_create)
-    listing = tenant_commands.add_parser("list", help="list tenants, newest first")
-    listing.add_argument("--status", choices=["active", "inactive"])
-    listing.add_argument("--limit", type=int, default=MAX_LIMIT)
-    listing.set_defaults(handler=_tenants_list)
-
-    key_commands = commands.add_parser("keys", help="manage virtual keys").add_subparsers(
-        dest="action", required=True
-    )
-    create = key_commands.add_parser("create", help="create a key and print its secret once")
-    create.add_argument("--tenant", required=True, help="tenant id")
-    create.add_argument("--name", required=True)
-    create.add_argument("--expires-at", help="RFC 3339 time with offset")
-    create.add_argument(
-        "--allow-model", action="append", help="a model the key may use (repeatable)"
-    )
-    create.add_argument("--metadata", type=_json_object, help="JSON object of labels")
-    create.set_defaults(handler=_keys_create)
-    listing = key_commands.add_parser("list", help="list keys, newest first")
-    listing.add_argument("--tenant", help="tenant id")
-    listing.add_argument("--status", choices=["active", "expired", "revoked"])
-    listing.add_argument("--limit", type=int, default=MAX_LIMIT)
-    listing.set_defaults(handler=_keys_list)
-    for action, handler, text in [
-        ("show", _keys_show, "show a key (never its secret)"),
-        ("revoke", _keys_revoke, "revoke a key, effective at once"),
-        ("rotate", _keys_rotate, "issue a new secret for a key"),
-    ]:
-        sub = key_commands.add_parser(action, help=text)
-        sub.add_argument("key_id")
-        sub.set_defaults(handler=handler)
-        if action == "rotate":
-            sub.add_argument("--grace-seconds", type=int, default=0)
-
-    sub = key_commands.add_parser("update", help="change a key's name, expiry, models or labels")
-    sub.add_argument("key_id")
-    sub.add_argument("--name", help="new name")
-    sub.add_argument("--expires-at", help="RFC 3339 time with offset")
-    sub.add_argument("--no-expiry", action="store_true", help="remove the expiry")
-    sub.add_argument("--allow-model", action="append", help="the models it may use (repeatable)")
-    sub.add_argument("--all-models", action="store_true", help="let it use every model")
-    sub.add_argument("--metadata", type=_json_object, help="JSON object of labels")
-    sub.set_defaults(handler=_keys_update)
-    sub = key_commands.add_parser("delete", help="delete a key: refused from now on, history kept")
-    sub.add_argument("key_id")
-    sub.set_defaults(handler=_keys_delete)
-
+    listing = tenant_commands.add_parser("list", help="list tenants, newest first", parents=output)
+    listing.add_argument("--status", choices=["active", "inactive"], help="only these")
+    _paged(listing)
+    listing.set_defaults(handler=_tenants_list, columns=_TENANT_COLUMNS)
     for action, text in [
         ("show", "show a tenant"),
         ("update", "rename a tenant or change its labels"),
         ("deactivate", "refuse every key of a tenant until it is activated"),
         ("activate", "let a tenant's keys call again"),
     ]:
-        sub = tenant_commands.add_parser(action, help=text)
-        sub.add_argument("tenant_id")
+        sub = tenant_commands.add_parser(action, help=text, parents=output)
+        sub.add_argument("tenant_id", help="ten_… id")
         if action == "update":
             sub.add_argument("--name", help="new name")
             sub.add_argument("--metadata", type=_json_object, help="JSON object of labels")
         sub.set_defaults(handler=_tenants_show if action == "show" else _tenants_update)
 
+    key_commands = commands.add_parser("keys", help="manage virtual keys").add_subparsers(
+        dest="action", required=True
+    )
+    create = key_commands.add_parser(
+        "create", help="create a key and print its secret once", parents=output
+    )
+    create.add_argument("--tenant", required=True, help="tenant id")
+    create.add_argument("--name", required=True, help="a name for people (unique per tenant)")
+    _key_options(create)
+    create.set_defaults(handler=_keys_create)
+    listing = key_commands.add_parser("list", help="list keys, newest first", parents=output)
+    listing.add_argument("--tenant", help="tenant id")
+    listing.add_argument("--status", choices=["active", "expired", "revoked"], help="only these")
+    _paged(listing)
+    listing.set_defaults(handler=_keys_list, columns=_KEY_COLUMNS)
+    for action, handler, text in [
+        ("show", _keys_show, "show a key (never its secret)"),
+        ("revoke", _keys_revoke, "revoke a key, effective at once"),
+        ("rotate", _keys_rotate, "issue a new secret for a key"),
+        ("delete", _keys_delete, "delete a key: refused from now on, history kept"),
+    ]:
+        sub = key_commands.add_parser(action, help=text, parents=output)
+        sub.add_argument("key_id", help="key_… id")
+        sub.set_defaults(handler=handler)
+        if action == "rotate":
+            sub.add_argument(
+                "--grace-seconds", type=int, default=0, help="how long the old secret still works"
+            )
+    sub = key_commands.add_parser(
+        "update", help="change a key's name, expiry, models, limits or labels", parents=output
+    )
+    sub.add_argument("key_id", help="key_… id")
+    sub.add_argument("--name", help="new name")
+    sub.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    sub.add_argument("--all-models", action="store_true", help="let it use every model")
+    sub.add_argument("--no-rate-limits", action="store_true", help="remove its rate limits")
+    _key_options(sub)
+    sub.set_defaults(handler=_keys_update)
+
     budget_commands = commands.add_parser(
         "budgets", help="budgets on keys and tenants"
     ).add_subparsers(dest="action", required=True)
-    sub = budget_commands.add_parser("add", help="add a budget to a key or a tenant")
+    sub = budget_commands.add_parser(
+        "add", help="add a budget to a key or a tenant", parents=output
+    )
     owner = sub.add_mutually_exclusive_group(required=True)
     owner.add_argument("--key", help="key id")
     owner.add_argument("--tenant", help="tenant id (the budget covers all its keys)")
     sub.add_argument("--limit-usd", required=True, help='the limit, exact: "25" or "2.50"')
-    sub.add_argument("--period", required=True, choices=["day", "week", "month", "none"])
+    sub.add_argument(
+        "--period",
+        required=True,
+        choices=["day", "week", "month", "none"],
+        help="calendar period in UTC (week from Monday); none: a lifetime cap",
+    )
     sub.set_defaults(handler=_budgets)
-    sub = budget_commands.add_parser("list", help="budgets of a key or a tenant")
+    sub = budget_commands.add_parser(
+        "list", help="budgets of a key or a tenant (every one: no pages)", parents=output
+    )
     owner = sub.add_mutually_exclusive_group()
     owner.add_argument("--key", help="key id")
     owner.add_argument("--tenant", help="tenant id")
-    sub.set_defaults(handler=_budgets)
-    for action, text in [
-        ("show", "a budget and its current period"),
-        ("set-limit", "raise or lower its limit"),
-        ("top-up", "grant extra spend for the current period"),
-        ("reset", "zero the current period's spend"),
-        ("delete", "stop enforcing it"),
-        ("periods", "spend of every period, newest first"),
-        ("events", "who changed it, and when"),
+    sub.set_defaults(handler=_budgets, columns=_BUDGET_COLUMNS)
+    for action, text, columns in [
+        ("show", "a budget and its current period", None),
+        ("set-limit", "raise or lower its limit", None),
+        ("top-up", "grant extra spend for the current period", None),
+        ("reset", "zero the current period's spend", None),
+        ("delete", "stop enforcing it", None),
+        ("periods", "spend of every period, newest first", _PERIOD_COLUMNS),
+        ("events", "who changed it, and when", _EVENT_COLUMNS),
     ]:
-        sub = budget_commands.add_parser(action, help=text)
-        sub.add_argument("budget_id")
+        sub = budget_commands.add_parser(action, help=text, parents=output)
+        sub.add_argument("budget_id", help="bud_… id")
         if action in ("set-limit", "top-up"):
             sub.add_argument("usd", help='an exact amount in dollars: "10" or "0.50"')
-        sub.set_defaults(handler=_budgets)
+        sub.set_defaults(handler=_budgets, columns=columns)
 
     report = commands.add_parser(
         "usage",
         help="calls, audio seconds, tokens and cost, grouped",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=output,
     )
     report.add_argument(
         "--group-by", help="comma-separated: tenant, key, model, provider, day, month"
     )
     report.add_argument("--from", dest="start", help="RFC 3339 start (inclusive)")
     report.add_argument("--to", dest="end", help="RFC 3339 end (exclusive)")
-    report.add_argument("--format", choices=["json", "csv"], default="json", help="output")
+    report.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="output"
+    )
     report.set_defaults(handler=_usage)
 
     calls = commands.add_parser(
         "calls",
         help="ledger rows, newest first, with their upstream attempts",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=output,
     )
     calls.add_argument("--key", help="only this key's calls")
     calls.add_argument("--tenant", help="only this tenant's calls")
     calls.add_argument("--review", action="store_true", help="only calls flagged for review")
-    calls.add_argument("--limit", type=int, default=MAX_LIMIT, help="rows per page")
-    calls.add_argument("--cursor", help="the next_cursor of the previous page")
-    calls.set_defaults(handler=_calls)
+    _paged(calls)
+    calls.set_defaults(handler=_calls, columns=_CALL_COLUMNS)
 
     admin_commands = commands.add_parser("admin", help="manage admin users").add_subparsers(
         dest="action", required=True
     )
     user = admin_commands.add_parser(
-        "create-user", help="create an admin user; the password is read from stdin or a prompt"
+        "create-user",
+        help="create an admin user; the password is read from stdin or a prompt",
+        parents=output,
     )
-    user.add_argument("name")
+    user.add_argument("name", help="the sign-in name")
     user.set_defaults(handler=_admin_create_user)
-    admin_commands.add_parser("list-users", help="list admin users").set_defaults(
-        handler=_admin_users
+    admin_commands.add_parser("list-users", help="list admin users", parents=output).set_defaults(
+        handler=_admin_users, columns=_USER_COLUMNS
     )
     for action, text in [
         ("set-password", "give an admin user a new password (stdin or a prompt)"),
         ("delete-user", "delete an admin user: refused from the next request"),
     ]:
         sub = admin_commands.add_parser(action, help=text)
-        sub.add_argument("name")
+        sub.add_argument("name", help="the sign-in name")
         sub.set_defaults(handler=_admin_users)
     return parser
 
@@ -573,7 +697,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        args.handler(settings, args)
+        result = args.handler(settings, args)
     except (SettingsError, ConfigError, migrate.SchemaNotCurrent) as error:
         sys.exit(f"earmark: {error}")
     except (DBAPIError, OSError) as error:
@@ -582,3 +706,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"earmark: {error.message}")
     except msgspec.ValidationError as error:
         sys.exit(f"earmark: invalid input: {error}")
+    if result is None:
+        return
+    if args.json or getattr(args, "format", None) == "json":
+        print(to_json(result))
+        return
+    text, notes = render(result, getattr(args, "columns", None))
+    print(text, flush=True)
+    for note in notes:
+        print(note, file=sys.stderr)

@@ -242,6 +242,25 @@ async def test_a_model_the_gateway_does_not_serve_is_never_allowed(client, tenan
     assert (await client.post("/admin/keys", json=body, headers=ADMIN)).status_code == 201
 
 
+async def test_an_unknown_model_is_allowed_only_when_the_operator_says_so(client, tenant, key):
+    """A model configured later can be allowed ahead of time, but only explicitly; the key
+    can't use it until the catalog serves it."""
+    body = {"tenant_id": tenant["id"], "name": "early", "allowed_models": ["next-model"]}
+    refused = await client.post("/admin/keys", json=body, headers=ADMIN)
+    assert "allow_unknown_models=true" in refused.json()["error"]["message"]
+    params = {"allow_unknown_models": "true"}
+    created = await client.post("/admin/keys", json=body, params=params, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    assert created.json()["allowed_models"] == ["next-model"]
+    patch = {"allowed_models": ["whisper", "later-model"]}
+    path = f"/admin/keys/{key['id']}"
+    assert (await client.patch(path, json=patch, headers=ADMIN)).status_code == 400
+    updated = await client.patch(path, json=patch, params=params, headers=ADMIN)
+    assert updated.json()["allowed_models"] == ["whisper", "later-model"]
+    models = await client.get("/v1/models", headers=bearer(created.json()["secret"]))
+    assert models.json()["data"] == []
+
+
 @pytest.mark.parametrize(
     ("path", "method", "body"),
     [

@@ -1,5 +1,6 @@
 """The `earmark` command, run as an operator runs it."""
 
+import argparse
 import json
 import re
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 
+from app.cli import build_parser
 from tests.conftest import (
     ADMIN_TEST_CONFIG,
     create_postgres_database,
@@ -16,7 +18,9 @@ from tests.conftest import (
 from tests.processes import earmark_env, run_cli, serving
 
 
-def _ok(result: subprocess.CompletedProcess[str]) -> dict:
+def _json(env: dict[str, str], *args: str, stdin: str = "") -> dict:
+    """What a command prints with --json, once it has succeeded."""
+    result = run_cli(env, *args, "--json", stdin=stdin)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -24,46 +28,30 @@ def _ok(result: subprocess.CompletedProcess[str]) -> dict:
 def test_tenant_and_key_lifecycle(database_url, tmp_path):
     (tmp_path / "earmark.toml").write_text(ADMIN_TEST_CONFIG)
     env = earmark_env(database_url, EARMARK_CONFIG=str(tmp_path / "earmark.toml"))
-    tenant = _ok(run_cli(env, "tenants", "create", "acme", "--metadata", '{"plan": "pro"}'))
+    tenant = _json(env, "tenants", "create", "acme", "--metadata", '{"plan": "pro"}')
     assert tenant["metadata"] == {"plan": "pro"}
-    assert [t["id"] for t in _ok(run_cli(env, "tenants", "list"))["data"]] == [tenant["id"]]
+    assert [t["id"] for t in _json(env, "tenants", "list")["data"]] == [tenant["id"]]
 
-    created = _ok(
-        run_cli(
-            env,
-            "keys",
-            "create",
-            "--tenant",
-            tenant["id"],
-            "--name",
-            "ci",
-            "--allow-model",
-            "whisper-1",
-            "--allow-model",
-            "groq/whisper-large-v3",
-            "--expires-at",
-            "2099-01-01T00:00:00Z",
-        )
+    created = _json(
+        env,
+        *("keys", "create", "--tenant", tenant["id"], "--name", "ci"),
+        *("--allow-model", "whisper-1", "--allow-model", "groq/whisper-large-v3"),
+        *("--expires-at", "2099-01-01T00:00:00Z"),
     )
     assert created["secret"].startswith("sk-bf-")
     assert created["allowed_models"] == ["whisper-1", "groq/whisper-large-v3"]
 
-    shown = _ok(run_cli(env, "keys", "show", created["id"]))
+    shown = _json(env, "keys", "show", created["id"])
     assert "secret" not in shown
-    assert (
-        _ok(run_cli(env, "keys", "list", "--tenant", tenant["id"]))["data"][0]["id"]
-        == created["id"]
-    )
+    assert _json(env, "keys", "list", "--tenant", tenant["id"])["data"][0]["id"] == created["id"]
 
-    rotated = _ok(run_cli(env, "keys", "rotate", created["id"], "--grace-seconds", "60"))
+    rotated = _json(env, "keys", "rotate", created["id"], "--grace-seconds", "60")
     assert rotated["secret"] != created["secret"]
     assert rotated["previous_secret_valid_until"] is not None
 
-    revoked = _ok(run_cli(env, "keys", "revoke", created["id"]))
+    revoked = _json(env, "keys", "revoke", created["id"])
     assert revoked["status"] == "revoked"
-    assert (
-        _ok(run_cli(env, "keys", "list", "--status", "revoked"))["data"][0]["id"] == created["id"]
-    )
+    assert _json(env, "keys", "list", "--status", "revoked")["data"][0]["id"] == created["id"]
 
 
 @pytest.mark.parametrize(
@@ -88,7 +76,7 @@ def test_bad_input_exits_nonzero_with_a_message(database_url, args, needle):
 
 def test_admin_create_user_reads_the_password_from_stdin(database_url):
     env = earmark_env(database_url)
-    created = _ok(run_cli(env, "admin", "create-user", "alice", stdin="a long password 123\n"))
+    created = _json(env, "admin", "create-user", "alice", stdin="a long password 123\n")
     assert created["name"] == "alice"
     short = run_cli(env, "admin", "create-user", "bob", stdin="short\n")
     assert short.returncode != 0
@@ -99,9 +87,9 @@ def test_admin_users_are_listed_given_new_passwords_and_deleted(database_url, tm
     import httpx
 
     env = earmark_env(database_url)
-    _ok(run_cli(env, "admin", "create-user", "alice", stdin="the first password\n"))
-    _ok(run_cli(env, "admin", "create-user", "bob", stdin="bob's own password\n"))
-    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))["data"]] == ["alice", "bob"]
+    _json(env, "admin", "create-user", "alice", stdin="the first password\n")
+    _json(env, "admin", "create-user", "bob", stdin="bob's own password\n")
+    assert [u["name"] for u in _json(env, "admin", "list-users")["data"]] == ["alice", "bob"]
     with serving(env, tmp_path / "serve.log") as base:
 
         def status(user: str, password: str) -> int:
@@ -118,7 +106,7 @@ def test_admin_users_are_listed_given_new_passwords_and_deleted(database_url, tm
     assert missing.returncode != 0 and "no admin user named 'bob'" in missing.stderr
     short = run_cli(env, "admin", "set-password", "alice", stdin="short\n")
     assert short.returncode != 0 and "12 characters" in short.stderr
-    assert [u["name"] for u in _ok(run_cli(env, "admin", "list-users"))["data"]] == ["alice"]
+    assert [u["name"] for u in _json(env, "admin", "list-users")["data"]] == ["alice"]
 
 
 @pytest.mark.postgres
@@ -230,12 +218,12 @@ def test_migrate_says_which_revisions_it_applied(tmp_path):
 
 def test_a_key_for_a_model_the_gateway_does_not_serve_is_refused(database_url):
     env = earmark_env(database_url)  # the built-in configuration: local/pocketsphinx
-    tenant = _ok(run_cli(env, "tenants", "create", "acme"))
+    tenant = _json(env, "tenants", "create", "acme")
     args = ["keys", "create", "--tenant", tenant["id"], "--name", "k"]
     refused = run_cli(env, *args, "--allow-model", "pocketsphinx", "--allow-model", "nope-model")
     assert refused.returncode != 0
     assert "allowed_models[1]: 'nope-model' is not a model on this gateway" in refused.stderr
-    assert _ok(run_cli(env, *args, "--allow-model", "local/pocketsphinx"))["allowed_models"] == [
+    assert _json(env, *args, "--allow-model", "local/pocketsphinx")["allowed_models"] == [
         "local/pocketsphinx"
     ]
 
@@ -273,47 +261,43 @@ def test_the_cli_reaches_budgets_usage_calls_and_every_key_and_tenant_change(
 ):
     (tmp_path / "earmark.toml").write_text(ADMIN_TEST_CONFIG)
     env = earmark_env(database_url, EARMARK_CONFIG=str(tmp_path / "earmark.toml"))
-    tenant = _ok(run_cli(env, "tenants", "create", "acme"))
-    key = _ok(run_cli(env, "keys", "create", "--tenant", tenant["id"], "--name", "k"))
+    tenant = _json(env, "tenants", "create", "acme")
+    key = _json(env, "keys", "create", "--tenant", tenant["id"], "--name", "k")
 
     # Keys: rename, narrow, expire, widen again, delete.
     args = ["keys", "update", key["id"], "--name", "renamed", "--allow-model", "whisper"]
-    updated = _ok(run_cli(env, *args, "--expires-at", "2099-01-01T00:00:00Z"))
+    updated = _json(env, *args, "--expires-at", "2099-01-01T00:00:00Z")
     assert (updated["name"], updated["allowed_models"]) == ("renamed", ["whisper"])
     assert updated["expires_at"].startswith("2099-01-01")
-    widened = _ok(run_cli(env, "keys", "update", key["id"], "--all-models", "--no-expiry"))
+    widened = _json(env, "keys", "update", key["id"], "--all-models", "--no-expiry")
     assert (widened["allowed_models"], widened["expires_at"]) == (None, None)
     typo = run_cli(env, "keys", "update", key["id"], "--allow-model", "nope")
     assert typo.returncode != 0 and "'nope' is not a model" in typo.stderr
 
     # Budgets: add to the key and the tenant, raise, top up, reset, read back, delete.
-    budget = _ok(
-        run_cli(env, "budgets", "add", "--key", key["id"], "--limit-usd", "5", "--period", "day")
-    )
+    budget = _json(env, "budgets", "add", "--key", key["id"], "--limit-usd", "5", "--period", "day")
     assert (budget["owner"], budget["limit_usd"]) == ("key", "5.000000000")
     args = ["budgets", "add", "--tenant", tenant["id"], "--limit-usd", "50", "--period", "month"]
-    assert _ok(run_cli(env, *args))["owner"] == "tenant"
-    assert len(_ok(run_cli(env, "budgets", "list", "--tenant", tenant["id"]))["data"]) == 1
-    assert _ok(run_cli(env, "budgets", "set-limit", budget["id"], "7.5"))["limit_usd"] == (
-        "7.500000000"
-    )
-    topped = _ok(run_cli(env, "budgets", "top-up", budget["id"], "1"))
+    assert _json(env, *args)["owner"] == "tenant"
+    assert len(_json(env, "budgets", "list", "--tenant", tenant["id"])["data"]) == 1
+    assert _json(env, "budgets", "set-limit", budget["id"], "7.5")["limit_usd"] == ("7.500000000")
+    topped = _json(env, "budgets", "top-up", budget["id"], "1")
     assert topped["remaining_usd"] == "8.500000000"
-    _ok(run_cli(env, "budgets", "reset", budget["id"]))
-    events = _ok(run_cli(env, "budgets", "events", budget["id"]))["data"]
+    _json(env, "budgets", "reset", budget["id"])
+    events = _json(env, "budgets", "events", budget["id"])["data"]
     assert {e["action"] for e in events} >= {"top_up", "reset"}
     assert all(e["actor"].startswith("cli") for e in events)
-    assert len(_ok(run_cli(env, "budgets", "periods", budget["id"]))["data"]) == 1
+    assert len(_json(env, "budgets", "periods", budget["id"])["data"]) == 1
     bad = run_cli(env, "budgets", "top-up", budget["id"], "lots")
     assert bad.returncode != 0 and "amount_usd" in bad.stderr
     assert run_cli(env, "budgets", "delete", budget["id"]).returncode == 0
-    assert _ok(run_cli(env, "budgets", "list", "--key", key["id"])) == {
+    assert _json(env, "budgets", "list", "--key", key["id"]) == {
         "data": [],
         "next_cursor": None,
     }
 
     # Reports: usage as JSON and CSV, calls (none yet), bad ranges named.
-    report = _ok(run_cli(env, "usage", "--group-by", "tenant,month"))
+    report = _json(env, "usage", "--group-by", "tenant,month")
     assert report["data"] == []
     csv = run_cli(env, "usage", "--group-by", "tenant", "--format", "csv")
     assert csv.returncode == 0 and csv.stdout.startswith("tenant")
@@ -321,14 +305,81 @@ def test_the_cli_reaches_budgets_usage_calls_and_every_key_and_tenant_change(
         env, "usage", "--from", "2026-02-01T00:00:00Z", "--to", "2026-01-01T00:00:00Z"
     )
     assert reversed_range.returncode != 0 and "`to` must be after `from`" in reversed_range.stderr
-    assert _ok(run_cli(env, "calls", "--key", key["id"]))["data"] == []
+    assert _json(env, "calls", "--key", key["id"])["data"] == []
 
     # Tenants: rename, deactivate (its keys are refused), activate; then delete the key.
-    assert _ok(run_cli(env, "tenants", "update", tenant["id"], "--name", "acme2"))["name"] == (
-        "acme2"
-    )
-    assert _ok(run_cli(env, "tenants", "deactivate", tenant["id"]))["status"] == "inactive"
-    assert _ok(run_cli(env, "tenants", "activate", tenant["id"]))["status"] == "active"
-    assert _ok(run_cli(env, "tenants", "show", tenant["id"]))["name"] == "acme2"
+    assert _json(env, "tenants", "update", tenant["id"], "--name", "acme2")["name"] == ("acme2")
+    assert _json(env, "tenants", "deactivate", tenant["id"])["status"] == "inactive"
+    assert _json(env, "tenants", "activate", tenant["id"])["status"] == "active"
+    assert _json(env, "tenants", "show", tenant["id"])["name"] == "acme2"
     assert run_cli(env, "keys", "delete", key["id"]).returncode == 0
     assert "no key" in run_cli(env, "keys", "show", key["id"]).stderr
+
+
+def test_a_person_reads_tables_and_fields_a_script_reads_json(database_url, tmp_path):
+    """Tables by default, pages by --cursor or --all, every option of a key reachable."""
+    (tmp_path / "earmark.toml").write_text(ADMIN_TEST_CONFIG)
+    env = earmark_env(database_url, EARMARK_CONFIG=str(tmp_path / "earmark.toml"))
+    names = ["first", "second", "third"]
+    ids = [_json(env, "tenants", "create", name)["id"] for name in names]
+
+    shown = run_cli(env, "tenants", "show", ids[0])
+    assert shown.returncode == 0 and shown.stderr == ""
+    assert [line.split(None, 1) for line in shown.stdout.splitlines()][:3] == [
+        ["id", ids[0]],
+        ["name", "first"],
+        ["status", "active"],
+    ]
+    table = run_cli(env, "tenants", "list", "--limit", "2")
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["ID", "NAME", "STATUS", "CREATED_AT"]
+    assert [row.split()[:2] for row in rows] == [[ids[2], "third"], [ids[1], "second"]]
+    cursor = re.search(r"--cursor (\S+)", table.stderr)[1]
+    rest = _json(env, "tenants", "list", "--limit", "2", "--cursor", cursor)
+    assert [t["id"] for t in rest["data"]] == [ids[0]] and rest["next_cursor"] is None
+    every = _json(env, "tenants", "list", "--all", "--limit", "1")
+    assert [t["id"] for t in every["data"]] == ids[::-1] and every["next_cursor"] is None
+
+    created = run_cli(
+        env,
+        *("keys", "create", "--tenant", ids[0], "--name", "limited", "--no-cache"),
+        *("--requests-per-minute", "60", "--max-concurrent", "2"),
+        *("--allow-model", "later-model", "--allow-unknown-models"),
+    )
+    assert created.returncode == 0, created.stderr
+    fields = dict(line.split(None, 1) for line in created.stdout.splitlines() if line.strip())
+    assert fields["secret"].startswith("sk-bf-") and "shown only now" in created.stderr
+    assert fields["rate_limits"] == "requests_per_minute=60, window_seconds=3600, max_concurrent=2"
+    assert (fields["cache"], fields["allowed_models"], fields["expires_at"]) == (
+        "no",
+        "later-model",
+        "never",
+    )
+    key_id = fields["id"]
+    updated = _json(env, "keys", "update", key_id, "--no-rate-limits", "--cache")
+    assert (updated["rate_limits"], updated["cache"]) == (None, True)
+    refused = run_cli(env, "keys", "update", key_id, "--allow-model", "later-model")
+    assert refused.returncode != 0 and "allow_unknown_models" in refused.stderr
+
+    keys_table = run_cli(env, "keys", "list", "--all").stdout.splitlines()
+    assert keys_table[1].split()[:2] == [key_id, "limited"]
+    report = run_cli(env, "usage", "--group-by", "tenant").stdout.splitlines()
+    assert report[0].split()[:3] == ["CALLS", "REFUSED", "AUDIO_SECONDS"]  # no calls yet
+
+
+def _commands(parser, path=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+    yield path, parser
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    for path, parser in _commands(build_parser()):
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"earmark {' '.join(path)} {action.dest}: no help"
+        if path and parser._subparsers is None:  # a command that runs
+            text = parser.format_help()
+            assert "``" not in text and ":class:" not in text, text  # no reST

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import keys, ledger
 from app.pagination import DEFAULT_LIMIT
-from app.routes.params import Cursor, Limit, PathId, QueryId
+from app.routes.params import AllowUnknownModels, Cursor, Limit, PathId, QueryId
 from app.schemas import Key, KeyCreate, KeyPage, KeyRotate, KeyStatus, KeyUpdate, KeyWithSecret
 from app.settings import Settings
 
@@ -20,9 +20,11 @@ async def create_key(
     data: JSONBody[KeyCreate],
     engine: NamedDependency[AsyncEngine],
     settings: NamedDependency[Settings],
+    allow_unknown_models: FromQuery[AllowUnknownModels] = False,
 ) -> KeyWithSecret:
     actor = str(request.state.admin)
-    request.app.state.gateway.catalog.check_known(data.allowed_models)
+    if not allow_unknown_models:
+        request.app.state.gateway.catalog.check_known(data.allowed_models)
     return await keys.create_key(engine, settings.key_pepper, data, actor=actor)
 
 
@@ -50,8 +52,9 @@ async def update_key(
     key_id: FromPath[PathId],
     data: JSONBody[KeyUpdate],
     engine: NamedDependency[AsyncEngine],
+    allow_unknown_models: FromQuery[AllowUnknownModels] = False,
 ) -> Key:
-    if isinstance(data.allowed_models, list):
+    if isinstance(data.allowed_models, list) and not allow_unknown_models:
         request.app.state.gateway.catalog.check_known(data.allowed_models)
     return await keys.update_key(engine, key_id, data)
 

@@ -20,6 +20,13 @@ Cursor = Annotated[
     Parameter(pattern=ID_PATTERN, max_length=40, description="next_cursor of the page before"),
 ]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+AllowUnknownModels = Annotated[
+    bool,
+    Parameter(
+        description="Accept `allowed_models` entries this gateway's catalog does not know "
+        "(e.g. a model configured later); by default such an entry is a 400"
+    ),
+]
 
 
 async def strict_json_body(request: Request) -> None:
