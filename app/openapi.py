@@ -1,17 +1,18 @@
 """The API as ``/schema/openapi.json`` documents it: what each route really takes and answers.
 
-Litestar documents a handler from its signature. Two things it cannot see are written
-here: the audio endpoints' multipart form (read by ``form.py``, not by Litestar), and the
-error envelope every refusal uses (``errors.py``), with the statuses each group of routes
-can answer. ``/schema`` is Swagger UI served from the ``swagger-ui-bundle-v2``
-distribution (Apache-2.0), never from a CDN, so it renders on an air-gapped host.
+Litestar documents a handler from its signature. What it cannot see is written here: the
+audio endpoints' multipart form (read by ``form.py``, not by Litestar), the error envelope
+every refusal uses (``errors.py``) with the statuses each group of routes can answer, and
+the example request and answer of each operation (``openapi_examples.py``). ``/schema``
+is Swagger UI served from the ``swagger-ui-bundle-v2`` distribution (Apache-2.0), never
+from a CDN, so it renders on an air-gapped host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from litestar.handlers import HTTPRouteHandler
@@ -33,6 +34,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app import __version__
 from app.gateway.admission import FORMATS
+from app.openapi_examples import EXAMPLES, OperationExample
 
 ASSETS = "/schema/assets"
 
@@ -105,8 +107,10 @@ def error_responses(statuses: Iterable[int]) -> dict[int, ResponseSpec]:
 
 @dataclass
 class DocumentedOperation(Operation):
-    """Any route's operation: every response names its ``x-request-id``, and refusals
-    the headers that say when to retry."""
+    """Any route's operation: every response names its ``x-request-id``, refusals the
+    headers that say when to retry, and a JSON body and success answer their example."""
+
+    example: ClassVar[OperationExample | None] = None  # set per handler by with_errors
 
     def __post_init__(self) -> None:
         for status, response in (self.responses or {}).items():
@@ -117,16 +121,32 @@ class DocumentedOperation(Operation):
                     **_HEADERS_BY_STATUS.get(status, {}),
                 }
 
+    def to_schema(self) -> dict[str, Any]:
+        schema = super().to_schema()
+        # Written after Litestar's conversion, which leaves out every null (an example's too).
+        if self.example and self.example.request is not None:
+            schema["requestBody"]["content"]["application/json"]["example"] = self.example.request
+        for status, response in schema["responses"].items():
+            if self.example and status.startswith("2") and "content" in response:
+                response["content"]["application/json"]["example"] = self.example.response
+        return schema
+
 
 def with_errors(handlers: Iterable[Any], statuses: Iterable[int]) -> list[Any]:
     """The handlers, each documenting the error envelope for ``statuses`` (a handler's own
-    ``responses`` win) and its headers."""
+    ``responses`` win), its headers, and its examples if ``openapi_examples`` has some."""
     statuses, handlers = tuple(statuses), list(handlers)
     for handler in handlers:
         if isinstance(handler, HTTPRouteHandler):
             handler.responses = {**error_responses(statuses), **(handler.responses or {})}
             if not issubclass(handler.operation_class, DocumentedOperation):
                 handler.operation_class = DocumentedOperation
+            example = EXAMPLES.get(handler.handler_name)
+            # Litestar makes an operation from the class alone: a handler's examples ride on
+            # a subclass of its own (made once, though every create_app() passes here).
+            if example and handler.operation_class.example is not example:
+                base = handler.operation_class
+                handler.operation_class = type(base.__name__, (base,), {"example": example})
     return handlers
 
 

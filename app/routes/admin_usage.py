@@ -15,14 +15,20 @@ From = Annotated[str | None, QueryParameter(name="from", description="inclusive,
 To = Annotated[str | None, QueryParameter(name="to", description="exclusive, RFC 3339")]
 
 
-@get("/usage", summary="Calls, audio seconds, tokens and cost grouped over a time range")
+@get(
+    "/usage",
+    summary="Calls, audio seconds, tokens and cost grouped over a time range",
+    description="JSON by default; `format=csv` answers the same rows as `text/csv` (an "
+    "attachment, one header line, the group columns with tenant and key names, then "
+    "the metrics).",
+)
 async def usage_report(
     engine: NamedDependency[AsyncEngine],
     group_by: FromQuery[str | None] = None,
     start: From = None,
     end: To = None,
     format: FromQuery[Literal["json", "csv"]] = "json",
-) -> Response[object]:
+) -> Response[usage.UsageReport]:
     groups = usage.parse_group_by(group_by)
     bounds = usage.parse_instant("from", start), usage.parse_instant("to", end)
     report = await usage.usage_report(engine, groups, *bounds)
