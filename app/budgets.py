@@ -59,6 +59,7 @@ class Hold(msgspec.Struct, frozen=True):
     budget_id: str
     period_start: datetime
     amount_nanos: int
+    limit_nanos: int
 
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
@@ -176,38 +177,42 @@ class NoRoom(Exception):
         self.budget_id, self.amount, self.busy = budget_id, amount, busy
 
 
-def reserving(
-    key_id: str, tenant_id: str, amount: int, now: datetime, *, expected: int | None = None
-) -> Program[list[Hold]]:
-    """Hold ``amount`` against every budget on the key's path, or raise ``NoRoom``: not
-    busy when what is spent alone leaves no room on some budget, busy when every budget
-    that refuses would fit the call (``expected`` on top of what is spent) once the calls
-    in flight settle (``refusal`` words either).
+def on_path(key_id: str, tenant_id: str, amount: int, now: datetime) -> Program[list[Hold]]:
+    """The holds a call of ``amount`` needs: one on each budget on the key's path, in the
+    period containing ``now``, in budget id order. Reads only; ``holding`` takes them."""
+    return [
+        Hold(budget_id, period_bounds(period, now)[0], amount, limit_nanos)
+        for budget_id, period, limit_nanos in (
+            yield fetch(_ON_PATH, key_id=key_id, tenant_id=tenant_id)
+        )
+    ]
 
-    Budgets are taken in id order so concurrent reservations lock counters in the same
-    order (no deadlocks on PostgreSQL). The caller's transaction makes it all-or-nothing.
-    """
-    holds, busy_budget = [], None
-    for budget_id, period, limit_nanos in (
-        yield fetch(_ON_PATH, key_id=key_id, tenant_id=tenant_id)
-    ):
-        start, _ = period_bounds(period, now)
-        at = {"budget_id": budget_id, "start": start}
-        if not (yield execute(_HOLD, amount=amount, **at)):
+
+def holding(holds: list[Hold], *, expected: int | None = None) -> Program[None]:
+    """Add each hold to its budget's counter, or raise ``NoRoom``: not busy when what is
+    spent alone leaves no room on some budget, busy when every budget that refuses would
+    fit the call (``expected`` on top of what is spent) once the calls in flight settle
+    (``refusal`` words either).
+
+    Counters are locked in budget id order so concurrent reservations never deadlock on
+    PostgreSQL, and a caller takes them last in its transaction: they stay locked only
+    until its COMMIT. The caller's transaction makes it all-or-nothing."""
+    busy_budget = None
+    for hold in holds:
+        at = {"budget_id": hold.budget_id, "start": hold.period_start}
+        if not (yield execute(_HOLD, amount=hold.amount_nanos, **at)):
             # Usually the period's counter exists; create it only when the hold found none.
             yield execute(_ENSURE_COUNTER, **at)
-            if not (yield execute(_HOLD, amount=amount, **at)):
+            if not (yield execute(_HOLD, amount=hold.amount_nanos, **at)):
                 ((spent, held, top_up),) = yield fetch(_COUNTER, **at)
-                room = limit_nanos + top_up - spent
-                if not (held and (amount if expected is None else expected) <= room):
-                    raise NoRoom(budget_id, amount, busy=False)
+                room = hold.limit_nanos + top_up - spent
+                wanted = hold.amount_nanos if expected is None else expected
+                if not (held and wanted <= room):
+                    raise NoRoom(hold.budget_id, hold.amount_nanos, busy=False)
                 # Busy here; a later budget may still refuse for good, which is the answer.
-                busy_budget = busy_budget or budget_id
-                continue
-        holds.append(Hold(budget_id, start, amount))
+                busy_budget = busy_budget or hold.budget_id
     if busy_budget is not None:
-        raise NoRoom(busy_budget, amount, busy=True)
-    return holds
+        raise NoRoom(busy_budget, holds[0].amount_nanos, busy=True)
 
 
 async def refusal(engine: AsyncEngine, no_room: NoRoom, retry_after: int) -> EarmarkError:
@@ -319,15 +324,22 @@ def _held_by(call_id: Any) -> Any:
 
 
 # Move a call's holds to spent at its actual cost (0 releases them), in one statement over
-# the holds the call recorded (UPDATE ... FROM).
-_SETTLE = Statement(
-    update(budget_counters)
-    .where(_held_by(bindparam("call_id")))
-    .values(
-        held_nanos=budget_counters.c.held_nanos - ledger_holds.c.amount_nanos,
-        spent_nanos=budget_counters.c.spent_nanos + bindparam("actual"),
+# the holds the call recorded (UPDATE ... FROM). On PostgreSQL the same statement first
+# locks them in budget order (a materialized CTE of ``_LOCK_HELD``): one round trip, so the
+# counters stay locked only until the COMMIT that follows.
+def _settle(dialect: str) -> Any:
+    counter = budget_counters.c
+    statement = update(budget_counters).where(_held_by(bindparam("call_id")))
+    if dialect == "postgresql":
+        locked = _LOCK_HELD.for_dialect(dialect).cte("locked").prefix_with("MATERIALIZED")
+        statement = statement.where(counter.budget_id.in_(select(locked.c.budget_id)))
+    return statement.values(
+        held_nanos=counter.held_nanos - ledger_holds.c.amount_nanos,
+        spent_nanos=counter.spent_nanos + bindparam("actual"),
     )
-)
+
+
+_SETTLE = Statement({dialect: _settle(dialect) for dialect in ("postgresql", "sqlite")})
 
 
 # Raise every hold of a call by ``extra``, on the counters where it still fits.
@@ -353,13 +365,12 @@ def raising(call_id: str, extra: int) -> Program[None]:
 
 
 def settling(call_id: str, actual: int) -> Program[None]:
-    yield fetch(_LOCK_HELD, call_id=call_id)
     yield execute(_SETTLE, call_id=call_id, actual=actual)
 
 
 async def settle(conn: AsyncConnection, call_id: str, actual: int) -> None:
-    await conn.execute(_LOCK_HELD.for_dialect(conn.dialect.name), {"call_id": call_id})
-    await conn.execute(_SETTLE.statement, {"call_id": call_id, "actual": actual})
+    statement = _SETTLE.for_dialect(conn.dialect.name)
+    await conn.execute(statement, {"call_id": call_id, "actual": actual})
 
 
 async def correct(conn: AsyncConnection, ledger_id: str, delta: int) -> None:
@@ -550,7 +561,7 @@ async def reset(engine: AsyncEngine, budget_id: str, actor: str) -> Budget:
         await conn.execute(
             update(budget_counters).where(_at(budget_id, start)).values(spent_nanos=0)
         )
-        await _audit(conn, budget_id, "reset", actor, {"period_start": start.isoformat()})
+        await _audit(conn, budget_id, "reset", actor, {"period_start": database.utc_text(start)})
         return await _view(conn, budget, now)
 
 

@@ -177,9 +177,7 @@ def _opening(
 ) -> Program[None]:
     if limits is not None:
         yield from rate_limits.admitting(opening.key_id, limits, opening.probed_audio_ms or 0, now)
-    holds = yield from budgets.reserving(
-        opening.key_id, opening.tenant_id, opening.hold_nanos, now, expected=opening.expected_nanos
-    )
+    holds = yield from budgets.on_path(opening.key_id, opening.tenant_id, opening.hold_nanos, now)
     yield execute(
         _INSERT_ROW, **_row(opening, status=status, provider=provider, model=model, created_at=now)
     )
@@ -196,6 +194,8 @@ def _opening(
                 for hold in holds
             ],
         )
+    # Last: the counters it locks (PostgreSQL) stay locked only until the COMMIT.
+    yield from budgets.holding(holds, expected=opening.expected_nanos)
 
 
 async def open_call(
