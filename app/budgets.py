@@ -188,6 +188,44 @@ def on_path(key_id: str, tenant_id: str, amount: int, now: datetime) -> Program[
     ]
 
 
+def held_on_path() -> tuple[Any, Any]:
+    """PostgreSQL's reservation as two CTEs of one statement (``ledger.open_call``): the
+    budgets on the path of ``key_id``/``tenant_id`` with the start of their period (bound
+    as ``period_starts``), and the UPDATE that adds ``amount`` to each counter that has
+    room, locked first in budget id order. Every budget held, or the caller rolls back
+    and asks ``holding`` why not."""
+    path = (
+        select(budgets.c.id, _period_start().label("period_start"), budgets.c.limit_nanos)
+        .where(_on_path(bindparam("key_id"), bindparam("tenant_id")))
+        .cte("path")
+        .prefix_with("MATERIALIZED")
+    )
+    counter = budget_counters.c
+    this_period = and_(counter.budget_id == path.c.id, counter.period_start == path.c.period_start)
+    locked = (
+        select(counter.budget_id)
+        .join_from(budget_counters, path, this_period)
+        .order_by(counter.budget_id)
+        .with_for_update(of=budget_counters)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    amount = bindparam("amount", type_=counter.held_nanos.type)
+    held = (
+        update(budget_counters)
+        .where(
+            this_period,
+            counter.budget_id.in_(select(locked.c.budget_id)),
+            counter.spent_nanos + counter.held_nanos + amount
+            <= path.c.limit_nanos + counter.top_up_nanos,
+        )
+        .values(held_nanos=counter.held_nanos + amount)
+        .returning(counter.budget_id)
+        .cte("held")
+    )
+    return path, held
+
+
 def holding(holds: list[Hold], *, expected: int | None = None) -> Program[None]:
     """Add each hold to its budget's counter, or raise ``NoRoom``: not busy when what is
     spent alone leaves no room on some budget, busy when every budget that refuses would
@@ -195,8 +233,7 @@ def holding(holds: list[Hold], *, expected: int | None = None) -> Program[None]:
     (``refusal`` words either).
 
     Counters are locked in budget id order so concurrent reservations never deadlock on
-    PostgreSQL, and a caller takes them last in its transaction: they stay locked only
-    until its COMMIT. The caller's transaction makes it all-or-nothing."""
+    PostgreSQL. The caller's transaction makes it all-or-nothing."""
     busy_budget = None
     for hold in holds:
         at = {"budget_id": hold.budget_id, "start": hold.period_start}
@@ -251,18 +288,23 @@ def period_starts(now: datetime) -> dict[str, datetime]:
     return {f"{period}_start": period_bounds(period, now)[0] for period in PERIODS}
 
 
+def _period_start() -> Any:
+    """A budget's current period start, chosen by its period from ``period_starts``."""
+    return case(
+        *[
+            (budgets.c.period == period, bindparam(f"{period}_start", type_=UTCDateTime()))
+            for period in PERIODS
+        ]
+    )
+
+
 def exhausted_on_path(key_id: Any, tenant_id: Any) -> Any:
     """A correlated subquery: the id of a budget on the key's path whose spend alone
     already fills it this period (no call can fit until it resets), or NULL. It binds the
     ``period_starts`` of the moment, so that auth can refuse such a key before it reads a
     byte of the request."""
     counter = budget_counters.c
-    start = case(
-        *[
-            (budgets.c.period == period, bindparam(f"{period}_start", type_=UTCDateTime()))
-            for period in PERIODS
-        ]
-    )
+    start = _period_start()
     return (
         select(budgets.c.id)
         .select_from(
@@ -327,11 +369,15 @@ def _held_by(call_id: Any) -> Any:
 # the holds the call recorded (UPDATE ... FROM). On PostgreSQL the same statement first
 # locks them in budget order (a materialized CTE of ``_LOCK_HELD``): one round trip, so the
 # counters stay locked only until the COMMIT that follows.
-def _settle(dialect: str) -> Any:
+def settle_counters(dialect: str, only_if: Any = None) -> Any:
+    """The UPDATE that settles call ``call_id``'s counters at ``actual`` (on PostgreSQL,
+    only if ``only_if``: ``ledger.settle_call`` makes the whole settlement one statement)."""
     counter = budget_counters.c
     statement = update(budget_counters).where(_held_by(bindparam("call_id")))
     if dialect == "postgresql":
-        locked = _LOCK_HELD.for_dialect(dialect).cte("locked").prefix_with("MATERIALIZED")
+        lock = _LOCK_HELD.for_dialect(dialect)
+        lock = lock.where(only_if) if only_if is not None else lock
+        locked = lock.cte("locked").prefix_with("MATERIALIZED")
         statement = statement.where(counter.budget_id.in_(select(locked.c.budget_id)))
     return statement.values(
         held_nanos=counter.held_nanos - ledger_holds.c.amount_nanos,
@@ -339,7 +385,7 @@ def _settle(dialect: str) -> Any:
     )
 
 
-_SETTLE = Statement({dialect: _settle(dialect) for dialect in ("postgresql", "sqlite")})
+_SETTLE = Statement({dialect: settle_counters(dialect) for dialect in ("postgresql", "sqlite")})
 
 
 # Raise every hold of a call by ``extra``, on the counters where it still fits.
@@ -366,6 +412,29 @@ def raising(call_id: str, extra: int) -> Program[None]:
 
 def settling(call_id: str, actual: int) -> Program[None]:
     yield execute(_SETTLE, call_id=call_id, actual=actual)
+
+
+async def lock_held_by(conn: AsyncConnection, call_ids: list[str]) -> None:
+    """Lock every counter these calls hold, in one global order (a settle of each then
+    takes only locks it has): several calls settled in one transaction (the sweeper)
+    never deadlock with the call path or another sweeper."""
+    if conn.dialect.name != "postgresql" or not call_ids:
+        return  # SQLite's BEGIN IMMEDIATE serialises writers
+    counter = budget_counters.c
+    await conn.execute(
+        select(counter.budget_id)
+        .join_from(
+            budget_counters,
+            ledger_holds,
+            and_(
+                counter.budget_id == ledger_holds.c.budget_id,
+                counter.period_start == ledger_holds.c.period_start,
+            ),
+        )
+        .where(ledger_holds.c.ledger_id.in_(call_ids))
+        .order_by(counter.budget_id, counter.period_start)
+        .with_for_update(of=budget_counters)
+    )
 
 
 async def settle(conn: AsyncConnection, call_id: str, actual: int) -> None:

@@ -17,11 +17,24 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    and_,
+    bindparam,
+    column,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database, rate_limits
-from app.driver import Program, Statement, execute, execute_many
+from app.driver import Program, Statement, execute, execute_many, fetch
 from app.metering import Usage, usd
 from app.models import OPEN_ROWS, ledger, ledger_holds, upstream_attempts
 from app.pagination import paginate, split_page
@@ -168,19 +181,14 @@ def _row(opening: Opening, **columns: Any) -> dict[str, Any]:
 
 
 def _opening(
-    opening: Opening,
-    provider: str,
-    model: str,
-    now: datetime,
-    limits: RateLimits | None,
-    status: str,
+    opening: Opening, row: dict[str, Any], now: datetime, limits: RateLimits | None
 ) -> Program[None]:
     if limits is not None:
         yield from rate_limits.admitting(opening.key_id, limits, opening.probed_audio_ms or 0, now)
     holds = yield from budgets.on_path(opening.key_id, opening.tenant_id, opening.hold_nanos, now)
-    yield execute(
-        _INSERT_ROW, **_row(opening, status=status, provider=provider, model=model, created_at=now)
-    )
+    # Before the writes: a refusal leaves no row behind to roll back.
+    yield from budgets.holding(holds, expected=opening.expected_nanos)
+    yield execute(_INSERT_ROW, **row)
     if holds:
         yield execute_many(
             _INSERT_HOLDS,
@@ -194,8 +202,38 @@ def _opening(
                 for hold in holds
             ],
         )
-    # Last: the counters it locks (PostgreSQL) stay locked only until the COMMIT.
-    yield from budgets.holding(holds, expected=opening.expected_nanos)
+
+
+def _open_at_once() -> Any:
+    """PostgreSQL's opening without rate limits as one statement: every budget on the
+    path held (``budgets.held_on_path``), then the row and its holds written only if all
+    were; it answers how many rows it wrote (0 or 1)."""
+    path, held = budgets.held_on_path()
+    all_held = select(func.count()).select_from(held).scalar_subquery() == (
+        select(func.count()).select_from(path).scalar_subquery()
+    )
+    values = select(*(bindparam(name, type_=ledger.c[name].type) for name in _ROW_COLUMNS))
+    row = (
+        insert(ledger)
+        .from_select(_ROW_COLUMNS, values.where(all_held))
+        .returning(ledger.c.id)
+        .cte("opened")
+    )
+    holds = insert(ledger_holds).from_select(
+        ["ledger_id", "budget_id", "period_start", "amount_nanos"],
+        select(row.c.id, path.c.id, path.c.period_start, bindparam("amount", type_=BigInteger))
+        .select_from(row)
+        .join(path, true()),
+    )
+    count = select(func.count()).select_from(row).scalar_subquery()
+    return select(count.label("opened")).add_cte(holds.cte("holds"))
+
+
+_OPEN_AT_ONCE = Statement({"postgresql": _open_at_once()})
+
+
+class _NotOpened(Exception):
+    """A budget had no room (or no counter yet): undo the statement, ask why."""
 
 
 async def open_call(
@@ -214,10 +252,22 @@ async def open_call(
     ``budgets.BudgetBusy``). The holds name their periods, so settling later charges the
     period the call was reserved in."""
     now = now or database.utcnow()
+    store = database.store(engine)
+    row = _row(opening, status=status, provider=provider, model=model, created_at=now)
+    if limits is None and store.dialect.name == "postgresql":
+
+        def at_once() -> Program[None]:
+            params = {**row, **budgets.period_starts(now), "amount": opening.hold_nanos}
+            ((opened,),) = yield fetch(_OPEN_AT_ONCE, **params)
+            if opened != 1:
+                raise _NotOpened
+
+        try:  # BEGIN, the statement, COMMIT: three round trips in all
+            return await store.write(at_once)
+        except _NotOpened:
+            pass  # rolled back; the program below finds which budget refused, and why
     try:
-        await database.store(engine).write(
-            lambda: _opening(opening, provider, model, now, limits, status)
-        )
+        await store.write(lambda: _opening(opening, row, now, limits))
     except budgets.NoRoom as no_room:
         raise await budgets.refusal(engine, no_room, retry_after) from None
 
@@ -248,10 +298,44 @@ def _settling(call_id: str, settlement: Settlement) -> Program[bool]:
     return True
 
 
+def _settle_at_once() -> Any:
+    """PostgreSQL's settlement as one statement, so no BEGIN or COMMIT round trip: the row
+    (``settled``, empty if it was no longer open), its attempts from a JSON array, and its
+    counters locked in budget order and charged, each only if the row was settled; it
+    answers how many rows were (0 or 1)."""
+    settled = _SETTLE_ROW.statement.returning(ledger.c.id).cte("settled")
+    fields = [name for name in AttemptRecord.__struct_fields__]
+    records = (
+        func.jsonb_to_recordset(bindparam("attempts", type_=postgresql.JSONB))
+        .table_valued(*(column(name, upstream_attempts.c[name].type) for name in fields))
+        .render_derived("record", with_types=True)
+    )
+    attempts = insert(upstream_attempts).from_select(
+        ["call_id", *fields], select(settled.c.id, *(records.c[name] for name in fields))
+    )
+    counters = budgets.settle_counters("postgresql", only_if=exists(select(settled.c.id)))
+    count = select(func.count()).select_from(settled).scalar_subquery()
+    return select(count.label("settled")).add_cte(attempts.cte("attempts"), counters.cte("charged"))
+
+
+_SETTLE_AT_ONCE = Statement({"postgresql": _settle_at_once()})
+
+
 async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
     call's cost is 0, which releases them); False if it was already settled or swept."""
-    return await database.store(engine).write(lambda: _settling(call_id, settlement))
+    store = database.store(engine)
+    if store.dialect.name != "postgresql":
+        return await store.write(lambda: _settling(call_id, settlement))
+
+    def at_once() -> Program[bool]:
+        values = {f"v_{name}": value for name, value in _settled_columns(settlement).items()}
+        attempts = [msgspec.structs.asdict(record) for record in settlement.attempt_records]
+        params = {"call_id": call_id, "actual": settlement.cost_nanos, "attempts": attempts}
+        ((settled,),) = yield fetch(_SETTLE_AT_ONCE, **params, **values)
+        return settled == 1
+
+    return await store.alone(at_once)
 
 
 _RAISE_ROW_HOLD = Statement(
@@ -357,6 +441,7 @@ async def sweep(
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = (await conn.execute(query)).all()
+        await budgets.lock_held_by(conn, [row.id for row in rows])
         now = database.utcnow()
         for row in rows:
             # A cache hit, or a call whose request never reached a provider whole: nothing
