@@ -105,7 +105,8 @@ class Catalog:
                 raise InvalidRequest(
                     f"allowed_models[{index}]: {name!r} is not a model on this gateway; "
                     f"known: {', '.join(sorted(self.routes))} (to allow it anyway, e.g. a "
-                    "model configured later, pass allow_unknown_models=true)",
+                    "model configured later, say so: allow_unknown_models=true in the API, "
+                    "--allow-unknown-models in the CLI)",
                     param="allowed_models",
                     code="model_not_found",
                 )

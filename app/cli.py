@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from app.cli_output import render, to_json
 from app.config import ConfigError, load_config, provider_api_keys
 from app.database import create_engine
 from app.errors import EarmarkError
+from app.ids import ID_PATTERN
 from app.pagination import MAX_LIMIT
 from app.schemas import (
     BudgetCreate,
@@ -316,6 +318,14 @@ def _tenants_update(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
+    limits = _rate_limits(args)
+    for removal, removed, setting, given in [
+        ("--no-expiry", args.no_expiry, "--expires-at", args.expires_at),
+        ("--all-models", args.all_models, "--allow-model", args.allow_model),
+        ("--no-rate-limits", args.no_rate_limits, "a rate-limit option", limits),
+    ]:
+        if removed and given:
+            raise EarmarkError(f"{removal} and {setting} contradict each other: give one")
     cleared: dict[str, Any] = {}
     if args.no_expiry or args.expires_at:
         cleared["expires_at"] = args.expires_at
@@ -323,11 +333,19 @@ def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
         cleared["allowed_models"] = args.allow_model
         if not args.allow_unknown_models:
             _catalog(settings).check_known(args.allow_model)
-    if args.no_rate_limits or _rate_limits(args):
-        cleared["rate_limits"] = _rate_limits(args)
+    if args.no_rate_limits:
+        cleared["rate_limits"] = None
     body = {"name": args.name, "metadata": args.metadata, "cache": args.cache}
-    data = _convert(body, KeyUpdate, **cleared)
-    return _run(settings, lambda engine: keys.update_key(engine, args.key_id, data))
+
+    async def update(engine: AsyncEngine) -> Any:
+        if limits:  # the options given change those limits; the others stay as they are
+            current = (await keys.get_key(engine, args.key_id)).rate_limits
+            kept = msgspec.structs.asdict(current) if current else {}
+            cleared["rate_limits"] = {**kept, **limits}
+        data = _convert(body, KeyUpdate, **cleared)
+        return await keys.update_key(engine, args.key_id, data)
+
+    return _run(settings, update)
 
 
 def _keys_delete(settings: Settings, args: argparse.Namespace) -> Any:
@@ -456,9 +474,23 @@ def _output() -> argparse.ArgumentParser:
     return parser
 
 
+def _page_size(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"a page holds 1 to {MAX_LIMIT} rows, not {text!r}")
+    return int(text)
+
+
+def _cursor(text: str) -> str:
+    if not re.fullmatch(ID_PATTERN, text) or len(text) > 40:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a next_cursor this CLI printed")
+    return text
+
+
 def _paged(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=int, default=MAX_LIMIT, help="rows per page")
-    parser.add_argument("--cursor", help="the page after this one (a list's next_cursor)")
+    parser.add_argument("--limit", type=_page_size, default=MAX_LIMIT, help="rows per page")
+    parser.add_argument(
+        "--cursor", type=_cursor, help="the page after this one (a list's next_cursor)"
+    )
     parser.add_argument("--all", action="store_true", help="every page, as one list")
 
 
@@ -494,7 +526,8 @@ class _Defaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+        unsaid = action.default is None or action.default is False
+        if not unsaid and action.default is not argparse.SUPPRESS and action.option_strings:
             help += " (default: %(default)s)"
         return help
 
@@ -655,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--from", dest="start", help="RFC 3339 start (inclusive)")
     report.add_argument("--to", dest="end", help="RFC 3339 end (exclusive)")
     report.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table", help="output"
+        "--format", choices=["table", "csv"], default="table", help="output (or --json)"
     )
     report.set_defaults(handler=_usage)
 
@@ -708,10 +741,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"earmark: invalid input: {error}")
     if result is None:
         return
-    if args.json or getattr(args, "format", None) == "json":
-        print(to_json(result))
-        return
-    text, notes = render(result, getattr(args, "columns", None))
-    print(text, flush=True)
+    if getattr(args, "json", False):
+        text, notes = to_json(result), []
+    else:
+        text, notes = render(result, getattr(args, "columns", None))
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `earmark … | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     for note in notes:
         print(note, file=sys.stderr)

@@ -13,18 +13,11 @@ from typing import Any
 
 import msgspec
 
+from app.usage import METRICS, group_columns
+
 # What an absent value means, where "-" would not say it.
 _NONE_TEXT = {"allowed_models": "all", "expires_at": "never", "period_end": "never"}
 _DATETIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)")
-_USAGE_METRICS = (
-    "calls",
-    "refused",
-    "audio_seconds",
-    "input_text_tokens",
-    "input_audio_tokens",
-    "output_tokens",
-    "cost_usd",
-)
 
 
 def to_json(value: Any) -> str:
@@ -78,17 +71,12 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:
 
 
 def _usage(report: dict[str, Any]) -> str:
-    groups = [
-        name
-        for group in report["group_by"]
-        for name in (group, f"{group}_name")
-        if any(name in row for row in report["data"])
-    ]
-    total = {**{name: "" for name in groups}, **report["totals"]}
+    groups = group_columns(report["group_by"])
+    total = {**dict.fromkeys(groups, ""), **report["totals"]}
     if groups:
         total[groups[0]] = "TOTAL"
     rows = [*report["data"], total] if groups else [report["totals"]]
-    return "\n".join(_table(rows, [*groups, *_USAGE_METRICS]))
+    return "\n".join(_table(rows, [*groups, *METRICS]))
 
 
 def _cell(name: str, value: Any) -> str:
@@ -99,8 +87,11 @@ def _cell(name: str, value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_cell(name, item) for item in value) or "none"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_cell(k, v)}" for k, v in value.items() if v is not None) or "-"
+        items = (f"{_cell('', k)}={_cell(k, v)}" for k, v in value.items() if v is not None)
+        return ", ".join(items) or "-"
     text = str(value)
+    if not text.isprintable():  # a newline or a terminal escape shown, never obeyed
+        text = repr(text)[1:-1]
     match = _DATETIME.fullmatch(text)
     if match:  # to the second: a table is read, not parsed
         return match[1] + match[3]

@@ -165,11 +165,18 @@ async def key_totals(conn: AsyncConnection, key_id: str, start: datetime) -> dic
     return _shape((await conn.execute(query)).one(), [])
 
 
+def group_columns(groups: list[str]) -> list[str]:
+    """A report's columns before its metrics: each group, and the name beside an id."""
+    return [
+        name
+        for group in groups
+        for name in ((group, f"{group}_name") if group in _NAMED else (group,))
+    ]
+
+
 def to_csv(report: UsageReport) -> str:
     out = io.StringIO()
-    columns: list[str] = []
-    for group in report.group_by:
-        columns += [group, f"{group}_name"] if group in _NAMED else [group]
+    columns = group_columns(report.group_by)
     writer = csv.DictWriter(out, fieldnames=[*columns, *METRICS], lineterminator="\n")
     writer.writeheader()
     writer.writerows(report.data or [report.totals])

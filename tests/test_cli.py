@@ -356,6 +356,16 @@ def test_a_person_reads_tables_and_fields_a_script_reads_json(database_url, tmp_
         "never",
     )
     key_id = fields["id"]
+    # One limit changed, the others kept; contradictions refused, not guessed at.
+    updated = _json(env, "keys", "update", key_id, "--max-concurrent", "5")
+    assert updated["rate_limits"] == {
+        "requests_per_minute": 60,
+        "audio_seconds_per_window": None,
+        "window_seconds": 3600,
+        "max_concurrent": 5,
+    }
+    both = run_cli(env, "keys", "update", key_id, "--no-rate-limits", "--max-concurrent", "7")
+    assert both.returncode != 0 and "contradict" in both.stderr
     updated = _json(env, "keys", "update", key_id, "--no-rate-limits", "--cache")
     assert (updated["rate_limits"], updated["cache"]) == (None, True)
     refused = run_cli(env, "keys", "update", key_id, "--allow-model", "later-model")
@@ -364,7 +374,18 @@ def test_a_person_reads_tables_and_fields_a_script_reads_json(database_url, tmp_
     keys_table = run_cli(env, "keys", "list", "--all").stdout.splitlines()
     assert keys_table[1].split()[:2] == [key_id, "limited"]
     report = run_cli(env, "usage", "--group-by", "tenant").stdout.splitlines()
-    assert report[0].split()[:3] == ["CALLS", "REFUSED", "AUDIO_SECONDS"]  # no calls yet
+    assert report[0].split()[:3] == ["TENANT", "TENANT_NAME", "CALLS"]
+    assert report[1].split()[:2] == ["TOTAL", "0"]  # no calls yet
+
+    # What a person reads is never obeyed by their terminal; pages are sized sanely.
+    labels = '{"note": "line\\nbreak \\u001b[31mred\\u0007"}'
+    odd = run_cli(env, "tenants", "create", "odd", "--metadata", labels)
+    assert "\x1b" not in odd.stdout and "\x07" not in odd.stdout
+    assert "note=line\\nbreak \\x1b[31mred\\x07" in odd.stdout
+    for limit in ("0", "-5", "201", "x"):
+        refused = run_cli(env, "tenants", "list", "--limit", limit)
+        assert refused.returncode == 2 and "a page holds 1 to 200 rows" in refused.stderr
+    assert "not a next_cursor" in run_cli(env, "calls", "--cursor", "not a cursor!").stderr
 
 
 def _commands(parser, path=()):
