@@ -78,6 +78,24 @@ def test_a_hit_is_billed_at_its_own_price(gateway: Gateway) -> None:
     assert budget["spent_usd"] == "0.000700000"
 
 
+def test_a_hit_needs_room_for_its_own_price_only(gateway: Gateway) -> None:
+    """The cache is asked before the budget: a budget with room for a hit's price but not
+    for the provider's is still answered from the cache, and a miss is refused."""
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "day"}])
+    _post(gateway, key, "cached/paid-hits")  # $0.0006 at the provider's price
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
+    # Room for $0.0002 more: a hit ($0.0001), never another 6 s upstream ($0.0006).
+    gateway.admin("PATCH", f"/admin/budgets/{budget['id']}", json={"limit_usd": "0.0008"})
+    sent = _upstream_count(gateway)
+    hit = _post(gateway, key, "cached/paid-hits")
+    assert hit.headers["x-bf-cache"] == "hit" and _upstream_count(gateway) == sent
+    miss = gateway.post_audio(key, "cached/paid-hits", OTHER)
+    assert miss.status_code == 402, miss.text
+    assert miss.json()["error"]["code"] == "budget_exceeded"
+    (budget,) = gateway.admin("GET", "/admin/budgets", params={"key_id": key["id"]})["data"]
+    assert budget["spent_usd"] == "0.000700000"
+
+
 @pytest.mark.parametrize(
     "change",
     [
