@@ -21,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     and_,
     bindparam,
+    case,
     column,
     exists,
     func,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets, database, rate_limits
@@ -206,8 +208,8 @@ def _opening(
 
 def _open_at_once() -> Any:
     """PostgreSQL's opening without rate limits as one statement: every budget on the
-    path held (``budgets.held_on_path``), then the row and its holds written only if all
-    were; it answers how many rows it wrote (0 or 1)."""
+    path held (``budgets.held_on_path``) and the row written with its holds, or, if a
+    budget had no room, an ``EM001`` error that undoes all of it."""
     path, held = budgets.held_on_path()
     all_held = select(func.count()).select_from(held).scalar_subquery() == (
         select(func.count()).select_from(path).scalar_subquery()
@@ -226,14 +228,14 @@ def _open_at_once() -> Any:
         .join(path, true()),
     )
     count = select(func.count()).select_from(row).scalar_subquery()
-    return select(count.label("opened")).add_cte(holds.cte("holds"))
+    # A budget without room ends the statement with an error, so the holds the others
+    # took are undone with it: one statement, no BEGIN or COMMIT round trips.
+    opened = case((all_held, count), else_=func.earmark_no_room())
+    return select(opened.label("opened")).add_cte(holds.cte("holds"))
 
 
 _OPEN_AT_ONCE = Statement({"postgresql": _open_at_once()})
-
-
-class _NotOpened(Exception):
-    """A budget had no room (or no counter yet): undo the statement, ask why."""
+_NO_ROOM = "EM001"  # earmark_no_room()'s SQLSTATE (migration 9f3b7c2e5a10)
 
 
 async def open_call(
@@ -258,14 +260,15 @@ async def open_call(
 
         def at_once() -> Program[None]:
             params = {**row, **budgets.period_starts(now), "amount": opening.hold_nanos}
-            ((opened,),) = yield fetch(_OPEN_AT_ONCE, **params)
-            if opened != 1:
-                raise _NotOpened
+            yield fetch(_OPEN_AT_ONCE, **params)
 
-        try:  # BEGIN, the statement, COMMIT: three round trips in all
-            return await store.write(at_once)
-        except _NotOpened:
-            pass  # rolled back; the program below finds which budget refused, and why
+        try:
+            return await store.alone(at_once)
+        except DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) != _NO_ROOM:
+                raise
+            # Nothing stayed; the program below finds which budget refused, and why (or
+            # makes this period's counter, the first time a budget is used in it).
     try:
         await store.write(lambda: _opening(opening, row, now, limits))
     except budgets.NoRoom as no_room:

@@ -260,6 +260,61 @@ async def test_a_budget_that_refuses_for_good_answers_before_a_busy_one(engine):
 
 
 @pytest.mark.anyio
+async def test_on_postgresql_a_call_opens_and_settles_in_one_statement_each(engine):
+    """No BEGIN or COMMIT round trip around either, with a key and a tenant budget on the
+    path; a refusal alone goes the long way, to say which budget refused. (SQLite runs
+    the steps in one thread hop; only the count of statements differs.)"""
+    from app import keys, tenants
+    from app.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
+    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    day = BudgetCreate(limit_usd="0.000002", period="day")
+    key = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[day]))
+    async with database.write(engine) as conn:
+        await budgets.add_budget(conn, day, "test", tenant_id=tenant.id)
+    opening = Opening(
+        id="req_first", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
+        model_requested="m", expected_nanos=1_000, hold_nanos=1_000,
+    )  # fmt: skip
+    await open_call(engine, opening, "p", "m")  # makes this period's counters
+    now = database.utcnow()
+    attempt = AttemptRecord(
+        n=1, provider="p", model="m", started_at=now, outcome="answered", http_status=200,
+        error=None, bytes_sent=10, latency_ms=1, charged_nanos=900,
+    )  # fmt: skip
+    done = Settlement(
+        status="succeeded", http_status=200, provider="p", model="m", attempts=1,
+        cost_nanos=900, latency_ms=1, attempt_records=[attempt],
+    )  # fmt: skip
+    assert await settle_call(engine, opening.id, done)
+
+    statements: list[str] = []
+    database.store(engine).trace = lambda sql, args: statements.append(sql)
+    try:
+        second = msgspec.structs.replace(opening, id="req_second")
+        await open_call(engine, second, "p", "m")
+        opened = len(statements)
+        assert await settle_call(engine, second.id, done)
+        settled = len(statements) - opened
+        assert not await settle_call(engine, second.id, done)  # once only
+        statements.clear()
+        with pytest.raises(budgets.BudgetExceeded):  # 1,800 spent: no room for 1,000
+            await open_call(engine, msgspec.structs.replace(opening, id="req_third"), "p", "m")
+        refused = len(statements)
+    finally:
+        database.store(engine).trace = None
+    if engine.dialect.name == "postgresql":
+        assert (opened, settled) == (1, 1) and refused > 1
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(select(budget_counters.c.spent_nanos, budget_counters.c.held_nanos))
+        ).all()
+        attempts = (await conn.exec_driver_sql("SELECT count(*) FROM upstream_attempts")).scalar()
+    assert sorted(rows) == [(1_800, 0), (1_800, 0)] and attempts == 2
+
+
+@pytest.mark.anyio
 async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engine):
     """Reservations and settles over two budgets at once, 40 at a time: every call settles
     and the counters add up. (Each settle locks its counters in budget order, as the
