@@ -192,8 +192,8 @@ def held_on_path() -> tuple[Any, Any]:
     """PostgreSQL's reservation as two CTEs of one statement (``ledger.open_call``): the
     budgets on the path of ``key_id``/``tenant_id`` with the start of their period (bound
     as ``period_starts``), and the UPDATE that adds ``amount`` to each counter that has
-    room, locked first in budget id order. Every budget held, or the caller rolls back
-    and asks ``holding`` why not."""
+    room, locked first in budget id order. Every budget held, or the caller's statement
+    ends itself (``earmark_no_room``) and ``holding`` is asked why not."""
     path = (
         select(budgets.c.id, _period_start().label("period_start"), budgets.c.limit_nanos)
         .where(_on_path(bindparam("key_id"), bindparam("tenant_id")))
@@ -367,8 +367,8 @@ def _held_by(call_id: Any) -> Any:
 
 # Move a call's holds to spent at its actual cost (0 releases them), in one statement over
 # the holds the call recorded (UPDATE ... FROM). On PostgreSQL the same statement first
-# locks them in budget order (a materialized CTE of ``_LOCK_HELD``): one round trip, so the
-# counters stay locked only until the COMMIT that follows.
+# locks them in budget order (a materialized CTE of ``_LOCK_HELD``): no separate locking
+# round trip while other calls wait on those counters.
 def settle_counters(dialect: str, only_if: Any = None) -> Any:
     """The UPDATE that settles call ``call_id``'s counters at ``actual`` (on PostgreSQL,
     only if ``only_if``: ``ledger.settle_call`` makes the whole settlement one statement)."""
