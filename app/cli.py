@@ -28,7 +28,7 @@ from app.cli_output import render, to_json
 from app.config import ConfigError, load_config, provider_api_keys
 from app.database import create_engine
 from app.errors import EarmarkError
-from app.ids import ID_PATTERN
+from app.ids import ID_MAX_LENGTH, ID_PATTERN
 from app.pagination import MAX_LIMIT
 from app.schemas import (
     BudgetCreate,
@@ -204,31 +204,35 @@ def _tenants_create(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _tenants_list(settings: Settings, args: argparse.Namespace) -> Any:
-    return _run(
+    return _pages(
         settings,
-        lambda engine: _pages(
-            args,
-            lambda limit, cursor: tenants.list_tenants(
-                engine, status=args.status, limit=limit, cursor=cursor
-            ),
+        args,
+        lambda engine, limit, cursor: tenants.list_tenants(
+            engine, status=args.status, limit=limit, cursor=cursor
         ),
     )
 
 
-async def _pages(
-    args: argparse.Namespace, fetch: Callable[[int, str | None], Awaitable[Any]]
+def _pages(
+    settings: Settings,
+    args: argparse.Namespace,
+    fetch: Callable[[AsyncEngine, int, str | None], Awaitable[Any]],
 ) -> Any:
     """The page ``--cursor`` names, or with ``--all`` every page joined into one list."""
-    if not args.all:
-        return await fetch(args.limit, args.cursor)
-    rows: list[Any] = []
-    cursor = args.cursor
-    while True:
-        page = await fetch(MAX_LIMIT, cursor)
-        rows += page.data
-        cursor = page.next_cursor
-        if cursor is None:
-            return {"data": rows, "next_cursor": None}
+
+    async def pages(engine: AsyncEngine) -> Any:
+        if not args.all:
+            return await fetch(engine, args.limit, args.cursor)
+        rows: list[Any] = []
+        cursor = args.cursor
+        while True:
+            page = await fetch(engine, MAX_LIMIT, cursor)
+            rows += page.data
+            cursor = page.next_cursor
+            if cursor is None:
+                return {"data": rows, "next_cursor": None}
+
+    return _run(settings, pages)
 
 
 def _keys_create(settings: Settings, args: argparse.Namespace) -> Any:
@@ -262,13 +266,11 @@ def _rate_limits(args: argparse.Namespace) -> dict[str, int] | None:
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> Any:
-    return _run(
+    return _pages(
         settings,
-        lambda engine: _pages(
-            args,
-            lambda limit, cursor: keys.list_keys(
-                engine, tenant_id=args.tenant, status=args.status, limit=limit, cursor=cursor
-            ),
+        args,
+        lambda engine, limit, cursor: keys.list_keys(
+            engine, tenant_id=args.tenant, status=args.status, limit=limit, cursor=cursor
         ),
     )
 
@@ -353,13 +355,11 @@ def _keys_delete(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _calls(settings: Settings, args: argparse.Namespace) -> Any:
-    return _run(
+    return _pages(
         settings,
-        lambda engine: _pages(
-            args,
-            lambda limit, cursor: ledger.list_calls(
-                engine, limit, cursor, key_id=args.key, tenant_id=args.tenant, review=args.review
-            ),
+        args,
+        lambda engine, limit, cursor: ledger.list_calls(
+            engine, limit, cursor, key_id=args.key, tenant_id=args.tenant, review=args.review
         ),
     )
 
@@ -481,7 +481,7 @@ def _page_size(text: str) -> int:
 
 
 def _cursor(text: str) -> str:
-    if not re.fullmatch(ID_PATTERN, text) or len(text) > 40:
+    if not re.fullmatch(ID_PATTERN, text) or len(text) > ID_MAX_LENGTH:
         raise argparse.ArgumentTypeError(f"{text!r} is not a next_cursor this CLI printed")
     return text
 

@@ -291,9 +291,14 @@ def _attempt_rows(call_id: str, settlement: Settlement) -> list[dict[str, Any]]:
     ]
 
 
+def _settle_row_params(call_id: str, settlement: Settlement) -> dict[str, Any]:
+    """``_SETTLE_ROW``'s parameters (each settled column bound as ``v_<name>``)."""
+    values = _settled_columns(settlement)
+    return {"call_id": call_id, **{f"v_{name}": value for name, value in values.items()}}
+
+
 def _settling(call_id: str, settlement: Settlement) -> Program[bool]:
-    values = {f"v_{name}": value for name, value in _settled_columns(settlement).items()}
-    if (yield execute(_SETTLE_ROW, call_id=call_id, **values)) != 1:
+    if (yield execute(_SETTLE_ROW, **_settle_row_params(call_id, settlement))) != 1:
         return False
     if settlement.attempt_records:
         yield execute_many(_INSERT_ATTEMPTS, _attempt_rows(call_id, settlement))
@@ -307,7 +312,7 @@ def _settle_at_once() -> Any:
     counters locked in budget order and charged, each only if the row was settled; it
     answers how many rows were (0 or 1)."""
     settled = _SETTLE_ROW.statement.returning(ledger.c.id).cte("settled")
-    fields = [name for name in AttemptRecord.__struct_fields__]
+    fields = list(AttemptRecord.__struct_fields__)
     records = (
         func.jsonb_to_recordset(bindparam("attempts", type_=postgresql.JSONB))
         .table_valued(*(column(name, upstream_attempts.c[name].type) for name in fields))
@@ -332,10 +337,11 @@ async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement)
         return await store.write(lambda: _settling(call_id, settlement))
 
     def at_once() -> Program[bool]:
-        values = {f"v_{name}": value for name, value in _settled_columns(settlement).items()}
         attempts = [msgspec.structs.asdict(record) for record in settlement.attempt_records]
-        params = {"call_id": call_id, "actual": settlement.cost_nanos, "attempts": attempts}
-        ((settled,),) = yield fetch(_SETTLE_AT_ONCE, **params, **values)
+        params = _settle_row_params(call_id, settlement)
+        ((settled,),) = yield fetch(
+            _SETTLE_AT_ONCE, **params, actual=settlement.cost_nanos, attempts=attempts
+        )
         return settled == 1
 
     return await store.alone(at_once)

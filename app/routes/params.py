@@ -10,14 +10,16 @@ from litestar import Request
 from litestar.params import Parameter
 
 from app.errors import InvalidRequest, body_param
-from app.ids import ID_PATTERN
+from app.ids import ID_MAX_LENGTH, ID_PATTERN
 from app.pagination import MAX_LIMIT
 
-PathId = Annotated[str, Parameter(pattern=ID_PATTERN, max_length=40)]
-QueryId = Annotated[str | None, Parameter(pattern=ID_PATTERN, max_length=40)]
+PathId = Annotated[str, Parameter(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
+QueryId = Annotated[str | None, Parameter(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
 Cursor = Annotated[
     str | None,
-    Parameter(pattern=ID_PATTERN, max_length=40, description="next_cursor of the page before"),
+    Parameter(
+        pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description="next_cursor of the page before"
+    ),
 ]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
 AllowUnknownModels = Annotated[
