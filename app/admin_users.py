@@ -14,9 +14,10 @@ import unicodedata
 
 from passlib.hash import argon2
 from sqlalchemy import delete, exc, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import database
+from app import audit, database
+from app.audit import Actor
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.executors import FairPool
 from app.ids import new_id
@@ -53,7 +54,9 @@ async def _hashed(password: str) -> str:
     return await asyncio.to_thread(_hasher.hash, password)
 
 
-async def create_admin_user(engine: AsyncEngine, name: str, password: str) -> AdminUserCreated:
+async def create_admin_user(
+    engine: AsyncEngine, name: str, password: str, actor: Actor
+) -> AdminUserCreated:
     name = _check_name(name)
     password_hash = await _hashed(password)
     now = database.utcnow()
@@ -69,6 +72,7 @@ async def create_admin_user(engine: AsyncEngine, name: str, password: str) -> Ad
                     updated_at=now,
                 )
             )
+            await audit.record(conn, actor, "admin_user.create", user.id, after=user)
     except exc.IntegrityError:
         raise Conflict(f"an admin user named {name!r} already exists", param="name") from None
     return user
@@ -82,24 +86,34 @@ async def list_admin_users(engine: AsyncEngine) -> list[AdminUserCreated]:
     return [AdminUserCreated(id=r.id, name=r.name, created_at=r.created_at) for r in rows]
 
 
-async def set_password(engine: AsyncEngine, name: str, password: str) -> None:
+async def set_password(engine: AsyncEngine, name: str, password: str, actor: Actor) -> None:
     """A new password, effective on the user's next request (no session outlives it)."""
     password_hash = await _hashed(password)
     async with database.write(engine) as conn:
-        changed = await conn.execute(
+        user_id = await _user_id(conn, _check_name(name))
+        await conn.execute(
             update(admin_users)
-            .where(admin_users.c.name == _check_name(name))
+            .where(admin_users.c.id == user_id)
             .values(password_hash=password_hash, updated_at=database.utcnow())
         )
-    if not changed.rowcount:
-        raise NotFound(f"no admin user named {name!r}", param="name")
+        # That it changed, never what to: the hash is as secret as the password.
+        await audit.record(conn, actor, "admin_user.set_password", user_id, details={})
 
 
-async def delete_admin_user(engine: AsyncEngine, name: str) -> None:
+async def delete_admin_user(engine: AsyncEngine, name: str, actor: Actor) -> None:
     async with database.write(engine) as conn:
-        removed = await conn.execute(delete(admin_users).where(admin_users.c.name == name))
-    if not removed.rowcount:
+        user_id = await _user_id(conn, name)
+        await conn.execute(delete(admin_users).where(admin_users.c.id == user_id))
+        await audit.record(
+            conn, actor, "admin_user.delete", user_id, before={"id": user_id, "name": name}
+        )
+
+
+async def _user_id(conn: AsyncConnection, name: str) -> str:
+    found = await conn.scalar(select(admin_users.c.id).where(admin_users.c.name == name))
+    if found is None:
         raise NotFound(f"no admin user named {name!r}", param="name")
+    return found
 
 
 class PasswordChecker:

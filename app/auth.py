@@ -182,13 +182,13 @@ async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None
         admin_token = state.settings.admin_token
         if admin_token and hmac.compare_digest(token, admin_token.encode()):
             throttle.succeeded(source, None)
-            connection.state.admin = "token"
+            connection.state.admin = "token"  # the audit trail's actor
             return
         raise _admin_refusal("Invalid admin token.")
     passwords: PasswordChecker = state.admin_passwords
     if credentials and await passwords.verify(state.engine, *credentials, source=source):
         throttle.succeeded(source, credentials[0])
-        connection.state.admin = credentials[0]
+        connection.state.admin = f"user:{credentials[0]}"
         return
     raise _admin_refusal("Invalid admin user name or password.")
 

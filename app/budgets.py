@@ -18,12 +18,13 @@ from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import database
+from app import audit, database
+from app.audit import Actor
 from app.driver import Program, Statement, execute, fetch
 from app.errors import EarmarkError, InvalidRequest, NotFound
 from app.ids import new_id
 from app.metering import NANOS_PER_USD, usd
-from app.models import UTCDateTime, budget_counters, budget_events, budgets, ledger_holds
+from app.models import UTCDateTime, budget_counters, budgets, ledger_holds
 from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetPeriodSpend, BudgetUpdate
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -459,7 +460,7 @@ async def correct(conn: AsyncConnection, ledger_id: str, delta: int) -> None:
 async def add_budget(
     conn: AsyncConnection,
     data: BudgetCreate,
-    actor: str,
+    actor: Actor,
     *,
     key_id: str | None = None,
     tenant_id: str | None = None,
@@ -477,25 +478,10 @@ async def add_budget(
             updated_at=now,
         )
     )
-    await _audit(
-        conn, budget_id, "create", actor, {"limit_usd": data.limit_usd, "period": data.period}
-    )
+    view = await _view(conn, await _fetch(conn, budget_id), now)
+    details = {"limit_usd": data.limit_usd, "period": data.period}
+    await audit.record(conn, actor, "budget.create", budget_id, after=view, details=details)
     return budget_id
-
-
-async def _audit(
-    conn: AsyncConnection, budget_id: str, action: str, actor: str, details: dict[str, Any]
-) -> None:
-    await conn.execute(
-        budget_events.insert().values(
-            id=new_id("evt"),
-            budget_id=budget_id,
-            action=action,
-            actor=actor,
-            details=details,
-            created_at=database.utcnow(),
-        )
-    )
 
 
 async def _view(conn: AsyncConnection, budget: Any, now: datetime) -> Budget:
@@ -537,7 +523,7 @@ async def _fetch(conn: AsyncConnection, budget_id: str) -> Any:
 async def create_budget(
     engine: AsyncEngine,
     data: BudgetCreate,
-    actor: str,
+    actor: Actor,
     *,
     key_id: str | None = None,
     tenant_id: str | None = None,
@@ -583,7 +569,7 @@ async def get_budget(engine: AsyncEngine, budget_id: str) -> Budget:
 
 
 async def update_budget(
-    engine: AsyncEngine, budget_id: str, data: BudgetUpdate, actor: str
+    engine: AsyncEngine, budget_id: str, data: BudgetUpdate, actor: Actor
 ) -> Budget:
     limit = usd_to_nanos(data.limit_usd, "limit_usd")
     now = database.utcnow()
@@ -591,16 +577,16 @@ async def update_budget(
         budget = await _fetch(conn, budget_id)
         counter = await _counter(conn, budget_id, period_bounds(budget.period, now)[0])
         _check_headroom(budget_id, limit, counter.top_up_nanos if counter else 0)
+        before = await _view(conn, budget, now)
         await conn.execute(
             update(budgets)
             .where(budgets.c.id == budget_id)
             .values(limit_nanos=limit, updated_at=database.utcnow())
         )
-        await _audit(conn, budget_id, "update", actor, {"limit_usd": data.limit_usd})
-        return await _view(conn, await _fetch(conn, budget_id), database.utcnow())
+        return await _audited(conn, actor, "update", before, now, {"limit_usd": data.limit_usd})
 
 
-async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: str) -> Budget:
+async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: Actor) -> Budget:
     """Grant extra spend for the current period only."""
     amount = usd_to_nanos(amount_usd, "amount_usd")
     now = database.utcnow()
@@ -611,36 +597,51 @@ async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: st
         _check_headroom(
             budget_id, budget.limit_nanos, (counter.top_up_nanos if counter else 0) + amount
         )
+        before = await _view(conn, budget, now)
         await _ensure_counter(conn, budget_id, start)
         await conn.execute(
             update(budget_counters)
             .where(_at(budget_id, start))
             .values(top_up_nanos=budget_counters.c.top_up_nanos + amount)
         )
-        await _audit(conn, budget_id, "top_up", actor, {"amount_usd": amount_usd})
-        return await _view(conn, budget, now)
+        return await _audited(conn, actor, "top_up", before, now, {"amount_usd": amount_usd})
 
 
-async def reset(engine: AsyncEngine, budget_id: str, actor: str) -> Budget:
+async def reset(engine: AsyncEngine, budget_id: str, actor: Actor) -> Budget:
     """Forget the current period's spend (calls in flight keep their holds)."""
     now = database.utcnow()
     async with database.write(engine) as conn:
-        budget = await _fetch(conn, budget_id)
-        start, _ = period_bounds(budget.period, now)
+        before = await _view(conn, await _fetch(conn, budget_id), now)
+        start = before.period_start
         await conn.execute(
             update(budget_counters).where(_at(budget_id, start)).values(spent_nanos=0)
         )
-        await _audit(conn, budget_id, "reset", actor, {"period_start": database.utc_text(start)})
-        return await _view(conn, budget, now)
+        details = {"period_start": database.utc_text(start)}
+        return await _audited(conn, actor, "reset", before, now, details)
 
 
-async def delete_budget(engine: AsyncEngine, budget_id: str, actor: str) -> None:
+async def delete_budget(engine: AsyncEngine, budget_id: str, actor: Actor) -> None:
+    now = database.utcnow()
     async with database.write(engine) as conn:
-        await _fetch(conn, budget_id)
-        await conn.execute(
-            update(budgets).where(budgets.c.id == budget_id).values(deleted_at=database.utcnow())
-        )
-        await _audit(conn, budget_id, "delete", actor, {})
+        before = await _view(conn, await _fetch(conn, budget_id), now)
+        await conn.execute(update(budgets).where(budgets.c.id == budget_id).values(deleted_at=now))
+        await audit.record(conn, actor, "budget.delete", budget_id, before=before, details={})
+
+
+async def _audited(
+    conn: AsyncConnection,
+    actor: Actor,
+    verb: str,
+    before: Budget,
+    now: datetime,
+    details: dict[str, Any],
+) -> Budget:
+    """The budget as it is now, once its change from ``before`` is in the audit trail."""
+    after = await _view(conn, await _fetch(conn, before.id), now)
+    await audit.record(
+        conn, actor, f"budget.{verb}", before.id, before=before, after=after, details=details
+    )
+    return after
 
 
 async def periods(engine: AsyncEngine, budget_id: str) -> list[BudgetPeriodSpend]:
@@ -666,18 +667,15 @@ async def periods(engine: AsyncEngine, budget_id: str) -> list[BudgetPeriodSpend
 
 
 async def events(engine: AsyncEngine, budget_id: str) -> list[BudgetEvent]:
-    async with database.read(engine) as conn:
-        await _fetch(conn, budget_id)
-        rows = (
-            await conn.execute(
-                select(budget_events)
-                .where(budget_events.c.budget_id == budget_id)
-                .order_by(budget_events.c.id)
-            )
-        ).all()
+    """The budget's part of the audit trail, oldest first."""
+    await get_budget(engine, budget_id)
     return [
         BudgetEvent(
-            id=r.id, action=r.action, actor=r.actor, details=r.details, created_at=r.created_at
+            id=entry.id,
+            action=entry.action.removeprefix("budget."),
+            actor=entry.actor,
+            details=entry.details or {},
+            created_at=entry.created_at,
         )
-        for r in rows
+        for entry in await audit.for_target(engine, budget_id)
     ]

@@ -22,7 +22,18 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import __version__, admin_users, budgets, keys, ledger, migrate, tenants, usage
+from app import (
+    __version__,
+    admin_users,
+    audit,
+    budgets,
+    keys,
+    ledger,
+    migrate,
+    tenants,
+    usage,
+)
+from app.audit import cli_actor
 from app.catalog import Catalog
 from app.cli_output import render, to_json
 from app.config import ConfigError, load_config, provider_api_keys
@@ -200,7 +211,7 @@ def _database_problem(settings: Settings, error: Exception) -> str:
 
 def _tenants_create(settings: Settings, args: argparse.Namespace) -> Any:
     data = msgspec.convert({"name": args.name, "metadata": args.metadata or {}}, TenantCreate)
-    return _run(settings, lambda engine: tenants.create_tenant(engine, data))
+    return _run(settings, lambda engine: tenants.create_tenant(engine, data, cli_actor()))
 
 
 def _tenants_list(settings: Settings, args: argparse.Namespace) -> Any:
@@ -248,9 +259,8 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> Any:
     data = _convert(body, KeyCreate)
     if not args.allow_unknown_models:
         _catalog(settings).check_known(data.allowed_models)
-    actor = _actor()
     return _run(
-        settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, actor=actor)
+        settings, lambda engine: keys.create_key(engine, settings.key_pepper, data, cli_actor())
     )
 
 
@@ -280,24 +290,16 @@ def _keys_show(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _keys_revoke(settings: Settings, args: argparse.Namespace) -> Any:
-    return _run(settings, lambda engine: keys.revoke_key(engine, args.key_id))
+    return _run(settings, lambda engine: keys.revoke_key(engine, args.key_id, cli_actor()))
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> Any:
     return _run(
         settings,
         lambda engine: keys.rotate_key(
-            engine, settings.key_pepper, args.key_id, args.grace_seconds
+            engine, settings.key_pepper, args.key_id, args.grace_seconds, cli_actor()
         ),
     )
-
-
-def _actor() -> str:
-    """Who made a change from the CLI, for the budget's audit trail."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _convert(body: dict[str, Any], kind: type, **cleared: Any) -> Any:
@@ -316,7 +318,9 @@ def _tenants_update(settings: Settings, args: argparse.Namespace) -> Any:
     status = {"deactivate": "inactive", "activate": "active"}.get(args.action)
     body = {"name": getattr(args, "name", None), "metadata": getattr(args, "metadata", None)}
     data = _convert({**body, "status": status}, TenantUpdate)
-    return _run(settings, lambda engine: tenants.update_tenant(engine, args.tenant_id, data))
+    return _run(
+        settings, lambda engine: tenants.update_tenant(engine, args.tenant_id, data, cli_actor())
+    )
 
 
 def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
@@ -345,13 +349,13 @@ def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
             kept = msgspec.structs.asdict(current) if current else {}
             cleared["rate_limits"] = {**kept, **limits}
         data = _convert(body, KeyUpdate, **cleared)
-        return await keys.update_key(engine, args.key_id, data)
+        return await keys.update_key(engine, args.key_id, data, cli_actor())
 
     return _run(settings, update)
 
 
 def _keys_delete(settings: Settings, args: argparse.Namespace) -> Any:
-    return _run(settings, lambda engine: keys.delete_key(engine, args.key_id))
+    return _run(settings, lambda engine: keys.delete_key(engine, args.key_id, cli_actor()))
 
 
 def _calls(settings: Settings, args: argparse.Namespace) -> Any:
@@ -364,8 +368,31 @@ def _calls(settings: Settings, args: argparse.Namespace) -> Any:
     )
 
 
+def _audit(settings: Settings, args: argparse.Namespace) -> Any:
+    filters = {
+        "target": args.target,
+        "actor": args.actor,
+        "action": args.action,
+        "start": usage.parse_instant("from", args.start),
+        "end": usage.parse_instant("to", args.end),
+    }
+    if args.format == "csv":
+        args.all = True
+    fetched = _pages(
+        settings,
+        args,
+        lambda engine, limit, cursor: audit.list_entries(
+            engine, **filters, limit=limit, cursor=cursor
+        ),
+    )
+    if args.format == "csv":
+        sys.stdout.write(audit.to_csv(fetched["data"]))
+        return None
+    return fetched
+
+
 def _budgets(settings: Settings, args: argparse.Namespace) -> Any:
-    actor, budget_id = _actor(), getattr(args, "budget_id", None)
+    actor, budget_id = cli_actor(), getattr(args, "budget_id", None)
     action = {
         "add": lambda engine: budgets.create_budget(
             engine,
@@ -423,15 +450,23 @@ def _new_password(name: str) -> str:
 
 def _admin_create_user(settings: Settings, args: argparse.Namespace) -> Any:
     password = _new_password(args.name)
-    return _run(settings, lambda engine: admin_users.create_admin_user(engine, args.name, password))
+    return _run(
+        settings,
+        lambda engine: admin_users.create_admin_user(engine, args.name, password, cli_actor()),
+    )
 
 
 def _admin_users(settings: Settings, args: argparse.Namespace) -> Any:
     if args.action == "set-password":
         password = _new_password(args.name)
-        return _run(settings, lambda engine: admin_users.set_password(engine, args.name, password))
+        return _run(
+            settings,
+            lambda engine: admin_users.set_password(engine, args.name, password, cli_actor()),
+        )
     elif args.action == "delete-user":
-        return _run(settings, lambda engine: admin_users.delete_admin_user(engine, args.name))
+        return _run(
+            settings, lambda engine: admin_users.delete_admin_user(engine, args.name, cli_actor())
+        )
     else:
         return _run(settings, lambda engine: _listed(admin_users.list_admin_users(engine)))
 
@@ -462,6 +497,7 @@ _BUDGET_COLUMNS = (
 )
 _PERIOD_COLUMNS = ("period_start", "spent_usd", "held_usd", "top_up_usd")
 _EVENT_COLUMNS = ("created_at", "action", "actor", "details")
+_AUDIT_COLUMNS = ("created_at", "actor", "action", "target_id", "before", "after")
 _USER_COLUMNS = ("id", "name", "created_at")
 
 
@@ -492,6 +528,14 @@ def _paged(parser: argparse.ArgumentParser) -> None:
         "--cursor", type=_cursor, help="the page after this one (a list's next_cursor)"
     )
     parser.add_argument("--all", action="store_true", help="every page, as one list")
+
+
+def _time_range_and_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="start", help="RFC 3339 start (inclusive)")
+    parser.add_argument("--to", dest="end", help="RFC 3339 end (exclusive)")
+    parser.add_argument(
+        "--format", choices=["table", "csv"], default="table", help="output (or --json)"
+    )
 
 
 def _key_options(parser: argparse.ArgumentParser) -> None:
@@ -685,11 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--group-by", help="comma-separated: tenant, key, model, provider, day, month"
     )
-    report.add_argument("--from", dest="start", help="RFC 3339 start (inclusive)")
-    report.add_argument("--to", dest="end", help="RFC 3339 end (exclusive)")
-    report.add_argument(
-        "--format", choices=["table", "csv"], default="table", help="output (or --json)"
-    )
+    _time_range_and_format(report)
     report.set_defaults(handler=_usage)
 
     calls = commands.add_parser(
@@ -702,6 +742,18 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--review", action="store_true", help="only calls flagged for review")
     _paged(calls)
     calls.set_defaults(handler=_calls, columns=_CALL_COLUMNS)
+
+    trail = commands.add_parser(
+        "audit",
+        help="admin changes, newest first: who changed what, before and after",
+        parents=output,
+    )
+    trail.add_argument("--target", help="only changes to this id")
+    trail.add_argument("--actor", help="only changes by token, user:NAME or cli:OS_USER")
+    trail.add_argument("--action", help="only this action, e.g. key.revoke")
+    _time_range_and_format(trail)
+    _paged(trail)
+    trail.set_defaults(handler=_audit, columns=_AUDIT_COLUMNS)
 
     admin_commands = commands.add_parser("admin", help="manage admin users").add_subparsers(
         dest="action", required=True

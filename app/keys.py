@@ -14,7 +14,8 @@ import msgspec
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import budgets, database, key_format
+from app import audit, budgets, database, key_format
+from app.audit import Actor
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
 from app.models import api_keys, key_secrets
@@ -111,7 +112,7 @@ async def _store_secret(
 
 
 async def create_key(
-    engine: AsyncEngine, pepper: str, data: KeyCreate, actor: str = "admin"
+    engine: AsyncEngine, pepper: str, data: KeyCreate, actor: Actor
 ) -> KeyWithSecret:
     now = database.utcnow()
     _check_expiry(data.expires_at, now)
@@ -141,10 +142,11 @@ async def create_key(
             )
         )
         await _store_secret(conn, key_id, secret, pepper, now)
+        row = await _fetch(conn, key_id)
+        await audit.record(conn, actor, "key.create", key_id, after=_to_api(row, now))
         budget_ids = [
             await budgets.add_budget(conn, budget, actor, key_id=key_id) for budget in data.budgets
         ]
-        row = await _fetch(conn, key_id)
     return KeyWithSecret(
         **msgspec.structs.asdict(_to_api(row, now)),
         secret=secret,
@@ -185,35 +187,43 @@ async def check_existed(engine: AsyncEngine, key_id: str) -> None:
         raise NotFound(f"no key with id {key_id!r}", code="key_not_found")
 
 
-async def update_key(engine: AsyncEngine, key_id: str, data: KeyUpdate) -> Key:
+async def update_key(engine: AsyncEngine, key_id: str, data: KeyUpdate, actor: Actor) -> Key:
     now = database.utcnow()
     changes = provided(data)
     _check_expiry(changes.get("expires_at"), now)  # type: ignore[arg-type]
     if "rate_limits" in changes:
         changes["rate_limits"] = msgspec.to_builtins(changes["rate_limits"])
-    return await _change(engine, key_id, changes, now)
+    return await _change(engine, key_id, changes, now, actor, "update")
 
 
-async def revoke_key(engine: AsyncEngine, key_id: str) -> Key:
+async def revoke_key(engine: AsyncEngine, key_id: str, actor: Actor) -> Key:
     """Effective on the next request on every process: keys are looked up on every call."""
     now = database.utcnow()
-    return await _change(
-        engine, key_id, {"revoked_at": func.coalesce(api_keys.c.revoked_at, now)}, now
-    )
+    changes = {"revoked_at": func.coalesce(api_keys.c.revoked_at, now)}
+    return await _change(engine, key_id, changes, now, actor, "revoke")
 
 
-async def _change(engine: AsyncEngine, key_id: str, changes: dict[str, Any], now: datetime) -> Key:
+async def _change(
+    engine: AsyncEngine,
+    key_id: str,
+    changes: dict[str, Any],
+    now: datetime,
+    actor: Actor,
+    verb: str,
+) -> Key:
     async with database.write(engine) as conn:
-        await _fetch(conn, key_id)
+        before = _to_api(await _fetch(conn, key_id), now)
         if changes:
             await conn.execute(
                 update(api_keys).where(api_keys.c.id == key_id).values(**changes, updated_at=now)
             )
-        return _to_api(await _fetch(conn, key_id), now)
+        after = _to_api(await _fetch(conn, key_id), now)
+        await audit.record(conn, actor, f"key.{verb}", key_id, before=before, after=after)
+        return after
 
 
 async def rotate_key(
-    engine: AsyncEngine, pepper: str, key_id: str, grace_seconds: int
+    engine: AsyncEngine, pepper: str, key_id: str, grace_seconds: int, actor: Actor
 ) -> KeyWithSecret:
     """Issue a new secret for the same key; older secrets end now, or after the grace period."""
     now = database.utcnow()
@@ -223,6 +233,7 @@ async def rotate_key(
         row = await _fetch(conn, key_id)
         if row.revoked_at is not None:
             raise Conflict(f"key {key_id!r} is revoked and cannot be rotated", code="key_revoked")
+        before = _to_api(row, now)
         await _end_secrets(conn, key_id, old_until)
         await _store_secret(conn, key_id, secret, pepper, now)
         await conn.execute(
@@ -233,6 +244,15 @@ async def rotate_key(
             )
         )
         row = await _fetch(conn, key_id)
+        await audit.record(
+            conn,
+            actor,
+            "key.rotate",
+            key_id,
+            before=before,
+            after=_to_api(row, now),
+            details={"grace_seconds": grace_seconds},
+        )
     return KeyWithSecret(
         **msgspec.structs.asdict(_to_api(row, now)),
         secret=secret,
@@ -253,11 +273,11 @@ async def _end_secrets(conn: AsyncConnection, key_id: str, until: datetime) -> N
     )
 
 
-async def delete_key(engine: AsyncEngine, key_id: str) -> None:
+async def delete_key(engine: AsyncEngine, key_id: str, actor: Actor) -> None:
     """Hide the key from the admin API and refuse its secrets; its id stays for the ledger."""
     now = database.utcnow()
     async with database.write(engine) as conn:
-        await _fetch(conn, key_id)
+        before = _to_api(await _fetch(conn, key_id), now)
         await _end_secrets(conn, key_id, now)
         await conn.execute(
             update(api_keys)
@@ -268,3 +288,4 @@ async def delete_key(engine: AsyncEngine, key_id: str) -> None:
                 updated_at=now,
             )
         )
+        await audit.record(conn, actor, "key.delete", key_id, before=before)

@@ -20,7 +20,13 @@ from app.auth import require_admin, require_tenant
 from app.catalog import Catalog
 from app.config import load_config, provider_api_keys
 from app.database import create_engine
-from app.deps import provide_engine, provide_gateway, provide_principal, provide_settings
+from app.deps import (
+    provide_actor,
+    provide_engine,
+    provide_gateway,
+    provide_principal,
+    provide_settings,
+)
 from app.errors import EXCEPTION_HANDLERS
 from app.executors import Executors
 from app.gateway.call import Gateway
@@ -30,6 +36,7 @@ from app.providers import build_providers
 from app.providers.remote import create_client
 from app.request_id import add_request_id_header
 from app.routes import (
+    admin_audit,
     admin_budgets,
     admin_calls,
     admin_keys,
@@ -111,10 +118,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 *admin_budgets.ROUTES,
                 *admin_usage.ROUTES,
                 *admin_calls.ROUTES,
+                *admin_audit.ROUTES,
             ],
             openapi.ADMIN_ERRORS,
         ),
         guards=[require_admin],
+        dependencies={"actor": Provide(provide_actor, sync_to_thread=False)},
         before_request=strict_json_body,
         request_max_body_size=ADMIN_MAX_BODY_BYTES,
         tags=["admin"],

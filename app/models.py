@@ -52,7 +52,11 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: sa.JSON(),
+        dict[str, Any] | None: sa.JSON(),
+    }
 
 
 class Tenant(Base):
@@ -244,17 +248,29 @@ class LedgerHold(Base):
     amount_nanos: Mapped[int] = mapped_column(sa.BigInteger)
 
 
-class BudgetEvent(Base):
-    """Audit trail of admin actions on a budget: who, what, when."""
+class AuditEntry(Base):
+    """One admin change, written in the transaction that made it: who, what, on what,
+    the changed fields before and after (never a secret or its digest), from where.
+    Append-only: nothing updates or deletes these rows."""
 
-    __tablename__ = "budget_events"
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        sa.Index("ix_audit_log_target_id_id", "target_id", "id"),
+        sa.Index("ix_audit_log_actor_id", "actor", "id"),
+        sa.Index("ix_audit_log_action_id", "action", "id"),
+    )
 
-    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
-    budget_id: Mapped[str] = mapped_column(sa.ForeignKey("budgets.id"), index=True)
-    action: Mapped[str] = mapped_column(sa.String(16))
-    actor: Mapped[str] = mapped_column(sa.String(100))
-    details: Mapped[dict[str, Any]]
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # time-ordered
     created_at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(sa.String(120))  # token | user:NAME | cli:OS_USER
+    action: Mapped[str] = mapped_column(sa.String(40))  # e.g. key.revoke
+    target_type: Mapped[str] = mapped_column(sa.String(16))
+    target_id: Mapped[str] = mapped_column(sa.String(40))
+    before: Mapped[dict[str, Any] | None]
+    after: Mapped[dict[str, Any] | None]
+    details: Mapped[dict[str, Any] | None]  # what the action was given (an amount, a grace)
+    request_id: Mapped[str | None] = mapped_column(sa.String(64))
+    source: Mapped[str | None] = mapped_column(sa.String(64))  # the client's address
 
 
 class CacheEntry(Base):
@@ -282,5 +298,5 @@ budgets = Budget.__table__
 budget_counters = BudgetCounter.__table__
 ledger_holds = LedgerHold.__table__
 upstream_attempts = UpstreamAttempt.__table__
-budget_events = BudgetEvent.__table__
+audit_log = AuditEntry.__table__
 transcription_cache = CacheEntry.__table__

@@ -320,19 +320,40 @@ EXAMPLES: dict[str, OperationExample] = {
         response={
             "data": [
                 {
-                    "id": "evt_01K7H4MQ9QYR0FTB9BPJNDKFM0",
+                    "id": "aud_01K7H4MQ9QYR0FTB9BPJNDKFM0",
                     "action": "create",
                     "actor": "token",
                     "details": {"limit_usd": "500.00", "period": "month"},
                     "created_at": "2025-10-14T10:35:48.407692Z",
                 },
                 {
-                    "id": "evt_01KAV9SAZNT7WF64ECRMMY1BSK",
+                    "id": "aud_01KAV9SAZNT7WF64ECRMMY1BSK",
                     "action": "top_up",
-                    "actor": "alice",
+                    "actor": "user:alice",
                     "details": {"amount_usd": "25.50"},
                     "created_at": "2025-11-24T16:05:12.309447Z",
                 },
+            ],
+            "next_cursor": None,
+        }
+    ),
+    # GET /admin/audit?target=key_…&action=key.revoke
+    "list_audit": OperationExample(
+        response={
+            "data": [
+                {
+                    "id": "aud_01KAX14Z0PBPRYHMQ4Z6HYPEBJ",
+                    "created_at": "2025-11-25T08:12:44.950318Z",
+                    "actor": "user:alice",
+                    "action": "key.revoke",
+                    "target_type": "key",
+                    "target_id": _KEY_ID,
+                    "before": {"revoked_at": None, "status": "active"},
+                    "after": {"revoked_at": "2025-11-25T08:12:44.950318Z", "status": "revoked"},
+                    "details": None,
+                    "request_id": "req_01KAX14Z0MA0N67KFPK99YQ6FX",
+                    "source": "203.0.113.7",
+                }
             ],
             "next_cursor": None,
         }

@@ -244,6 +244,28 @@ class BudgetEventList(Struct, kw_only=True):
     next_cursor: str | None
 
 
+class AuditEntry(Struct, kw_only=True):
+    """One admin change: the fields that changed as the API shows them, before and after
+    (``before`` is null for a creation, ``after`` for a deletion)."""
+
+    id: str
+    created_at: datetime
+    actor: str  # token | user:NAME | cli:OS_USER
+    action: str  # TYPE.VERB, e.g. key.revoke
+    target_type: str  # tenant | key | budget | admin_user
+    target_id: str
+    before: dict[str, object] | None
+    after: dict[str, object] | None
+    details: dict[str, object] | None  # what the action was given: an amount, a grace
+    request_id: str | None  # the API request's x-request-id
+    source: str | None  # the client's address
+
+
+class AuditPage(Struct, kw_only=True):
+    data: list[AuditEntry]
+    next_cursor: str | None
+
+
 class Quota(Struct, kw_only=True):
     key_id: str
     key_name: str

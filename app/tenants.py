@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import database
+from app import audit, database
+from app.audit import Actor
 from app.errors import Conflict, NotFound
 from app.ids import new_id
 from app.models import tenants
@@ -35,7 +36,7 @@ def name_key(name: str) -> str:
     return name.casefold()
 
 
-async def create_tenant(engine: AsyncEngine, data: TenantCreate) -> Tenant:
+async def create_tenant(engine: AsyncEngine, data: TenantCreate, actor: Actor) -> Tenant:
     now = database.utcnow()
     values = {
         "id": new_id("ten"),
@@ -48,6 +49,7 @@ async def create_tenant(engine: AsyncEngine, data: TenantCreate) -> Tenant:
     try:
         async with database.write(engine) as conn:
             await conn.execute(insert(tenants).values(**values, name_key=name_key(data.name)))
+            await audit.record(conn, actor, "tenant.create", values["id"], after=Tenant(**values))
     except exc.IntegrityError:
         raise _name_taken(data.name) from None
     return Tenant(**values)
@@ -77,30 +79,38 @@ async def get_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant:
         return _to_api(await fetch_tenant(conn, tenant_id))
 
 
-async def update_tenant(engine: AsyncEngine, tenant_id: str, data: TenantUpdate) -> Tenant:
+async def update_tenant(
+    engine: AsyncEngine, tenant_id: str, data: TenantUpdate, actor: Actor
+) -> Tenant:
     changes = provided(data)
     if "name" in changes:
         changes["name_key"] = name_key(changes["name"])  # type: ignore[arg-type]
-    return await _apply(engine, tenant_id, changes, name=changes.get("name"))
+    return await _apply(engine, tenant_id, changes, actor, "update", name=changes.get("name"))
 
 
-async def deactivate_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant:
+async def deactivate_tenant(engine: AsyncEngine, tenant_id: str, actor: Actor) -> Tenant:
     """Keys of an inactive tenant are refused (403) until it is set active again."""
-    return await _apply(engine, tenant_id, {"status": "inactive"})
+    return await _apply(engine, tenant_id, {"status": "inactive"}, actor, "deactivate")
 
 
 async def _apply(
-    engine: AsyncEngine, tenant_id: str, changes: dict[str, Any], name: str | None = None
+    engine: AsyncEngine,
+    tenant_id: str,
+    changes: dict[str, Any],
+    actor: Actor,
+    verb: str,
+    name: str | None = None,
 ) -> Tenant:
     try:
         async with database.write(engine) as conn:
-            await fetch_tenant(conn, tenant_id)
+            before = _to_api(await fetch_tenant(conn, tenant_id))
             if changes:
                 values = {**changes, "updated_at": database.utcnow()}
                 await conn.execute(
                     update(tenants).where(tenants.c.id == tenant_id).values(**values)
                 )
-            row = await fetch_tenant(conn, tenant_id)
+            after = _to_api(await fetch_tenant(conn, tenant_id))
+            await audit.record(conn, actor, f"tenant.{verb}", tenant_id, before=before, after=after)
     except exc.IntegrityError:
         raise _name_taken(name or "") from None
-    return _to_api(row)
+    return after

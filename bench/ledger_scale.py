@@ -20,10 +20,13 @@ from pathlib import Path
 from sqlalchemy import insert, make_url, text
 
 from app import database, keys, ledger, rate_limits, tenants
+from app.audit import Actor
 from app.database import create_engine
 from app.migrate import upgrade
 from app.models import ledger as ledger_table
 from app.schemas import BudgetCreate, KeyCreate, RateLimits, TenantCreate
+
+ACTOR = Actor("test")
 
 LIMITS = RateLimits(
     requests_per_minute=1_000_000, audio_seconds_per_window=10**9, max_concurrent=10_000
@@ -74,10 +77,10 @@ async def _fill(engine, key_id: str, tenant_id: str, rows: int) -> None:
 async def _measure(url: str, rows: int, calls: int) -> dict[str, float]:
     engine = create_engine(url)
     try:
-        tenant = await tenants.create_tenant(engine, TenantCreate(name="bench"))
+        tenant = await tenants.create_tenant(engine, TenantCreate(name="bench"), ACTOR)
         budget = BudgetCreate(limit_usd="1000000", period="month")
         key = await keys.create_key(
-            engine, "", KeyCreate(tenant_id=tenant.id, name="hot", budgets=[budget])
+            engine, "", KeyCreate(tenant_id=tenant.id, name="hot", budgets=[budget]), ACTOR
         )
         if rows:
             await _fill(engine, key.id, tenant.id, rows)

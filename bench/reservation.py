@@ -22,10 +22,13 @@ from pathlib import Path
 from sqlalchemy import make_url, text
 
 from app import database, keys, ledger, tenants
+from app.audit import Actor
 from app.database import create_engine
 from app.ids import new_id
 from app.migrate import upgrade_engine
 from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+ACTOR = Actor("test")
 
 SETTLED = ledger.Settlement(
     status="succeeded",
@@ -72,11 +75,11 @@ async def measure(url: str, sequential: int, seconds: float, concurrency: int) -
     results: dict[str, float] = {}
     for label, with_budgets in (("no_budget", False), ("key_and_tenant_budget", True)):
         tenant = await tenants.create_tenant(
-            engine, TenantCreate(name=f"bench-{uuid.uuid4().hex[:8]}")
+            engine, TenantCreate(name=f"bench-{uuid.uuid4().hex[:8]}"), ACTOR
         )
         budgets = [BudgetCreate(limit_usd="1000000", period="day")] if with_budgets else []
         key = await keys.create_key(
-            engine, "", KeyCreate(tenant_id=tenant.id, name="hot", budgets=budgets)
+            engine, "", KeyCreate(tenant_id=tenant.id, name="hot", budgets=budgets), ACTOR
         )
         if with_budgets:
             async with database.write(engine) as conn:

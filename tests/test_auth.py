@@ -7,7 +7,10 @@ import re
 import pytest
 
 from app import admin_users, key_format
+from app.audit import Actor
 from tests.conftest import ADMIN, ADMIN_TOKEN, bearer
+
+ACTOR = Actor("test")
 
 pytestmark = pytest.mark.anyio
 
@@ -123,7 +126,7 @@ async def test_admin_needs_credentials(client, headers):
 
 
 async def test_admin_users_log_in_with_basic_auth(client, engine):
-    await admin_users.create_admin_user(engine, "alice", "correct horse battery")
+    await admin_users.create_admin_user(engine, "alice", "correct horse battery", ACTOR)
     ok = await client.get("/admin/tenants", headers=_basic("alice", "correct horse battery"))
     assert ok.status_code == 200
     for user, password in [("alice", "wrong password!!"), ("mallory", "correct horse battery")]:
@@ -136,7 +139,7 @@ async def test_admin_passwords_are_argon2id_hashes(engine):
 
     from app.models import admin_users as table
 
-    await admin_users.create_admin_user(engine, "bob", "a long enough password")
+    await admin_users.create_admin_user(engine, "bob", "a long enough password", ACTOR)
     async with engine.connect() as conn:
         stored = (await conn.execute(select(table.c.password_hash))).scalar_one()
     assert stored.startswith("$argon2id$")
@@ -147,9 +150,9 @@ async def test_admin_user_rules(engine):
     from app.errors import Conflict, InvalidRequest
 
     with pytest.raises(InvalidRequest, match="12 characters"):
-        await admin_users.create_admin_user(engine, "carol", "short")
+        await admin_users.create_admin_user(engine, "carol", "short", ACTOR)
     with pytest.raises(InvalidRequest):
-        await admin_users.create_admin_user(engine, "has:colon", "a long enough password")
-    await admin_users.create_admin_user(engine, "carol", "a long enough password")
+        await admin_users.create_admin_user(engine, "has:colon", "a long enough password", ACTOR)
+    await admin_users.create_admin_user(engine, "carol", "a long enough password", ACTOR)
     with pytest.raises(Conflict):
-        await admin_users.create_admin_user(engine, "carol", "another long password")
+        await admin_users.create_admin_user(engine, "carol", "another long password", ACTOR)

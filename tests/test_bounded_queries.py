@@ -11,7 +11,10 @@ import pytest
 from sqlalchemy import event
 
 from app import database, keys, ledger, rate_limits, tenants
+from app.audit import Actor
 from app.schemas import BudgetCreate, KeyCreate, RateLimits, TenantCreate
+
+ACTOR = Actor("test")
 
 pytestmark = pytest.mark.anyio
 LIMITS = RateLimits(requests_per_minute=60, audio_seconds_per_window=3600, max_concurrent=4)
@@ -31,10 +34,13 @@ async def _plans(engine, statements) -> list[str]:
 
 
 async def test_rate_limits_reservations_settles_and_the_sweep_use_bounded_indexes(engine):
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
     budget = BudgetCreate(limit_usd="1", period="day")
     key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget], rate_limits=LIMITS)
+        engine,
+        "",
+        KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget], rate_limits=LIMITS),
+        ACTOR,
     )
     seen: list[tuple[str, object]] = []
 

@@ -9,11 +9,14 @@ import pytest
 from sqlalchemy import select
 
 from app import budgets, database
+from app.audit import Actor
 from app.database import create_engine
 from app.models import budget_counters
 from tests.conftest import ADMIN, ledger_invariants
 from tests.gateway import FIXTURES, burst, process_env
 from tests.processes import serving_many
+
+ACTOR = Actor("test")
 
 SPEECH = (FIXTURES / "speech.wav").read_bytes()
 # whisper-1 at $0.006/min: the 5.848 s fixture holds 7 s ($0.0007) and costs 6 s ($0.0006).
@@ -165,10 +168,10 @@ async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(e
     from app.ledger import Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
     day_budget = BudgetCreate(limit_usd="1", period="day")
     key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[day_budget])
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[day_budget]), ACTOR
     )
     before_midnight = datetime(2026, 11, 23, 23, 59, 59, 999_000, tzinfo=UTC)
     opening = Opening(
@@ -220,7 +223,7 @@ async def test_a_budget_that_refuses_for_good_answers_before_a_busy_one(engine):
     from app.ledger import Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
     key = await keys.create_key(
         engine,
         "",
@@ -229,11 +232,12 @@ async def test_a_budget_that_refuses_for_good_answers_before_a_busy_one(engine):
             name="k",
             budgets=[BudgetCreate(limit_usd="0.000001", period="day")],
         ),
+        ACTOR,
     )
-    other = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="other"))
+    other = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="other"), ACTOR)
     async with database.write(engine) as conn:  # created after the key's: checked after it
         await budgets.add_budget(
-            conn, BudgetCreate(limit_usd="0.000002", period="day"), "test", tenant_id=tenant.id
+            conn, BudgetCreate(limit_usd="0.000002", period="day"), ACTOR, tenant_id=tenant.id
         )
 
     def opening(call_id: str, key_id: str, hold: int) -> Opening:
@@ -268,11 +272,13 @@ async def test_on_postgresql_a_call_opens_and_settles_in_one_statement_each(engi
     from app.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
     day = BudgetCreate(limit_usd="0.000002", period="day")
-    key = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[day]))
+    key = await keys.create_key(
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[day]), ACTOR
+    )
     async with database.write(engine) as conn:
-        await budgets.add_budget(conn, day, "test", tenant_id=tenant.id)
+        await budgets.add_budget(conn, day, ACTOR, tenant_id=tenant.id)
     opening = Opening(
         id="req_first", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
         model_requested="m", expected_nanos=1_000, hold_nanos=1_000,
@@ -324,13 +330,13 @@ async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engin
     from app.ledger import Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
     monthly = BudgetCreate(limit_usd="1", period="month")
     key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[monthly])
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[monthly]), ACTOR
     )
     async with database.write(engine) as conn:
-        await budgets.add_budget(conn, monthly, "test", tenant_id=tenant.id)
+        await budgets.add_budget(conn, monthly, ACTOR, tenant_id=tenant.id)
     settled = Settlement(
         status="succeeded", http_status=200, provider="p", model="m", attempts=1,
         cost_nanos=600, latency_ms=1,

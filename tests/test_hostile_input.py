@@ -16,9 +16,12 @@ import httpx
 import pytest
 
 from app import admin_users
+from app.audit import Actor
 from app.database import create_engine
 from tests.audio_files import encode, fmt_chunk, forge_streaminfo, riff, silent_flac, tone
 from tests.gateway import FIXTURES, SPEECH, Gateway
+
+ACTOR = Actor("test")
 
 WHISPER = "openai/whisper-1"  # $0.006 a minute: $0.0001 a second
 
@@ -301,7 +304,7 @@ def admin_user(gateway: Gateway, database_url: str) -> tuple[str, str]:
     async def create() -> None:
         engine = create_engine(database_url)
         try:
-            await admin_users.create_admin_user(engine, "root", "correct horse battery")
+            await admin_users.create_admin_user(engine, "root", "correct horse battery", ACTOR)
         finally:
             await engine.dispose()
 

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import make_url, select
 
 from app import database, keys, ledger, tenants
+from app.audit import Actor
 from app.executors import FairPool
 from app.journal import Journal
 from app.main import create_app
@@ -29,6 +30,8 @@ from tests.conftest import ADMIN_TOKEN, empty_database, ledger_invariants
 from tests.fake_provider import API_KEY, TEXT
 from tests.gateway import KEY_ENV, Gateway
 from tests.servers import ServerThread, TcpProxy
+
+ACTOR = Actor("test")
 
 COST = "0.000600000"  # speech.wav: 6 s billed at $0.006 a minute
 
@@ -140,10 +143,10 @@ def test_a_restarted_gateway_applies_what_it_kept(proxy, fake_provider, tmp_path
 async def test_a_kept_settlement_is_applied_once_even_after_a_sweep(engine, tmp_path):
     """Replayed twice, or after the sweeper charged the row its expected cost: the call
     ends charged what it really cost, once."""
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
     budget = BudgetCreate(limit_usd="1", period="none")
     key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget])
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget]), ACTOR
     )
     files = FairPool("files", 1)
     journal = Journal(tmp_path, files)
@@ -183,8 +186,8 @@ async def test_lines_that_cannot_be_read_are_set_aside_and_never_stop_the_replay
     """A journal left by a dead process with a corrupt line and a line cut off mid-write:
     the good line is applied, the two others kept aside for an operator, the file gone,
     and the next round has nothing to choke on."""
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
-    key = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="k"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
+    key = await keys.create_key(engine, "", KeyCreate(tenant_id=tenant.id, name="k"), ACTOR)
     opening = ledger.Opening(
         id="req_kept", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
         model_requested="m", expected_nanos=600, hold_nanos=600,

@@ -1,15 +1,16 @@
 """Migrations upgrade an empty database to head, agree with the models, and go back down."""
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from app import migrate
+from app import budgets, migrate
 from app.database import create_engine
 from app.models import Base
 from tests.conftest import create_postgres_database, drop_postgres_database
@@ -68,3 +69,51 @@ def test_revision_files_are_dated_and_each_can_downgrade():
         path = Path(revision.path)
         assert path.name[:10].replace("_", "").isdigit(), path.name
         assert "def downgrade() -> None:\n    pass" not in path.read_text(), path.name
+
+
+async def test_budget_events_move_into_the_audit_trail_and_back(empty_url: str):
+    """The budget events kept before the audit trail become its rows (same order, users
+    named as the trail names them), and go back on a downgrade."""
+    engine = create_engine(empty_url)
+    try:
+        await migrate.upgrade_engine(engine, "9f3b7c2e5a10")
+        async with engine.begin() as conn:
+            for statement in (
+                "INSERT INTO tenants (id, name, name_key, status, metadata, created_at, "
+                "updated_at) VALUES ('ten_1', 't', 't', 'active', '{}', :at, :at)",
+                "INSERT INTO budgets (id, tenant_id, limit_nanos, period, created_at, "
+                "updated_at) VALUES ('bud_1', 'ten_1', 5, 'day', :at, :at)",
+                "INSERT INTO budget_events (id, budget_id, action, actor, details, created_at) "
+                "VALUES ('evt_01A', 'bud_1', 'create', 'token', '{\"period\": \"day\"}', :at), "
+                "('evt_01B', 'bud_1', 'top_up', 'alice', '{\"amount_usd\": \"2\"}', :at), "
+                "('evt_01C', 'bud_1', 'reset', 'cli:root', '{}', :at)",
+            ):
+                await conn.execute(text(statement), {"at": datetime(2026, 1, 2, tzinfo=UTC)})
+        await migrate.upgrade_engine(engine)
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT id, actor, action, target_type, target_id FROM audit_log")
+                )
+            ).all()
+        assert sorted(tuple(row) for row in rows) == [
+            ("aud_01A", "token", "budget.create", "budget", "bud_1"),
+            ("aud_01B", "user:alice", "budget.top_up", "budget", "bud_1"),
+            ("aud_01C", "cli:root", "budget.reset", "budget", "bud_1"),
+        ]
+        events = await budgets.events(engine, "bud_1")
+        assert [(e.action, e.details) for e in events] == [
+            ("create", {"period": "day"}),
+            ("top_up", {"amount_usd": "2"}),
+            ("reset", {}),
+        ]
+        await migrate.downgrade_engine(engine, "9f3b7c2e5a10")
+        async with engine.connect() as conn:
+            back = (await conn.execute(text("SELECT id, actor, action FROM budget_events"))).all()
+        assert sorted(tuple(row) for row in back) == [
+            ("evt_01A", "token", "create"),
+            ("evt_01B", "alice", "top_up"),
+            ("evt_01C", "cli:root", "reset"),
+        ]
+    finally:
+        await engine.dispose()

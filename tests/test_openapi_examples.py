@@ -227,4 +227,6 @@ def test_every_example_is_shaped_like_the_real_answer(gateway, documented):
     run("usage_report", params={"group_by": ",".join(report["group_by"])})
     for name in ("rotate_key", "update_key", "revoke_key", "update_tenant", "deactivate_tenant"):
         run(name)
+    revocation = run("list_audit", params={"target": ids["key_id"], "action": "key.revoke"})
+    assert [entry["action"] for entry in revocation["data"]] == ["key.revoke"]
     assert ran == set(EXAMPLES)

@@ -8,18 +8,21 @@ import pytest
 from sqlalchemy import select
 
 from app import database, keys, ledger, tenants
+from app.audit import Actor
 from app.models import budget_counters
 from app.models import ledger as ledger_table
 from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+ACTOR = Actor("test")
 
 pytestmark = pytest.mark.anyio
 
 
 async def _key(engine):
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"))
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
     budget = BudgetCreate(limit_usd="1", period="none")
     key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget])
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget]), ACTOR
     )
     return tenant, key
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from litestar import Request, delete, get, patch, post
+from litestar import delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import budgets
+from app.audit import Actor
 from app.routes.params import PathId, QueryId
 from app.schemas import (
     Budget,
@@ -20,29 +21,24 @@ from app.schemas import (
 )
 
 
-def _actor(request: Request) -> str:
-    """Who the admin guard let in: "token" or the admin user's name."""
-    return str(request.state.admin)
-
-
 @post("/keys/{key_id:str}/budgets", summary="Add a budget to a key")
 async def add_key_budget(
-    request: Request,
     key_id: FromPath[PathId],
     data: JSONBody[BudgetCreate],
     engine: NamedDependency[AsyncEngine],
+    actor: NamedDependency[Actor],
 ) -> Budget:
-    return await budgets.create_budget(engine, data, _actor(request), key_id=key_id)
+    return await budgets.create_budget(engine, data, actor, key_id=key_id)
 
 
 @post("/tenants/{tenant_id:str}/budgets", summary="Add a budget to a tenant (all its keys)")
 async def add_tenant_budget(
-    request: Request,
     tenant_id: FromPath[PathId],
     data: JSONBody[BudgetCreate],
     engine: NamedDependency[AsyncEngine],
+    actor: NamedDependency[Actor],
 ) -> Budget:
-    return await budgets.create_budget(engine, data, _actor(request), tenant_id=tenant_id)
+    return await budgets.create_budget(engine, data, actor, tenant_id=tenant_id)
 
 
 @get("/budgets", summary="List budgets, by key or tenant")
@@ -62,19 +58,19 @@ async def get_budget(budget_id: FromPath[PathId], engine: NamedDependency[AsyncE
 
 @patch("/budgets/{budget_id:str}", summary="Raise or lower a budget's limit")
 async def update_budget(
-    request: Request,
     budget_id: FromPath[PathId],
     data: JSONBody[BudgetUpdate],
     engine: NamedDependency[AsyncEngine],
+    actor: NamedDependency[Actor],
 ) -> Budget:
-    return await budgets.update_budget(engine, budget_id, data, _actor(request))
+    return await budgets.update_budget(engine, budget_id, data, actor)
 
 
 @delete("/budgets/{budget_id:str}", summary="Remove a budget: it is no longer enforced")
 async def delete_budget(
-    request: Request, budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
+    budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine], actor: NamedDependency[Actor]
 ) -> None:
-    await budgets.delete_budget(engine, budget_id, _actor(request))
+    await budgets.delete_budget(engine, budget_id, actor)
 
 
 @post(
@@ -83,19 +79,19 @@ async def delete_budget(
     summary="Grant extra spend for the current period",
 )
 async def top_up(
-    request: Request,
     budget_id: FromPath[PathId],
     data: JSONBody[TopUp],
     engine: NamedDependency[AsyncEngine],
+    actor: NamedDependency[Actor],
 ) -> Budget:
-    return await budgets.top_up(engine, budget_id, data.amount_usd, _actor(request))
+    return await budgets.top_up(engine, budget_id, data.amount_usd, actor)
 
 
 @post("/budgets/{budget_id:str}/reset", status_code=200, summary="Zero the current period's spend")
 async def reset(
-    request: Request, budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
+    budget_id: FromPath[PathId], engine: NamedDependency[AsyncEngine], actor: NamedDependency[Actor]
 ) -> Budget:
-    return await budgets.reset(engine, budget_id, _actor(request))
+    return await budgets.reset(engine, budget_id, actor)
 
 
 @get("/budgets/{budget_id:str}/periods", summary="Spend of every period, newest first")

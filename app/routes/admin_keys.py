@@ -8,6 +8,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import keys, ledger
+from app.audit import Actor
 from app.pagination import DEFAULT_LIMIT
 from app.routes.params import AllowUnknownModels, Cursor, Limit, PathId, QueryId
 from app.schemas import Key, KeyCreate, KeyPage, KeyRotate, KeyStatus, KeyUpdate, KeyWithSecret
@@ -20,12 +21,12 @@ async def create_key(
     data: JSONBody[KeyCreate],
     engine: NamedDependency[AsyncEngine],
     settings: NamedDependency[Settings],
+    actor: NamedDependency[Actor],
     allow_unknown_models: FromQuery[AllowUnknownModels] = False,
 ) -> KeyWithSecret:
-    actor = str(request.state.admin)
     if not allow_unknown_models:
         request.app.state.gateway.catalog.check_known(data.allowed_models)
-    return await keys.create_key(engine, settings.key_pepper, data, actor=actor)
+    return await keys.create_key(engine, settings.key_pepper, data, actor)
 
 
 @get("/keys", summary="List keys, newest first")
@@ -52,16 +53,19 @@ async def update_key(
     key_id: FromPath[PathId],
     data: JSONBody[KeyUpdate],
     engine: NamedDependency[AsyncEngine],
+    actor: NamedDependency[Actor],
     allow_unknown_models: FromQuery[AllowUnknownModels] = False,
 ) -> Key:
     if isinstance(data.allowed_models, list) and not allow_unknown_models:
         request.app.state.gateway.catalog.check_known(data.allowed_models)
-    return await keys.update_key(engine, key_id, data)
+    return await keys.update_key(engine, key_id, data, actor)
 
 
 @post("/keys/{key_id:str}/revoke", status_code=200, summary="Revoke a key, effective at once")
-async def revoke_key(key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]) -> Key:
-    return await keys.revoke_key(engine, key_id)
+async def revoke_key(
+    key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine], actor: NamedDependency[Actor]
+) -> Key:
+    return await keys.revoke_key(engine, key_id, actor)
 
 
 @post(
@@ -73,15 +77,18 @@ async def rotate_key(
     key_id: FromPath[PathId],
     engine: NamedDependency[AsyncEngine],
     settings: NamedDependency[Settings],
+    actor: NamedDependency[Actor],
     data: JSONBody[KeyRotate | None] = None,
 ) -> KeyWithSecret:
     grace = data.grace_seconds if data else 0
-    return await keys.rotate_key(engine, settings.key_pepper, key_id, grace)
+    return await keys.rotate_key(engine, settings.key_pepper, key_id, grace, actor)
 
 
 @delete("/keys/{key_id:str}", summary="Delete a key: refused from now on, kept in the ledger")
-async def delete_key(key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]) -> None:
-    await keys.delete_key(engine, key_id)
+async def delete_key(
+    key_id: FromPath[PathId], engine: NamedDependency[AsyncEngine], actor: NamedDependency[Actor]
+) -> None:
+    await keys.delete_key(engine, key_id, actor)
 
 
 @get(

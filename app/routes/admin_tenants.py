@@ -8,6 +8,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import tenants
+from app.audit import Actor
 from app.pagination import DEFAULT_LIMIT
 from app.routes.params import Cursor, Limit, PathId
 from app.schemas import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
@@ -15,9 +16,11 @@ from app.schemas import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUp
 
 @post("/tenants", summary="Create a tenant")
 async def create_tenant(
-    data: JSONBody[TenantCreate], engine: NamedDependency[AsyncEngine]
+    data: JSONBody[TenantCreate],
+    engine: NamedDependency[AsyncEngine],
+    actor: NamedDependency[Actor],
 ) -> Tenant:
-    return await tenants.create_tenant(engine, data)
+    return await tenants.create_tenant(engine, data, actor)
 
 
 @get("/tenants", summary="List tenants, newest first")
@@ -37,9 +40,12 @@ async def get_tenant(tenant_id: FromPath[PathId], engine: NamedDependency[AsyncE
 
 @patch("/tenants/{tenant_id:str}", summary="Update a tenant's name, metadata or status")
 async def update_tenant(
-    tenant_id: FromPath[PathId], data: JSONBody[TenantUpdate], engine: NamedDependency[AsyncEngine]
+    tenant_id: FromPath[PathId],
+    data: JSONBody[TenantUpdate],
+    engine: NamedDependency[AsyncEngine],
+    actor: NamedDependency[Actor],
 ) -> Tenant:
-    return await tenants.update_tenant(engine, tenant_id, data)
+    return await tenants.update_tenant(engine, tenant_id, data, actor)
 
 
 @delete(
@@ -48,9 +54,9 @@ async def update_tenant(
     summary="Deactivate a tenant: its keys are refused until it is set active again",
 )
 async def deactivate_tenant(
-    tenant_id: FromPath[PathId], engine: NamedDependency[AsyncEngine]
+    tenant_id: FromPath[PathId], engine: NamedDependency[AsyncEngine], actor: NamedDependency[Actor]
 ) -> Tenant:
-    return await tenants.deactivate_tenant(engine, tenant_id)
+    return await tenants.deactivate_tenant(engine, tenant_id, actor)
 
 
 ROUTES = [create_tenant, list_tenants, get_tenant, update_tenant, deactivate_tenant]

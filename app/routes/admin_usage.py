@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from litestar import Response, get
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromQuery
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import usage
-
-From = Annotated[str | None, QueryParameter(name="from", description="inclusive, RFC 3339")]
-To = Annotated[str | None, QueryParameter(name="to", description="exclusive, RFC 3339")]
+from app.routes.params import From, To
 
 
 @get(

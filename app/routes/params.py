@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Request
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from app.errors import InvalidRequest, body_param
 from app.ids import ID_MAX_LENGTH, ID_PATTERN
@@ -22,6 +22,8 @@ Cursor = Annotated[
     ),
 ]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+From = Annotated[str | None, QueryParameter(name="from", description="inclusive, RFC 3339")]
+To = Annotated[str | None, QueryParameter(name="to", description="exclusive, RFC 3339")]
 AllowUnknownModels = Annotated[
     bool,
     Parameter(

@@ -1,0 +1,75 @@
+"""Admin API: the audit trail of admin changes, read-only, as JSON pages or CSV."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, Parameter, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import audit, usage
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.routes.params import Cursor, From, Limit, QueryId, To
+from app.schemas import AuditEntry, AuditPage
+
+ActorName = Annotated[
+    str | None,
+    QueryParameter(
+        name="actor",  # not the handler's argument name: "actor" is the admin's dependency
+        pattern=r"^(token|cli|(user|cli):[^\x00-\x1f\x7f]{1,115})$",
+        max_length=120,
+        description="token, user:NAME or cli:OS_USER",
+    ),
+]
+Action = Annotated[
+    str | None,
+    Parameter(pattern=r"^[a-z_]{1,16}\.[a-z_]{1,23}$", description="e.g. key.revoke"),
+]
+# A CSV export is every matching row; past this many, narrow the range.
+CSV_MAX_ROWS = 100_000
+
+
+@get(
+    "/audit",
+    summary="Admin changes newest first: who changed what, before and after, from where",
+    description="Filters are exact matches (`target` an id, `actor` as recorded, `action` "
+    "as `TYPE.VERB`), `from` inclusive and `to` exclusive. `format=csv` answers every "
+    f"matching row (at most {CSV_MAX_ROWS:,}) as `text/csv`, JSON columns as JSON text.",
+)
+async def list_audit(
+    engine: NamedDependency[AsyncEngine],
+    target: FromQuery[QueryId] = None,
+    by: ActorName = None,
+    action: FromQuery[Action] = None,
+    start: From = None,
+    end: To = None,
+    limit: FromQuery[Limit] = DEFAULT_LIMIT,
+    cursor: FromQuery[Cursor] = None,
+    format: FromQuery[Literal["json", "csv"]] = "json",
+) -> Response[AuditPage]:
+    filters = {
+        "target": target,
+        "actor": by,
+        "action": action,
+        "start": usage.parse_instant("from", start),
+        "end": usage.parse_instant("to", end),
+    }
+    if format == "json":
+        return Response(await audit.list_entries(engine, **filters, limit=limit, cursor=cursor))
+    entries: list[AuditEntry] = []
+    while len(entries) < CSV_MAX_ROWS:
+        page = await audit.list_entries(engine, **filters, limit=MAX_LIMIT, cursor=cursor)
+        entries += page.data
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return Response(
+        audit.to_csv(entries[:CSV_MAX_ROWS]),
+        media_type="text/csv",
+        headers={"content-disposition": 'attachment; filename="earmark-audit.csv"'},
+    )
+
+
+ROUTES = [list_audit]
