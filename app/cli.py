@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from sqlalchemy import make_url
@@ -32,6 +32,7 @@ from app import (
     migrate,
     tenants,
     usage,
+    webhooks,
 )
 from app.audit import cli_actor
 from app.catalog import Catalog
@@ -49,6 +50,9 @@ from app.schemas import (
     TenantCreate,
     TenantUpdate,
     TopUp,
+    WebhookCreate,
+    WebhookEventType,
+    WebhookUpdate,
 )
 from app.settings import MULTIPROC_ENV, Settings, SettingsError, load_settings
 
@@ -391,6 +395,54 @@ def _audit(settings: Settings, args: argparse.Namespace) -> Any:
     return fetched
 
 
+def _webhooks(settings: Settings, args: argparse.Namespace) -> Any:
+    actor, webhook_id = cli_actor(), getattr(args, "webhook_id", None)
+    allow_private = settings.webhooks.allow_private
+    if args.action == "list":
+        return _pages(
+            settings,
+            args,
+            lambda engine, limit, cursor: webhooks.list_endpoints(
+                engine, limit=limit, cursor=cursor
+            ),
+        )
+    if args.action == "deliveries":
+        return _pages(
+            settings,
+            args,
+            lambda engine, limit, cursor: webhooks.list_deliveries(
+                engine, webhook_id, limit=limit, cursor=cursor
+            ),
+        )
+    if args.action == "create":
+        body = {"url": args.url, "event_types": args.event, "tenant_id": args.tenant}
+        data = _convert({**body, "enabled": not args.disabled}, WebhookCreate)
+    elif args.action == "update":
+        for first, second in (("tenant", "all_tenants"), ("enable", "disable")):
+            if getattr(args, first) and getattr(args, second):
+                raise EarmarkError(
+                    f"--{first.replace('_', '-')} and --{second.replace('_', '-')} "
+                    "contradict each other: give one"
+                )
+        enabled = True if args.enable else False if args.disable else None
+        body = {"url": args.url, "event_types": args.event, "enabled": enabled}
+        cleared = {"tenant_id": None} if args.all_tenants else {}
+        data = _convert({**body, "tenant_id": args.tenant}, WebhookUpdate, **cleared)
+    action = {
+        "create": lambda engine: webhooks.create_endpoint(
+            engine, data, actor, allow_private=allow_private
+        ),
+        "show": lambda engine: webhooks.get_endpoint(engine, webhook_id),
+        "update": lambda engine: webhooks.update_endpoint(
+            engine, webhook_id, data, actor, allow_private=allow_private
+        ),
+        "delete": lambda engine: webhooks.delete_endpoint(engine, webhook_id, actor),
+        "rotate-secret": lambda engine: webhooks.rotate_secret(engine, webhook_id, actor),
+        "redeliver": lambda engine: webhooks.redeliver(engine, webhook_id, args.delivery_id, actor),
+    }[args.action]
+    return _run(settings, action)
+
+
 def _budgets(settings: Settings, args: argparse.Namespace) -> Any:
     actor, budget_id = cli_actor(), getattr(args, "budget_id", None)
     action = {
@@ -498,6 +550,12 @@ _BUDGET_COLUMNS = (
 _PERIOD_COLUMNS = ("period_start", "spent_usd", "held_usd", "top_up_usd")
 _EVENT_COLUMNS = ("created_at", "action", "actor", "details")
 _AUDIT_COLUMNS = ("created_at", "actor", "action", "target_id", "before", "after")
+_WEBHOOK_COLUMNS = ("id", "url", "event_types", "tenant_id", "enabled", "failing")
+_DELIVERY_COLUMNS = (
+    *("id", "event_type", "status", "attempts", "last_status", "last_error"),
+    "next_attempt_at",
+)
+_EVENT_TYPES = list(get_args(WebhookEventType))
 _USER_COLUMNS = ("id", "name", "created_at")
 
 
@@ -742,6 +800,55 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--review", action="store_true", help="only calls flagged for review")
     _paged(calls)
     calls.set_defaults(handler=_calls, columns=_CALL_COLUMNS)
+
+    hooks = commands.add_parser(
+        "webhooks", help="manage webhook endpoints and their deliveries"
+    ).add_subparsers(dest="action", required=True)
+    create = hooks.add_parser(
+        "create", help="register an endpoint and print its signing secret once", parents=output
+    )
+    create.add_argument("url", help="where events are posted (http or https)")
+    create.add_argument(
+        "--event",
+        action="append",
+        required=True,
+        choices=_EVENT_TYPES,
+        help="an event type to send (repeatable)",
+    )
+    create.add_argument("--tenant", help="only this tenant's events")
+    create.add_argument("--disabled", action="store_true", help="registered, sent nothing yet")
+    create.set_defaults(handler=_webhooks)
+    listing = hooks.add_parser("list", help="list endpoints, newest first", parents=output)
+    _paged(listing)
+    listing.set_defaults(handler=_webhooks, columns=_WEBHOOK_COLUMNS)
+    for action, text in [
+        ("show", "show an endpoint (never its secret)"),
+        ("update", "change an endpoint's URL, events, tenant or enabled flag"),
+        ("delete", "delete an endpoint: nothing more is sent to it"),
+        ("rotate-secret", "give an endpoint a new signing secret, printed once"),
+        ("deliveries", "an endpoint's deliveries, newest first"),
+        ("redeliver", "send a delivery again now (same event, same webhook-id)"),
+    ]:
+        sub = hooks.add_parser(action, help=text, parents=output)
+        sub.add_argument("webhook_id", help="whk_… id")
+        sub.set_defaults(handler=_webhooks)
+        if action == "update":
+            sub.add_argument("--url", help="a new URL")
+            sub.add_argument(
+                "--event",
+                action="append",
+                choices=_EVENT_TYPES,
+                help="the event types to send, replacing the old ones (repeatable)",
+            )
+            sub.add_argument("--tenant", help="only this tenant's events")
+            sub.add_argument("--all-tenants", action="store_true", help="every tenant's events")
+            sub.add_argument("--enable", action="store_true", help="send events again")
+            sub.add_argument("--disable", action="store_true", help="send nothing for now")
+        elif action == "deliveries":
+            _paged(sub)
+            sub.set_defaults(columns=_DELIVERY_COLUMNS)
+        elif action == "redeliver":
+            sub.add_argument("delivery_id", help="dlv_… id")
 
     trail = commands.add_parser(
         "audit",

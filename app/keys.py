@@ -14,7 +14,7 @@ import msgspec
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import audit, budgets, database, key_format
+from app import audit, budgets, database, key_format, webhooks
 from app.audit import Actor
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
@@ -143,7 +143,9 @@ async def create_key(
         )
         await _store_secret(conn, key_id, secret, pepper, now)
         row = await _fetch(conn, key_id)
-        await audit.record(conn, actor, "key.create", key_id, after=_to_api(row, now))
+        created = _to_api(row, now)
+        await audit.record(conn, actor, "key.create", key_id, after=created)
+        await webhooks.emit(conn, "key.created", created.tenant_id, {"key": created})
         budget_ids = [
             await budgets.add_budget(conn, budget, actor, key_id=key_id) for budget in data.budgets
         ]
@@ -219,6 +221,8 @@ async def _change(
             )
         after = _to_api(await _fetch(conn, key_id), now)
         await audit.record(conn, actor, f"key.{verb}", key_id, before=before, after=after)
+        if before.revoked_at is None and after.revoked_at is not None:
+            await webhooks.emit(conn, "key.revoked", after.tenant_id, {"key": after})
         return after
 
 
@@ -244,14 +248,17 @@ async def rotate_key(
             )
         )
         row = await _fetch(conn, key_id)
+        after = _to_api(row, now)
+        details = {"grace_seconds": grace_seconds}
         await audit.record(
+            conn, actor, "key.rotate", key_id, before=before, after=after, details=details
+        )
+        previous_until = database.utc_text(old_until)
+        await webhooks.emit(
             conn,
-            actor,
-            "key.rotate",
-            key_id,
-            before=before,
-            after=_to_api(row, now),
-            details={"grace_seconds": grace_seconds},
+            "key.rotated",
+            after.tenant_id,
+            {"key": after, "previous_secret_valid_until": previous_until},
         )
     return KeyWithSecret(
         **msgspec.structs.asdict(_to_api(row, now)),
@@ -289,3 +296,6 @@ async def delete_key(engine: AsyncEngine, key_id: str, actor: Actor) -> None:
             )
         )
         await audit.record(conn, actor, "key.delete", key_id, before=before)
+        if before.revoked_at is None:  # its secrets are refused from now on
+            revoked = msgspec.structs.replace(before, status="revoked", revoked_at=now)
+            await webhooks.emit(conn, "key.revoked", before.tenant_id, {"key": revoked})

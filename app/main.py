@@ -42,6 +42,7 @@ from app.routes import (
     admin_keys,
     admin_tenants,
     admin_usage,
+    admin_webhooks,
     audio,
     health,
     metrics,
@@ -51,6 +52,7 @@ from app.routes.params import strict_json_body
 from app.settings import Settings, load_settings
 from app.sweeper import replay_journal, run_sweeper
 from app.throttle import SignInThrottle
+from app.webhook_delivery import delivering
 
 ADMIN_MAX_BODY_BYTES = 1 << 20  # admin requests are small JSON documents
 
@@ -90,7 +92,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await replay_journal(gateway)  # what an earlier run kept while the database was away
         sweeper = asyncio.create_task(run_sweeper(gateway, settings.sweeping))
         try:
-            yield
+            async with delivering(engine, settings.webhooks, app.state.metrics):
+                yield
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -119,6 +122,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 *admin_usage.ROUTES,
                 *admin_calls.ROUTES,
                 *admin_audit.ROUTES,
+                *admin_webhooks.ROUTES,
             ],
             openapi.ADMIN_ERRORS,
         ),

@@ -156,6 +156,12 @@ class Metrics:
         self.held_usd = gauge(
             "earmark_held_usd", "Budget held by calls in flight, in US dollars.", (), "livesum"
         )
+        self.webhook_deliveries = counter(
+            "earmark_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome: succeeded, retrying (failed, tried again "
+            "later) or failed (given up on).",
+            ("outcome",),
+        )
         build = gauge(
             "earmark_build_info",
             "Always 1; the labels say which Earmark is running.",
@@ -189,6 +195,8 @@ class Metrics:
                 self.tokens.labels(model, provider, kind)
         for reason in (*REFUSAL_REASONS.values(), BAD_INPUT):
             self.refusals.labels(reason)
+        for outcome in ("succeeded", "retrying", "failed"):
+            self.webhook_deliveries.labels(outcome)
         for event in ("kept", "applied"):
             self.journal_settlements.labels(event)
 

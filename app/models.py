@@ -273,6 +273,63 @@ class AuditEntry(Base):
     source: Mapped[str | None] = mapped_column(sa.String(64))  # the client's address
 
 
+class WebhookEndpoint(Base):
+    """Where events are posted, which ones, and the secret they are signed with."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(sa.String(2000))
+    event_types: Mapped[list[str]] = mapped_column(sa.JSON)
+    tenant_id: Mapped[str | None] = mapped_column(sa.ForeignKey("tenants.id"))  # only its events
+    enabled: Mapped[bool]
+    # "whsec_" + base64: Standard Webhooks' form. Readable: every delivery is signed with it.
+    secret: Mapped[str] = mapped_column(sa.String(100))
+    consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+
+
+class WebhookEvent(Base):
+    """The outbox: an event, written in the transaction of the change that caused it."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # webhook-id
+    type: Mapped[str] = mapped_column(sa.String(40))
+    tenant_id: Mapped[str | None] = mapped_column(sa.String(40))
+    payload: Mapped[dict[str, Any]]  # the JSON body every endpoint is sent
+    created_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: attempted until it succeeds or is given up on."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+        sa.Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            sqlite_where=sa.text("status = 'pending'"),
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(sa.ForeignKey("webhook_events.id"))
+    endpoint_id: Mapped[str] = mapped_column(sa.ForeignKey("webhook_endpoints.id"))
+    status: Mapped[str] = mapped_column(sa.String(16))  # pending | succeeded | failed
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # When it is next due; while an attempt runs, when that attempt's lease ends.
+    next_attempt_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]  # the receiver's HTTP status
+    last_error: Mapped[str | None] = mapped_column(sa.String(300))
+    created_at: Mapped[datetime]
+
+
 class CacheEntry(Base):
     """A stored answer, keyed by a digest of the audio bytes and the call's parameters."""
 
@@ -299,4 +356,7 @@ budget_counters = BudgetCounter.__table__
 ledger_holds = LedgerHold.__table__
 upstream_attempts = UpstreamAttempt.__table__
 audit_log = AuditEntry.__table__
+webhook_endpoints = WebhookEndpoint.__table__
+webhook_events = WebhookEvent.__table__
+webhook_deliveries = WebhookDelivery.__table__
 transcription_cache = CacheEntry.__table__

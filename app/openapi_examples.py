@@ -36,6 +36,30 @@ _TENANT = {
     "updated_at": "2025-10-14T10:33:09.902215Z",
 }
 
+_WEBHOOK = {
+    "id": "whk_01K9A56E1NRMG72XJJGBVW6J36",
+    "url": "https://hooks.acme.example/earmark",
+    "event_types": ["key.revoked", "tenant.deactivated"],
+    "tenant_id": _TENANT_ID,
+    "enabled": True,
+    "failing": False,
+    "created_at": "2025-11-05T14:02:11.381907Z",
+    "updated_at": "2025-11-05T14:02:11.381907Z",
+}
+
+_DELIVERY = {
+    "id": "dlv_01KAX14Z0PKGZZ0SBAR3THMEQC",
+    "event_id": "msg_01KAX14Z0PDWSYKFQMMT77B5HV",
+    "event_type": "key.revoked",
+    "status": "succeeded",
+    "attempts": 1,
+    "next_attempt_at": None,
+    "last_attempt_at": "2025-11-25T08:12:45.201377Z",
+    "last_status": 204,
+    "last_error": None,
+    "created_at": "2025-11-25T08:12:44.950318Z",
+}
+
 _RATE_LIMITS = {
     "requests_per_minute": 120,
     "audio_seconds_per_window": 36000,
@@ -356,6 +380,41 @@ EXAMPLES: dict[str, OperationExample] = {
                 }
             ],
             "next_cursor": None,
+        }
+    ),
+    "create_webhook": OperationExample(
+        request={
+            "url": "https://hooks.acme.example/earmark",
+            "event_types": ["key.revoked", "tenant.deactivated"],
+            "tenant_id": _TENANT_ID,
+        },
+        response={**_WEBHOOK, "secret": "whsec_nYlxoAeXnzfg+F1lJm/84zvGj13XUg/iv3rF41cpfBo="},
+    ),
+    "list_webhooks": OperationExample(response={"data": [_WEBHOOK], "next_cursor": None}),
+    "get_webhook": OperationExample(response=_WEBHOOK),
+    "update_webhook": OperationExample(
+        request={"event_types": ["key.created", "key.revoked", "key.rotated"]},
+        response={
+            **_WEBHOOK,
+            "event_types": ["key.created", "key.revoked", "key.rotated"],
+            "updated_at": "2025-11-20T11:47:30.004512Z",
+        },
+    ),
+    "rotate_webhook_secret": OperationExample(
+        response={
+            **_WEBHOOK,
+            "updated_at": "2025-11-26T09:00:02.118730Z",
+            "secret": "whsec_iUnAV8ZLrF+DtMa75/tTujZDIuf9UEc7pp5u0t+Jvvs=",
+        }
+    ),
+    "list_webhook_deliveries": OperationExample(
+        response={"data": [_DELIVERY], "next_cursor": None}
+    ),
+    "redeliver_webhook": OperationExample(
+        response={
+            **_DELIVERY,
+            "status": "pending",
+            "next_attempt_at": "2025-11-26T09:01:15.220193Z",
         }
     ),
     # GET /admin/usage?group_by=tenant,model&from=2025-11-01T00:00:00Z&to=2025-12-01T00:00:00Z

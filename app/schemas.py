@@ -288,6 +288,66 @@ class AdminUserCreated(Struct, kw_only=True):
     created_at: datetime
 
 
+# What a webhook endpoint may subscribe to (app/webhooks.py emits each, with the change).
+WebhookEventType = Literal["key.created", "key.revoked", "key.rotated", "tenant.deactivated"]
+WebhookUrl = Annotated[str, Meta(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$")]
+WebhookEventTypes = Annotated[list[WebhookEventType], Meta(min_length=1, max_length=20)]
+
+
+class WebhookCreate(_Request):
+    url: WebhookUrl
+    event_types: WebhookEventTypes
+    tenant_id: Id | None = None  # only this tenant's events
+    enabled: bool = True
+
+
+class WebhookUpdate(_Request):
+    """Fields left out stay as they are; ``tenant_id: null`` receives every tenant's."""
+
+    url: WebhookUrl | UnsetType = UNSET
+    event_types: WebhookEventTypes | UnsetType = UNSET
+    tenant_id: Id | UnsetType | None = UNSET
+    enabled: bool | UnsetType = UNSET
+
+
+class WebhookEndpoint(Struct, kw_only=True):
+    id: str
+    url: str
+    event_types: list[str]
+    tenant_id: str | None
+    enabled: bool
+    failing: bool  # its last deliveries failed one after another; it is still retried
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookWithSecret(WebhookEndpoint, kw_only=True):
+    secret: str  # whsec_…: shown only at creation and rotation; verify signatures with it
+
+
+class WebhookPage(Struct, kw_only=True):
+    data: list[WebhookEndpoint]
+    next_cursor: str | None
+
+
+class WebhookDelivery(Struct, kw_only=True):
+    id: str
+    event_id: str  # the webhook-id header: the same on every attempt
+    event_type: str
+    status: str  # pending | succeeded | failed (given up)
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+
+
+class WebhookDeliveryPage(Struct, kw_only=True):
+    data: list[WebhookDelivery]
+    next_cursor: str | None
+
+
 def provided(update: Struct) -> dict[str, object]:
     """The fields of a PATCH body that were actually sent."""
     return {

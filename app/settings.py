@@ -39,6 +39,18 @@ class Sweeping(msgspec.Struct, frozen=True, kw_only=True):
     margin_seconds: float = 300.0  # beyond the longest fallback chain's timeouts
 
 
+class Webhooks(msgspec.Struct, frozen=True, kw_only=True):
+    """How webhook deliveries are made and retried (app/webhook_delivery.py)."""
+
+    # Loopback, private, link-local and metadata addresses are refused as targets unless
+    # this is set (a receiver on the same host or network).
+    allow_private: bool = False
+    timeout_seconds: float = 10.0  # per attempt, connecting included
+    poll_seconds: float = 1.0  # how often each process looks for deliveries due
+    retry_base_seconds: float = 5.0  # the first retry's wait; each doubles, up to an hour
+    retry_hours: float = 24.0  # after this long an event is given up on
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = DEFAULT_DATABASE_URL
     # Bootstrap admin bearer token; admin users (argon2id) work with or without it.
@@ -59,6 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     file_threads: int = 4
     http: HttpLimits = HttpLimits()
     sweeping: Sweeping = Sweeping()
+    webhooks: Webhooks = Webhooks()
     # Where settlements wait when the database cannot take them (one file per process).
     journal_dir: str = "./earmark-journal"
     # One line per request (method, path without its query, status, ms, request id).
@@ -109,6 +122,13 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             interval_seconds=_seconds(environ, "EARMARK_SWEEP_INTERVAL", 30.0),
             reserved_after_seconds=_seconds(environ, "EARMARK_SWEEP_RESERVED_AFTER", 60.0),
             margin_seconds=_seconds(environ, "EARMARK_SWEEP_FORWARDED_MARGIN", 300.0),
+        ),
+        webhooks=Webhooks(
+            allow_private=_flag(environ, "EARMARK_WEBHOOKS_ALLOW_PRIVATE"),
+            timeout_seconds=_seconds(environ, "EARMARK_WEBHOOKS_TIMEOUT", 10.0),
+            poll_seconds=_seconds(environ, "EARMARK_WEBHOOKS_POLL_INTERVAL", 1.0),
+            retry_base_seconds=_seconds(environ, "EARMARK_WEBHOOKS_RETRY_BASE", 5.0),
+            retry_hours=_count(environ, "EARMARK_WEBHOOKS_RETRY_HOURS", 24, 24 * 30),
         ),
         journal_dir=environ.get("EARMARK_JOURNAL_DIR") or "./earmark-journal",
     )

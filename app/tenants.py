@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import audit, database
+from app import audit, database, webhooks
 from app.audit import Actor
 from app.errors import Conflict, NotFound
 from app.ids import new_id
@@ -111,6 +111,8 @@ async def _apply(
                 )
             after = _to_api(await fetch_tenant(conn, tenant_id))
             await audit.record(conn, actor, f"tenant.{verb}", tenant_id, before=before, after=after)
+            if before.status == "active" and after.status == "inactive":
+                await webhooks.emit(conn, "tenant.deactivated", tenant_id, {"tenant": after})
     except exc.IntegrityError:
         raise _name_taken(name or "") from None
     return after

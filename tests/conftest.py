@@ -92,6 +92,15 @@ def migrated_postgres() -> Iterator[str]:
         asyncio.run(drop_postgres_database(url))
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated, empty SQLite database: for what does not depend on the database (the
+    CLI's parsing and printing), run once."""
+    path = tmp_path / "earmark.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(
     request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path

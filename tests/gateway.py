@@ -191,7 +191,9 @@ class Gateway:
 
 
 @contextmanager
-def serve_gateway(database_url: str, fake_url: str, config_dir: Path) -> Iterator[Gateway]:
+def serve_gateway(
+    database_url: str, fake_url: str, config_dir: Path, **settings: Any
+) -> Iterator[Gateway]:
     config = config_dir / "earmark.toml"
     config.write_text(CONFIG.format(fake=fake_url, key_env=KEY_ENV, closed=free_port()))
     settings = Settings(
@@ -199,6 +201,7 @@ def serve_gateway(database_url: str, fake_url: str, config_dir: Path) -> Iterato
         admin_token=ADMIN_TOKEN,
         config_path=str(config),
         journal_dir=str(config_dir / "journal"),
+        **settings,
     )
     with ServerThread(create_app(settings)) as server:
         gateway = Gateway(server.url, fake_url)

@@ -207,7 +207,8 @@ def test_the_trail_cannot_be_written_through_the_api(gateway):
     assert _trail(gateway) == [entry]
 
 
-def test_the_cli_is_an_actor_with_its_os_user(database_url):
+def test_the_cli_is_an_actor_with_its_os_user(sqlite_url):
+    database_url = sqlite_url
     env = earmark_env(database_url)
     user = f"cli:{getpass.getuser()}"
 

@@ -4,6 +4,7 @@ handler's own msgspec types, and shaped like what the service really answers."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ def test_every_operation_shows_an_example_request_and_answer(documented):
         assert not d.answer or "example" in d.answer, f"{d.method} {d.path}: no example answer"
     shown = {name: d.shown() for name, d in documented.items() if d.shown() != (None, None)}
     assert shown == EXAMPLES  # each example on its own operation, none left over
-    assert set(documented) - set(shown) == {"delete_key", "delete_budget"}  # 204, no body
+    assert set(documented) - set(shown) == {"delete_key", "delete_budget", "delete_webhook"}
 
 
 def test_every_example_is_valid_against_its_documented_schema(documented, spec):
@@ -133,7 +134,10 @@ def test_a_secret_is_shown_where_the_api_shows_one_and_nowhere_else():
     secrets = []
     for name, example in EXAMPLES.items():
         for where, text in _strings(example.response):
-            if where == ".secret":
+            if where == ".secret" and text.startswith("whsec_"):
+                assert len(base64.b64decode(text.removeprefix("whsec_"))) == 32, name
+                secrets.append(name)
+            elif where == ".secret":
                 assert key_format.is_well_formed(text), name
                 assert key_format.display_prefix(text) == example.response["display_prefix"]
                 secrets.append(name)
@@ -141,7 +145,12 @@ def test_a_secret_is_shown_where_the_api_shows_one_and_nowhere_else():
                 assert len(text) == key_format.DISPLAY_LENGTH, (name, where)
         for where, text in _strings(example.request):
             assert not text.startswith(key_format.PREFIX), (name, where)
-    assert sorted(secrets) == ["create_key", "rotate_key"]
+    assert sorted(secrets) == [
+        "create_key",
+        "create_webhook",
+        "rotate_key",
+        "rotate_webhook_secret",
+    ]
 
 
 _ID = re.compile(r"([a-z]{3})_[0-9A-HJKMNP-TV-Z]{26}")
@@ -225,8 +234,17 @@ def test_every_example_is_shaped_like_the_real_answer(gateway, documented):
     run("models", key=key)
     report = EXAMPLES["usage_report"].response
     run("usage_report", params={"group_by": ",".join(report["group_by"])})
+    ids["webhook_id"] = run(
+        "create_webhook", {**EXAMPLES["create_webhook"].request, "tenant_id": ids["tenant_id"]}
+    )["id"]
+    for name in ("list_webhooks", "get_webhook", "update_webhook", "rotate_webhook_secret"):
+        run(name)
     for name in ("rotate_key", "update_key", "revoke_key", "update_tenant", "deactivate_tenant"):
         run(name)
+    # The webhook's deliveries: the key's events (its host resolves nowhere here, so they
+    # stay pending), one of them sent again on request.
+    ids["delivery_id"] = run("list_webhook_deliveries")["data"][0]["id"]
+    run("redeliver_webhook")
     revocation = run("list_audit", params={"target": ids["key_id"], "action": "key.revoke"})
     assert [entry["action"] for entry in revocation["data"]] == ["key.revoke"]
     assert ran == set(EXAMPLES)

@@ -1,0 +1,312 @@
+"""Webhook deliveries: posted from the outbox, signed, retried, never to a private address.
+
+Each process runs ``run_deliveries``: it claims deliveries that are due (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL, so processes never take the same one), leasing each for a little
+longer than an attempt may take, so one whose process died is taken again once its lease
+ends: at least once, never lost. Each is posted with Standard Webhooks' headers
+(``webhook-id`` the event's id on every attempt, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``); a 2xx ends it,
+anything else is retried after an exponential wait with jitter until the event is
+``retry_hours`` old, then it is marked failed. Nothing on a call's path waits for this.
+
+Targets are checked twice: when registered, and as each connection is made (the resolver
+answers only public addresses), so a name re-pointed at 169.254.169.254 or 127.0.0.1
+after registration is refused too, unless ``EARMARK_WEBHOOKS_ALLOW_PRIVATE`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import secrets
+import socket
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import database
+from app.errors import InvalidRequest
+from app.metrics import Metrics
+from app.models import webhook_deliveries, webhook_endpoints, webhook_events
+from app.settings import Webhooks
+
+logger = logging.getLogger("earmark")
+BATCH = 20  # deliveries claimed at once by a process
+MAX_WAIT_SECONDS = 3600.0
+_ANSWER_BYTES = 4096  # of a receiver's answer: read, not kept
+_jitter = secrets.SystemRandom()
+
+
+class RefusedTarget(Exception):
+    """A webhook URL whose host is (or resolves to) an address Earmark must not post to."""
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}\.?")  # as urlsplit lowercases it
+
+
+def _literal(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+async def check_url(url: str, *, allow_private: bool) -> None:
+    """400 unless ``url`` is http(s) to a host that is, or resolves only to, public
+    addresses (any address, with ``allow_private``). A name that does not resolve now is
+    accepted: each delivery checks again."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, _ = parts.scheme, parts.hostname, parts.port  # a bad port: ValueError
+    except ValueError:
+        scheme = host = None
+    if (
+        scheme not in ("http", "https")
+        or not host
+        or not (_literal(host) or _HOSTNAME.fullmatch(host))
+    ):
+        raise InvalidRequest(
+            "`url` must be an http:// or https:// URL with a host name or address.", param="url"
+        )
+    if allow_private:
+        return
+    literal = _literal(host)
+    if literal is not None:
+        addresses = [literal]
+    elif host.rstrip(".").lower() == "localhost" or host.lower().endswith(".localhost"):
+        addresses = ["127.0.0.1"]
+    else:
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError:
+            return
+        addresses = [info[4][0] for info in found]
+    if not all(is_public(address) for address in addresses):
+        raise InvalidRequest(
+            f"`url` points at a loopback, private, link-local or metadata address ({host}); "
+            "set EARMARK_WEBHOOKS_ALLOW_PRIVATE=true to allow a receiver on your own network.",
+            param="url",
+            code="webhook_url_private",
+        )
+
+
+class _PublicOnly(AbstractResolver):
+    """Resolves as usual, then keeps only public addresses: the connection is made to an
+    address that was checked, so a DNS answer cannot change between check and connect."""
+
+    def __init__(self) -> None:
+        self._resolver = ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family)
+        public = [entry for entry in found if is_public(entry["host"])]
+        if not public:
+            raise RefusedTarget(f"{host} resolves only to non-public addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks' ``webhook-signature`` value."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{event_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def retry_wait(attempts: int, base_seconds: float) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: doubling, capped,
+    with ±20% jitter so receivers coming back are not hit by every sender at once."""
+    wait = min(base_seconds * 2 ** max(attempts - 1, 0), MAX_WAIT_SECONDS)
+    return wait * _jitter.uniform(0.8, 1.2)
+
+
+class Deliverer:
+    def __init__(self, engine: AsyncEngine, settings: Webhooks, metrics: Metrics) -> None:
+        self.engine, self.settings, self.metrics = engine, settings, metrics
+        resolver = None if settings.allow_private else _PublicOnly()
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=resolver, limit=BATCH),
+            timeout=aiohttp.ClientTimeout(total=settings.timeout_seconds),
+            headers={"user-agent": "earmark-webhooks"},
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def deliver_due(self) -> int:
+        """Attempt every delivery due now (up to ``BATCH``); how many were attempted."""
+        claimed = await self._claim()
+        if claimed:
+            outcomes = await asyncio.gather(*(self._attempt(row) for row in claimed))
+            await self._record(claimed, outcomes)
+        return len(claimed)
+
+    async def _claim(self) -> list[Any]:
+        now = database.utcnow()
+        # Longer than an attempt can take: a delivery is taken again only if its process died.
+        lease = timedelta(seconds=2 * self.settings.timeout_seconds + 1)
+        d, e = webhook_deliveries, webhook_endpoints
+        due = (
+            select(d.c.id)
+            .join(e, e.c.id == d.c.endpoint_id)
+            .where(
+                d.c.status == "pending",
+                d.c.next_attempt_at <= now,
+                e.c.enabled,
+                e.c.deleted_at.is_(None),
+            )
+            .order_by(d.c.next_attempt_at)
+            .limit(BATCH)
+        )
+        async with database.write(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(of=d, skip_locked=True)
+            ids = list((await conn.execute(due)).scalars())
+            if not ids:
+                return []
+            await conn.execute(
+                update(d)
+                .where(d.c.id.in_(ids))
+                .values(next_attempt_at=now + lease, attempts=d.c.attempts + 1)
+            )
+            query = (
+                select(
+                    d.c.id,
+                    d.c.attempts,
+                    d.c.endpoint_id,
+                    webhook_events.c.id.label("event_id"),
+                    webhook_events.c.payload,
+                    webhook_events.c.created_at.label("event_at"),
+                    e.c.url,
+                    e.c.secret,
+                )
+                .join(webhook_events, webhook_events.c.id == d.c.event_id)
+                .join(e, e.c.id == d.c.endpoint_id)
+                .where(d.c.id.in_(ids))
+            )
+            return list((await conn.execute(query)).all())
+
+    async def _attempt(self, row: Any) -> tuple[int | None, str | None]:
+        """(the receiver's status, or None) and what went wrong, if anything."""
+        body = msgspec.json.encode(row.payload)
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": row.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(row.secret, row.event_id, timestamp, body),
+        }
+        try:
+            host = urlsplit(row.url).hostname or ""
+            literal = _literal(host)
+            if literal and not self.settings.allow_private and not is_public(literal):
+                raise RefusedTarget(f"{host} is not a public address")
+            async with self.http.post(
+                row.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                await response.content.read(_ANSWER_BYTES)
+                if 200 <= response.status < 300:
+                    return response.status, None
+                return response.status, f"answered {response.status}"
+        except RefusedTarget as refused:
+            return None, f"refused: {refused}"
+        except TimeoutError:
+            return None, f"no answer within {self.settings.timeout_seconds:g} s"
+        except (aiohttp.ClientError, OSError) as error:
+            cause = error.__cause__ if isinstance(error.__cause__, RefusedTarget) else error
+            return None, f"{type(cause).__name__}: {cause}"[:300]
+
+    async def _record(
+        self, claimed: list[Any], outcomes: list[tuple[int | None, str | None]]
+    ) -> None:
+        now = database.utcnow()
+        give_up_after = timedelta(hours=self.settings.retry_hours)
+        d, e = webhook_deliveries, webhook_endpoints
+        async with database.write(self.engine) as conn:
+            for row, (status, error) in zip(claimed, outcomes, strict=True):
+                values: dict[str, Any] = {
+                    "last_attempt_at": now,
+                    "last_status": status,
+                    "last_error": error,
+                }
+                if error is None:
+                    outcome = "succeeded"
+                    values.update(status="succeeded", next_attempt_at=None)
+                    failures: Any = 0
+                else:
+                    failures = e.c.consecutive_failures + 1
+                    wait = timedelta(
+                        seconds=retry_wait(row.attempts, self.settings.retry_base_seconds)
+                    )
+                    if now + wait - row.event_at > give_up_after:
+                        outcome = "failed"
+                        values.update(status="failed", next_attempt_at=None)
+                    else:
+                        outcome = "retrying"
+                        values.update(next_attempt_at=now + wait)
+                # Only the attempt that holds the lease records: not one a redelivery replaced.
+                await conn.execute(
+                    update(d).where(d.c.id == row.id, d.c.status == "pending").values(**values)
+                )
+                await conn.execute(
+                    update(e).where(e.c.id == row.endpoint_id).values(consecutive_failures=failures)
+                )
+                self.metrics.webhook_deliveries.labels(outcome).inc()
+                if error is not None:
+                    logger.warning(
+                        "webhook %s to %s: %s (%s)", row.event_id, row.url, error, outcome
+                    )
+
+
+async def run_deliveries(deliverer: Deliverer) -> None:
+    """Deliver what is due, then look again after ``poll_seconds`` (at once after a full
+    batch); a failure of the database is logged and tried again at the next round."""
+    while True:
+        try:
+            attempted = await deliverer.deliver_due()
+        except Exception:  # the database went away: the deliveries wait in the outbox
+            logger.exception("webhook deliveries could not be claimed or recorded")
+            attempted = 0
+        if attempted < BATCH:
+            await asyncio.sleep(deliverer.settings.poll_seconds)
+
+
+@contextlib.asynccontextmanager
+async def delivering(engine: AsyncEngine, settings: Webhooks, metrics: Metrics) -> Any:
+    """The process's delivery worker, for the lifespan."""
+    deliverer = Deliverer(engine, settings, metrics)
+    task = asyncio.create_task(run_deliveries(deliverer))
+    try:
+        yield deliverer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await deliverer.close()
