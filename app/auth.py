@@ -46,6 +46,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime | None
     # A budget on the key's path that is used up this period: every call is refused.
     exhausted_budget_id: str | None = None
+    # A budget on the key's path has alert thresholds: settles look for crossings.
+    budget_alerts: bool = False
 
 
 def _basic_credentials(value: str) -> tuple[str, str] | None:
@@ -90,6 +92,7 @@ _LOOKUP = Statement(
         tenants.c.name.label("tenant_name"),
         tenants.c.status.label("tenant_status"),
         budgets.exhausted_on_path(api_keys.c.id, api_keys.c.tenant_id).label("exhausted"),
+        budgets.alerting_on_path(api_keys.c.id, api_keys.c.tenant_id).label("alerting"),
     )
     .select_from(key_secrets)
     .join(api_keys, api_keys.c.id == key_secrets.c.key_id)
@@ -147,6 +150,7 @@ async def authenticate_tenant(engine: AsyncEngine, pepper: str, secret: str | No
         cache=bool(row.cache),
         expires_at=expires_at,
         exhausted_budget_id=row.exhausted,
+        budget_alerts=bool(row.alerting),
     )
 
 

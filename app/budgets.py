@@ -25,7 +25,14 @@ from app.errors import EarmarkError, InvalidRequest, NotFound
 from app.ids import new_id
 from app.metering import NANOS_PER_USD, usd
 from app.models import UTCDateTime, budget_counters, budgets, ledger_holds
-from app.schemas import Budget, BudgetCreate, BudgetEvent, BudgetPeriodSpend, BudgetUpdate
+from app.schemas import (
+    Budget,
+    BudgetCreate,
+    BudgetEvent,
+    BudgetPeriodSpend,
+    BudgetUpdate,
+    provided,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_USD = 1_000_000_000
@@ -39,6 +46,7 @@ PERIODS = ("day", "week", "month", "none")
 class BudgetExceeded(EarmarkError):
     status_code = 402
     error_type = "budget_exceeded"
+    budget_id: str | None = None  # the budget that refused (budget.exhausted names it)
 
 
 class BudgetBusy(EarmarkError):
@@ -127,7 +135,7 @@ def _counter_insert(dialect_insert: Any) -> Any:
     )
 
 
-_ENSURE_COUNTER = Statement(
+ENSURE_COUNTER = Statement(
     {"sqlite": _counter_insert(sqlite.insert), "postgresql": _counter_insert(postgresql.insert)}
 )
 _ON_PATH = Statement(
@@ -135,7 +143,7 @@ _ON_PATH = Statement(
     .where(_on_path(bindparam("key_id"), bindparam("tenant_id")))
     .order_by(budgets.c.id)
 )
-_THIS_PERIOD = and_(
+THIS_PERIOD = and_(
     budget_counters.c.budget_id == bindparam("budget_id"),
     budget_counters.c.period_start == bindparam("start", type_=UTCDateTime()),
 )
@@ -154,18 +162,18 @@ def _fits(amount: Any) -> Any:
 # The conditional update: add to held only if spent + held + amount still fits.
 _HOLD = Statement(
     update(budget_counters)
-    .where(_THIS_PERIOD, _fits(bindparam("amount")))
+    .where(THIS_PERIOD, _fits(bindparam("amount")))
     .values(held_nanos=budget_counters.c.held_nanos + bindparam("amount"))
 )
 _COUNTER = Statement(
     select(
         budget_counters.c.spent_nanos, budget_counters.c.held_nanos, budget_counters.c.top_up_nanos
-    ).where(_THIS_PERIOD)
+    ).where(THIS_PERIOD)
 )
 
 
 async def _ensure_counter(conn: AsyncConnection, budget_id: str, start: datetime) -> None:
-    statement = _ENSURE_COUNTER.for_dialect(conn.dialect.name)
+    statement = ENSURE_COUNTER.for_dialect(conn.dialect.name)
     await conn.execute(statement, {"budget_id": budget_id, "start": start})
 
 
@@ -240,7 +248,7 @@ def holding(holds: list[Hold], *, expected: int | None = None) -> Program[None]:
         at = {"budget_id": hold.budget_id, "start": hold.period_start}
         if not (yield execute(_HOLD, amount=hold.amount_nanos, **at)):
             # Usually the period's counter exists; create it only when the hold found none.
-            yield execute(_ENSURE_COUNTER, **at)
+            yield execute(ENSURE_COUNTER, **at)
             if not (yield execute(_HOLD, amount=hold.amount_nanos, **at)):
                 ((spent, held, top_up),) = yield fetch(_COUNTER, **at)
                 room = hold.limit_nanos + top_up - spent
@@ -278,10 +286,12 @@ def _exceeded(budget: Any, view: Budget, amount: int | None) -> BudgetExceeded:
         if amount is None
         else f"has ${view.remaining_usd} left, and this call may cost up to ${usd(amount)}"
     )
-    return BudgetExceeded(
+    refusal = BudgetExceeded(
         f"Budget {budget.id} (${view.limit_usd} {per} on {owner}) {state}. {resets}",
         code="budget_exceeded",
     )
+    refusal.budget_id = budget.id
+    return refusal
 
 
 def period_starts(now: datetime) -> dict[str, datetime]:
@@ -296,6 +306,20 @@ def _period_start() -> Any:
             (budgets.c.period == period, bindparam(f"{period}_start", type_=UTCDateTime()))
             for period in PERIODS
         ]
+    )
+
+
+def alerting_on_path(key_id: Any, tenant_id: Any) -> Any:
+    """A correlated EXISTS: a budget on the key's path has alert thresholds (its calls'
+    settles then look for crossings, app/alerts.py)."""
+    return (
+        select(budgets.c.id)
+        .where(
+            budgets.c.deleted_at.is_(None),
+            or_(budgets.c.key_id == key_id, budgets.c.tenant_id == tenant_id),
+            budgets.c.thresholds.is_not(None),
+        )
+        .exists()
     )
 
 
@@ -474,12 +498,13 @@ async def add_budget(
             tenant_id=tenant_id,
             limit_nanos=usd_to_nanos(data.limit_usd, "limit_usd"),
             period=data.period,
+            thresholds=_thresholds(data.thresholds),
             created_at=now,
             updated_at=now,
         )
     )
     view = await _view(conn, await _fetch(conn, budget_id), now)
-    details = {"limit_usd": data.limit_usd, "period": data.period}
+    details = {"limit_usd": data.limit_usd, "period": data.period, "thresholds": data.thresholds}
     await audit.record(conn, actor, "budget.create", budget_id, after=view, details=details)
     return budget_id
 
@@ -504,6 +529,7 @@ async def _view(conn: AsyncConnection, budget: Any, now: datetime) -> Budget:
         held_usd=usd(held),
         top_up_usd=usd(top_up),
         remaining_usd=usd(remaining),
+        thresholds=list(budget.thresholds or []),
         created_at=budget.created_at,
         updated_at=budget.updated_at,
     )
@@ -571,19 +597,33 @@ async def get_budget(engine: AsyncEngine, budget_id: str) -> Budget:
 async def update_budget(
     engine: AsyncEngine, budget_id: str, data: BudgetUpdate, actor: Actor
 ) -> Budget:
-    limit = usd_to_nanos(data.limit_usd, "limit_usd")
+    """A new limit, new alert thresholds, or both. Thresholds a period has already
+    announced are not announced again in it."""
+    given = provided(data)
+    changes: dict[str, Any] = {}
+    if "limit_usd" in given:
+        changes["limit_nanos"] = usd_to_nanos(data.limit_usd, "limit_usd")  # type: ignore[arg-type]
+    if "thresholds" in given:
+        changes["thresholds"] = _thresholds(data.thresholds)  # type: ignore[arg-type]
     now = database.utcnow()
     async with database.write(engine) as conn:
         budget = await _fetch(conn, budget_id)
-        counter = await _counter(conn, budget_id, period_bounds(budget.period, now)[0])
-        _check_headroom(budget_id, limit, counter.top_up_nanos if counter else 0)
+        if "limit_nanos" in changes:
+            counter = await _counter(conn, budget_id, period_bounds(budget.period, now)[0])
+            _check_headroom(
+                budget_id, changes["limit_nanos"], counter.top_up_nanos if counter else 0
+            )
         before = await _view(conn, budget, now)
         await conn.execute(
             update(budgets)
             .where(budgets.c.id == budget_id)
-            .values(limit_nanos=limit, updated_at=database.utcnow())
+            .values(**changes, updated_at=database.utcnow())
         )
-        return await _audited(conn, actor, "update", before, now, {"limit_usd": data.limit_usd})
+        return await _audited(conn, actor, "update", before, now, given)
+
+
+def _thresholds(percents: list[int]) -> list[int] | None:
+    return sorted(set(percents)) or None
 
 
 async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: Actor) -> Budget:

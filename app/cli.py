@@ -448,7 +448,10 @@ def _budgets(settings: Settings, args: argparse.Namespace) -> Any:
     action = {
         "add": lambda engine: budgets.create_budget(
             engine,
-            _convert({"limit_usd": args.limit_usd, "period": args.period}, BudgetCreate),
+            _convert(
+                {"limit_usd": args.limit_usd, "period": args.period, "thresholds": args.threshold},
+                BudgetCreate,
+            ),
             actor,
             key_id=args.key,
             tenant_id=args.tenant,
@@ -459,6 +462,9 @@ def _budgets(settings: Settings, args: argparse.Namespace) -> Any:
         "show": lambda engine: budgets.get_budget(engine, budget_id),
         "set-limit": lambda engine: budgets.update_budget(
             engine, budget_id, _convert({"limit_usd": args.usd}, BudgetUpdate), actor
+        ),
+        "set-thresholds": lambda engine: budgets.update_budget(
+            engine, budget_id, _convert({"thresholds": args.percent}, BudgetUpdate), actor
         ),
         "top-up": lambda engine: budgets.top_up(
             engine, budget_id, _convert({"amount_usd": args.usd}, TopUp).amount_usd, actor
@@ -756,6 +762,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["day", "week", "month", "none"],
         help="calendar period in UTC (week from Monday); none: a lifetime cap",
     )
+    sub.add_argument(
+        "--threshold",
+        type=int,
+        action="append",
+        help="a percent of the limit whose crossing sends budget.threshold (repeatable)",
+    )
     sub.set_defaults(handler=_budgets)
     sub = budget_commands.add_parser(
         "list", help="budgets of a key or a tenant (every one: no pages)", parents=output
@@ -767,6 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text, columns in [
         ("show", "a budget and its current period", None),
         ("set-limit", "raise or lower its limit", None),
+        ("set-thresholds", "the percents that send budget.threshold (none: no alerts)", None),
         ("top-up", "grant extra spend for the current period", None),
         ("reset", "zero the current period's spend", None),
         ("delete", "stop enforcing it", None),
@@ -777,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("budget_id", help="bud_… id")
         if action in ("set-limit", "top-up"):
             sub.add_argument("usd", help='an exact amount in dollars: "10" or "0.50"')
+        if action == "set-thresholds":
+            sub.add_argument("percent", type=int, nargs="*", help="percents of the limit, 1-100")
         sub.set_defaults(handler=_budgets, columns=columns)
 
     report = commands.add_parser(

@@ -160,6 +160,23 @@ def _bound(
     return sql, rows if op.kind == "many" else rows[0]
 
 
+async def run_on(conn: Any, program: Program[T]) -> T:
+    """Run ``program`` inside a transaction SQLAlchemy already holds (an admin change, the
+    sweeper): a step written once serves both kinds of caller."""
+    result: Any = None
+    while True:
+        try:
+            op = program.send(result)
+        except StopIteration as done:
+            return done.value
+        statement = op.statement.for_dialect(conn.dialect.name)
+        found = await conn.execute(statement, op.params)
+        if op.kind == "rows":
+            result = op.statement.rows(found.all())
+        else:
+            result = None if op.kind == "many" else found.rowcount
+
+
 class Store:
     """The call path's database, beside the SQLAlchemy engine of the same URL."""
 

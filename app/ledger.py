@@ -35,8 +35,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database, rate_limits
-from app.driver import Program, Statement, execute, execute_many, fetch
+from app import alerts, budgets, database, rate_limits
+from app.driver import Program, Statement, execute, execute_many, fetch, run_on
 from app.metering import Usage, usd
 from app.models import OPEN_ROWS, ledger, ledger_holds, upstream_attempts
 from app.pagination import paginate, split_page
@@ -297,12 +297,14 @@ def _settle_row_params(call_id: str, settlement: Settlement) -> dict[str, Any]:
     return {"call_id": call_id, **{f"v_{name}": value for name, value in values.items()}}
 
 
-def _settling(call_id: str, settlement: Settlement) -> Program[bool]:
+def _settling(call_id: str, settlement: Settlement, alerting: bool) -> Program[bool]:
     if (yield execute(_SETTLE_ROW, **_settle_row_params(call_id, settlement))) != 1:
         return False
     if settlement.attempt_records:
         yield execute_many(_INSERT_ATTEMPTS, _attempt_rows(call_id, settlement))
     yield from budgets.settling(call_id, settlement.cost_nanos)
+    if alerting:
+        yield from alerts.crossing(call_id)
     return True
 
 
@@ -329,12 +331,16 @@ def _settle_at_once() -> Any:
 _SETTLE_AT_ONCE = Statement({"postgresql": _settle_at_once()})
 
 
-async def settle_call(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
+async def settle_call(
+    engine: AsyncEngine, call_id: str, settlement: Settlement, *, alerting: bool = True
+) -> bool:
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
-    call's cost is 0, which releases them); False if it was already settled or swept."""
+    call's cost is 0, which releases them); False if it was already settled or swept.
+    ``alerting`` (a budget on the path has thresholds): announce what the charge crossed,
+    in the same transaction; without it PostgreSQL settles in one statement."""
     store = database.store(engine)
-    if store.dialect.name != "postgresql":
-        return await store.write(lambda: _settling(call_id, settlement))
+    if alerting or store.dialect.name != "postgresql":
+        return await store.write(lambda: _settling(call_id, settlement, alerting))
 
     def at_once() -> Program[bool]:
         attempts = [msgspec.structs.asdict(record) for record in settlement.attempt_records]
@@ -382,11 +388,13 @@ def _marking_sent(call_id: str, now: datetime) -> Program[int]:
     return (yield execute(_MARK_SENT, call_id=call_id, now=now))
 
 
-async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settlement) -> bool:
+async def apply_settlement(
+    engine: AsyncEngine, call_id: str, settlement: Settlement, *, alerting: bool = True
+) -> bool:
     """A settlement kept in the journal: settled as a live one is if its row is still open;
     if the sweeper got there first (charging the expected cost, or releasing the holds),
     corrected to what the call really cost. True if it changed anything."""
-    if await settle_call(engine, call_id, settlement):
+    if await settle_call(engine, call_id, settlement, alerting=alerting):
         return True
     values = _settled_columns(settlement)
     async with database.write(engine) as conn:
@@ -403,12 +411,20 @@ async def apply_settlement(engine: AsyncEngine, call_id: str, settlement: Settle
         if settlement.attempt_records:
             await conn.execute(insert(upstream_attempts), _attempt_rows(call_id, settlement))
         await budgets.correct(conn, call_id, settlement.cost_nanos - swept.cost_nanos)
+        await run_on(conn, alerts.crossing(call_id))
     return True
 
 
 async def record_rejection(
-    engine: AsyncEngine, opening: Opening, http_status: int, error_code: str | None, latency_ms: int
+    engine: AsyncEngine,
+    opening: Opening,
+    http_status: int,
+    error_code: str | None,
+    latency_ms: int,
+    exhausted_budget_id: str | None = None,
 ) -> None:
+    """A refused call's row; a budget's refusal is announced with it, the first of its
+    period (``alerts.exhausting``)."""
     now = database.utcnow()
     row = _row(
         opening,
@@ -419,11 +435,15 @@ async def record_rejection(
         created_at=now,
         completed_at=now,
     )
-    await database.store(engine).write(lambda: _inserting(row))
+    await database.store(engine).write(lambda: _rejecting(row, exhausted_budget_id, now))
 
 
-def _inserting(row: dict[str, Any]) -> Program[None]:
+def _rejecting(
+    row: dict[str, Any], exhausted_budget_id: str | None, now: datetime
+) -> Program[None]:
     yield execute(_INSERT_ROW, **row)
+    if exhausted_budget_id is not None:
+        yield from alerts.exhausting(exhausted_budget_id, now)
 
 
 async def sweep(
@@ -470,6 +490,8 @@ async def sweep(
                 )
             )
             await budgets.settle(conn, row.id, cost)
+            if cost:
+                await run_on(conn, alerts.crossing(row.id))
     return len(rows)
 
 

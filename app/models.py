@@ -220,6 +220,8 @@ class Budget(Base):
     tenant_id: Mapped[str | None] = mapped_column(sa.ForeignKey("tenants.id"), index=True)
     limit_nanos: Mapped[int] = mapped_column(sa.BigInteger)
     period: Mapped[str] = mapped_column(sa.String(8))  # day | week | month | none
+    # Percents of the limit whose crossing sends budget.threshold (app/alerts.py).
+    thresholds: Mapped[list[int] | None] = mapped_column(sa.JSON(none_as_null=True))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
@@ -235,6 +237,9 @@ class BudgetCounter(Base):
     spent_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     held_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     top_up_nanos: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    # The highest threshold already announced this period, and whether its first refusal was.
+    alerted_percent: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    exhausted_alerted: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
 
 
 class LedgerHold(Base):

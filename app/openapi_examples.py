@@ -99,6 +99,7 @@ _KEY_BUDGET = {
     "held_usd": "0.004200000",
     "top_up_usd": _ZERO,
     "remaining_usd": "37.611590000",
+    "thresholds": [],
     "created_at": "2025-11-03T09:14:02.534112Z",
     "updated_at": "2025-11-03T09:14:02.534112Z",
 }
@@ -116,6 +117,7 @@ _DAILY_BUDGET = {
     "held_usd": _ZERO,
     "top_up_usd": _ZERO,
     "remaining_usd": "5.000000000",
+    "thresholds": [80],
     "created_at": "2025-11-24T08:41:27.315904Z",
     "updated_at": "2025-11-24T08:41:27.315904Z",
 }
@@ -133,6 +135,7 @@ _TENANT_BUDGET = {
     "held_usd": "0.004200000",
     "top_up_usd": _ZERO,
     "remaining_usd": "481.745494000",
+    "thresholds": [50, 80, 100],
     "created_at": "2025-10-14T10:35:48.407113Z",
     "updated_at": "2025-10-14T10:35:48.407113Z",
 }
@@ -282,10 +285,10 @@ EXAMPLES: dict[str, OperationExample] = {
     "list_key_calls": OperationExample(response=_CALLS),
     "list_calls": OperationExample(response=_CALLS),
     "add_key_budget": OperationExample(
-        request={"limit_usd": "5.00", "period": "day"}, response=_DAILY_BUDGET
+        request={"limit_usd": "5.00", "period": "day", "thresholds": [80]}, response=_DAILY_BUDGET
     ),
     "add_tenant_budget": OperationExample(
-        request={"limit_usd": "500.00", "period": "month"},
+        request={"limit_usd": "500.00", "period": "month", "thresholds": [50, 80, 100]},
         response={
             **_TENANT_BUDGET,
             "period_start": "2025-10-01T00:00:00Z",
@@ -347,7 +350,11 @@ EXAMPLES: dict[str, OperationExample] = {
                     "id": "aud_01K7H4MQ9QYR0FTB9BPJNDKFM0",
                     "action": "create",
                     "actor": "token",
-                    "details": {"limit_usd": "500.00", "period": "month"},
+                    "details": {
+                        "limit_usd": "500.00",
+                        "period": "month",
+                        "thresholds": [50, 80, 100],
+                    },
                     "created_at": "2025-10-14T10:35:48.407692Z",
                 },
                 {

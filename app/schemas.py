@@ -105,13 +105,23 @@ UsdAmount = Annotated[
 BudgetPeriod = Literal["day", "week", "month", "none"]
 
 
+Thresholds = Annotated[
+    list[Annotated[int, Meta(ge=1, le=100)]],
+    Meta(max_length=10, description="percents of the limit: each crossing sends budget.threshold"),
+]
+
+
 class BudgetCreate(_Request):
     limit_usd: UsdAmount
     period: BudgetPeriod
+    thresholds: Thresholds = []
 
 
 class BudgetUpdate(_Request):
-    limit_usd: UsdAmount
+    """Fields left out stay as they are; ``thresholds: []`` sends no more alerts."""
+
+    limit_usd: UsdAmount | UnsetType = UNSET
+    thresholds: Thresholds | UnsetType = UNSET
 
 
 class TopUp(_Request):
@@ -133,6 +143,7 @@ class Budget(Struct, kw_only=True):
     held_usd: str
     top_up_usd: str
     remaining_usd: str
+    thresholds: list[int]
     created_at: datetime
     updated_at: datetime
 
@@ -289,7 +300,14 @@ class AdminUserCreated(Struct, kw_only=True):
 
 
 # What a webhook endpoint may subscribe to (app/webhooks.py emits each, with the change).
-WebhookEventType = Literal["key.created", "key.revoked", "key.rotated", "tenant.deactivated"]
+WebhookEventType = Literal[
+    "budget.threshold",
+    "budget.exhausted",
+    "key.created",
+    "key.revoked",
+    "key.rotated",
+    "tenant.deactivated",
+]
 WebhookUrl = Annotated[str, Meta(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$")]
 WebhookEventTypes = Annotated[list[WebhookEventType], Meta(min_length=1, max_length=20)]
 

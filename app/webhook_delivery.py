@@ -28,7 +28,7 @@ import secrets
 import socket
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,9 +40,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import database
 from app.errors import InvalidRequest
-from app.metrics import Metrics
 from app.models import webhook_deliveries, webhook_endpoints, webhook_events
 from app.settings import Webhooks
+
+if TYPE_CHECKING:  # prometheus_client is imported once serve has set its directory
+    from app.metrics import Metrics
 
 logger = logging.getLogger("earmark")
 BATCH = 20  # deliveries claimed at once by a process

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import audit, database
 from app.audit import Actor
+from app.driver import Program, Statement, execute, execute_many, fetch, json, run_on
 from app.errors import NotFound
 from app.ids import new_id
 from app.models import tenants, webhook_deliveries, webhook_endpoints, webhook_events
@@ -179,22 +180,27 @@ async def _change(
 # --- Events ------------------------------------------------------------------------------
 
 
-async def emit(conn: AsyncConnection, event_type: str, tenant_id: str | None, data: Any) -> None:
+_WANTING = Statement(
+    select(
+        webhook_endpoints.c.id, webhook_endpoints.c.event_types, webhook_endpoints.c.tenant_id
+    ).where(webhook_endpoints.c.enabled, webhook_endpoints.c.deleted_at.is_(None))
+)
+_EVENT_COLUMNS = ["id", "type", "tenant_id", "payload", "created_at"]
+_INSERT_EVENT = Statement(webhook_events.insert(), columns=_EVENT_COLUMNS)
+_DELIVERY_COLUMNS = ["id", "event_id", "endpoint_id", "status", "attempts"]
+_INSERT_DELIVERY = Statement(
+    webhook_deliveries.insert(), columns=[*_DELIVERY_COLUMNS, "next_attempt_at", "created_at"]
+)
+
+
+def emitting(event_type: str, tenant_id: str | None, data: Any) -> Program[None]:
     """Queue ``event_type`` for every enabled endpoint that wants it, in the caller's
-    transaction. ``data`` is as the admin API shows it (amounts as decimal strings)."""
-    endpoints = (
-        await conn.execute(
-            select(
-                webhook_endpoints.c.id,
-                webhook_endpoints.c.event_types,
-                webhook_endpoints.c.tenant_id,
-            ).where(webhook_endpoints.c.enabled, webhook_endpoints.c.deleted_at.is_(None))
-        )
-    ).all()
+    transaction (a program: the call path's settle runs it on the bare drivers). ``data``
+    is as the admin API shows it (amounts as decimal strings)."""
     wanting = [
-        row.id
-        for row in endpoints
-        if event_type in row.event_types and row.tenant_id in (None, tenant_id)
+        endpoint_id
+        for endpoint_id, event_types, only_tenant in (yield fetch(_WANTING))
+        if event_type in json(event_types) and only_tenant in (None, tenant_id)
     ]
     if not wanting:
         return
@@ -205,13 +211,16 @@ async def emit(conn: AsyncConnection, event_type: str, tenant_id: str | None, da
         "timestamp": database.utc_text(now),
         "data": msgspec.to_builtins(data),
     }
-    await conn.execute(
-        webhook_events.insert().values(
-            id=event_id, type=event_type, tenant_id=tenant_id, payload=payload, created_at=now
-        )
+    yield execute(
+        _INSERT_EVENT,
+        id=event_id,
+        type=event_type,
+        tenant_id=tenant_id,
+        payload=payload,
+        created_at=now,
     )
-    await conn.execute(
-        webhook_deliveries.insert(),
+    yield execute_many(
+        _INSERT_DELIVERY,
         [
             {
                 "id": new_id("dlv"),
@@ -225,6 +234,11 @@ async def emit(conn: AsyncConnection, event_type: str, tenant_id: str | None, da
             for endpoint_id in wanting
         ],
     )
+
+
+async def emit(conn: AsyncConnection, event_type: str, tenant_id: str | None, data: Any) -> None:
+    """``emitting`` in an admin change's SQLAlchemy transaction."""
+    await run_on(conn, emitting(event_type, tenant_id, data))
 
 
 # --- Deliveries --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -188,7 +189,8 @@ def test_a_receiver_down_then_failing_gets_every_event_once_back(hooked):
         return len(found) == 3 and all(d["attempts"] >= 2 and d["last_error"] for d in found)
 
     assert _eventually(retried)
-    assert hooked.admin("GET", f"/admin/webhooks/{endpoint['id']}")["failing"] is True
+    shown = f"/admin/webhooks/{endpoint['id']}"
+    assert _eventually(lambda: hooked.admin("GET", shown)["failing"])  # 5 failures in a row
     receiver.failures = 2  # back, but answering 500 twice more
     receiver.start()
     try:
@@ -200,7 +202,7 @@ def test_a_receiver_down_then_failing_gets_every_event_once_back(hooked):
         assert len({e["id"] for e in receiver.received}) == 3
         deliveries = hooked.admin("GET", url)["data"]
         assert {d["status"] for d in deliveries} == {"succeeded"}
-        assert hooked.admin("GET", f"/admin/webhooks/{endpoint['id']}")["failing"] is False
+        assert hooked.admin("GET", shown)["failing"] is False
         samples = scrape(hooked.url)
         assert total(samples, "earmark_webhook_deliveries_total", outcome="succeeded") == 3
         assert total(samples, "earmark_webhook_deliveries_total", outcome="retrying") >= 8
@@ -380,3 +382,54 @@ def test_the_cli_manages_endpoints_and_their_deliveries(sqlite_url):
     assert refused.returncode != 0 and "EARMARK_WEBHOOKS_ALLOW_PRIVATE" in refused.stderr
     actions = [e["action"] for e in cli("audit", "--all")["data"]]
     assert actions.count("webhook.create") == 2 and "webhook.delete" in actions
+
+
+def test_a_budget_announces_each_threshold_once_and_its_first_refusal(hooked, receiver):
+    """speech.wav costs $0.0006: with a $0.0020 limit, the first call reaches 25%, the
+    second 50%, the third 90% (no threshold), the fourth cannot fit: a 402, announced
+    once however many follow."""
+    receiver.start()
+    _register(hooked, receiver, event_types=["budget.threshold", "budget.exhausted"])
+    tenant = hooked.admin("POST", "/admin/tenants", json={"name": "acme"})
+    budget = {"limit_usd": "0.0020", "period": "month", "thresholds": [50, 25, 100]}
+    key = hooked.admin(
+        "POST", "/admin/keys", json={"tenant_id": tenant["id"], "name": "k", "budgets": [budget]}
+    )
+    assert key["budgets"][0]["thresholds"] == [25, 50, 100]
+    statuses = [hooked.post_audio(key, "openai/whisper-1").status_code for _ in range(6)]
+    assert statuses == [200, 200, 200, 402, 402, 402]
+    got = _eventually(lambda: len(receiver.received) >= 3 and receiver.received)
+    time.sleep(0.3)
+    assert len(receiver.received) == 3
+    announced = sorted(got, key=lambda event: event["id"])
+    assert [(e["type"], e["data"].get("threshold_percent")) for e in announced] == [
+        ("budget.threshold", 25),
+        ("budget.threshold", 50),
+        ("budget.exhausted", None),
+    ]
+    first, _, exhausted = (event["data"]["budget"] for event in announced)
+    assert first["id"] == key["budgets"][0]["id"] and first["tenant_id"] == tenant["id"]
+    assert (first["spent_usd"], first["limit_usd"]) == ("0.000600000", "0.002000000")
+    assert exhausted["spent_usd"] == "0.001800000" and exhausted["owner"] == "key"
+
+
+def test_a_threshold_crossed_by_concurrent_calls_is_announced_once(hooked, receiver):
+    """Twenty calls at once on a budget that fits them all: 10% is crossed by the second
+    to settle and 50% by the tenth, whichever they are: one event each."""
+    receiver.start()
+    _register(hooked, receiver, event_types=["budget.threshold"])
+    tenant = hooked.admin("POST", "/admin/tenants", json={"name": "acme"})
+    hooked.admin(
+        "POST",
+        f"/admin/tenants/{tenant['id']}/budgets",
+        json={"limit_usd": "0.0120", "period": "day", "thresholds": [10, 50]},
+    )
+    key = hooked.admin("POST", "/admin/keys", json={"tenant_id": tenant["id"], "name": "k"})
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(
+            pool.map(lambda _: hooked.post_audio(key, "openai/whisper-1").status_code, range(20))
+        )
+    assert statuses == [200] * 20  # the budget fits them all, holds included
+    assert _eventually(lambda: len(receiver.received) >= 2)
+    time.sleep(0.3)
+    assert sorted(e["data"]["threshold_percent"] for e in receiver.received) == [10, 50]

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from app import ledger
+from app.budgets import BudgetExceeded
 from app.catalog import Route
 from app.errors import DATABASE_ERRORS, EarmarkError, database_unavailable
 from app.metering import NO_USAGE, Usage, meter
@@ -48,8 +49,9 @@ async def reject(
         outcome="rejected",
         seconds=time.perf_counter() - call.started,
     )
+    exhausted = error.budget_id if isinstance(error, BudgetExceeded) else None
     await ledger.record_rejection(
-        gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started)
+        gateway.engine, opening, error.status_code, error.code, _elapsed_ms(call.started), exhausted
     )
 
 
@@ -144,7 +146,12 @@ class Settlement:
         )
         try:
             # If a sweeper took the row for lost meanwhile, it is corrected to the truth.
-            await ledger.apply_settlement(gateway.engine, self.call.request_id, settlement)
+            await ledger.apply_settlement(
+                gateway.engine,
+                self.call.request_id,
+                settlement,
+                alerting=self.call.principal.budget_alerts,
+            )
         except DATABASE_ERRORS as error:
             if not database_unavailable(error):
                 raise
