@@ -1,4 +1,4 @@
-"""Budget alerts: webhook events written in the transaction of the spend that causes them.
+"""What the ledger's changes announce: webhook events written in the same transaction.
 
 ``crossing`` runs after a call's counters are charged (the settle, the sweeper, a
 journal's correction): each budget the call held whose spend now reaches thresholds above
@@ -6,8 +6,9 @@ the highest this period already announced announces them, ``budget.threshold`` o
 threshold and period. The announcement is a conditional update of the period's counter,
 whose row the charge has just locked, so two processes settling at once cannot both
 announce it. ``exhausting`` runs with a 402's ledger row: the first of a period sends
-``budget.exhausted``. Both are programs, so the call path runs them on the bare drivers.
-"""
+``budget.exhausted``. ``reviewing`` runs with a settle or a sweep that flags a call for
+review (an uncertain attempt charged, a hold overrun, a lost worker): ``call.review``.
+All are programs, so the call path runs them on the bare drivers."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from app import database, webhooks
 from app.budgets import ENSURE_COUNTER, THIS_PERIOD, period_bounds
 from app.driver import Program, Statement, execute, fetch, json, utc
 from app.metering import usd
-from app.models import api_keys, budget_counters, budgets, ledger_holds
+from app.models import api_keys, budget_counters, budgets, ledger, ledger_holds
 
 _BUDGET_COLUMNS = (
     budgets.c.id,
@@ -117,3 +118,37 @@ def exhausting(budget_id: str, now: datetime) -> Program[None]:
     (counter,) = yield fetch(_COUNTER, budget_id=budget_id, start=start)
     data = {"budget": _budget(budget, counter)}
     yield from webhooks.emitting("budget.exhausted", budget.tenant_id, data)
+
+
+_REVIEWED = Statement(
+    select(
+        ledger.c.id,
+        ledger.c.key_id,
+        ledger.c.tenant_id,
+        ledger.c.model_requested,
+        ledger.c.provider,
+        ledger.c.status,
+        ledger.c.http_status,
+        ledger.c.review,
+        ledger.c.cost_nanos,
+        ledger.c.created_at,
+    ).where(ledger.c.id == bindparam("call_id"), ledger.c.review.is_not(None))
+)
+
+
+def reviewing(call_id: str) -> Program[None]:
+    """Announce that ``call_id`` was flagged for review (if it was)."""
+    for row in (yield fetch(_REVIEWED, call_id=call_id)):
+        call = {
+            "id": row.id,
+            "key_id": row.key_id,
+            "tenant_id": row.tenant_id,
+            "model": row.model_requested,
+            "provider": row.provider,
+            "status": row.status,
+            "http_status": row.http_status,
+            "review": row.review,
+            "cost_usd": usd(row.cost_nanos),
+            "created_at": database.utc_text(utc(row.created_at)),
+        }
+        yield from webhooks.emitting("call.review", row.tenant_id, {"call": call})

@@ -195,6 +195,8 @@ async def update_key(engine: AsyncEngine, key_id: str, data: KeyUpdate, actor: A
     _check_expiry(changes.get("expires_at"), now)  # type: ignore[arg-type]
     if "rate_limits" in changes:
         changes["rate_limits"] = msgspec.to_builtins(changes["rate_limits"])
+    if "expires_at" in changes:
+        changes["expiry_announced"] = False  # a new expiry is announced when it comes
     return await _change(engine, key_id, changes, now, actor, "update")
 
 
@@ -224,6 +226,29 @@ async def _change(
         if before.revoked_at is None and after.revoked_at is not None:
             await webhooks.emit(conn, "key.revoked", after.tenant_id, {"key": after})
         return after
+
+
+async def announce_expired(engine: AsyncEngine) -> int:
+    """Send key.expired for keys whose expiry has passed since it was last announced (the
+    sweeper calls this on every process; the update hands each key to one of them)."""
+    now = database.utcnow()
+    async with database.write(engine) as conn:
+        expired = (
+            await conn.execute(
+                update(api_keys)
+                .where(
+                    api_keys.c.expires_at <= now,
+                    api_keys.c.expiry_announced.is_(False),
+                    _visible,
+                    api_keys.c.revoked_at.is_(None),
+                )
+                .values(expiry_announced=True)
+                .returning(*api_keys.c)
+            )
+        ).all()
+        for row in expired:
+            await webhooks.emit(conn, "key.expired", row.tenant_id, {"key": _to_api(row, now)})
+    return len(expired)
 
 
 async def rotate_key(

@@ -305,6 +305,8 @@ def _settling(call_id: str, settlement: Settlement, alerting: bool) -> Program[b
     yield from budgets.settling(call_id, settlement.cost_nanos)
     if alerting:
         yield from alerts.crossing(call_id)
+    if settlement.review:
+        yield from alerts.reviewing(call_id)
     return True
 
 
@@ -337,9 +339,10 @@ async def settle_call(
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
     call's cost is 0, which releases them); False if it was already settled or swept.
     ``alerting`` (a budget on the path has thresholds): announce what the charge crossed,
-    in the same transaction; without it PostgreSQL settles in one statement."""
+    in the same transaction, as a call for review is; without either PostgreSQL settles in
+    one statement."""
     store = database.store(engine)
-    if alerting or store.dialect.name != "postgresql":
+    if alerting or settlement.review or store.dialect.name != "postgresql":
         return await store.write(lambda: _settling(call_id, settlement, alerting))
 
     def at_once() -> Program[bool]:
@@ -412,6 +415,8 @@ async def apply_settlement(
             await conn.execute(insert(upstream_attempts), _attempt_rows(call_id, settlement))
         await budgets.correct(conn, call_id, settlement.cost_nanos - swept.cost_nanos)
         await run_on(conn, alerts.crossing(call_id))
+        if settlement.review:
+            await run_on(conn, alerts.reviewing(call_id))
     return True
 
 
@@ -490,8 +495,9 @@ async def sweep(
                 )
             )
             await budgets.settle(conn, row.id, cost)
-            if cost:
+            if not released:
                 await run_on(conn, alerts.crossing(row.id))
+                await run_on(conn, alerts.reviewing(row.id))
     return len(rows)
 
 

@@ -87,6 +87,8 @@ class ApiKey(Base):
     # False: the key's calls bypass the transcription cache.
     cache: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
     expires_at: Mapped[datetime | None]
+    # key.expired was sent for this expiry (a new expires_at clears it).
+    expiry_announced: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
     revoked_at: Mapped[datetime | None]
     # Deleted keys disappear from the admin API but keep their id for the ledger.
     deleted_at: Mapped[datetime | None]

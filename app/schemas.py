@@ -306,7 +306,9 @@ WebhookEventType = Literal[
     "key.created",
     "key.revoked",
     "key.rotated",
+    "key.expired",
     "tenant.deactivated",
+    "call.review",
 ]
 WebhookUrl = Annotated[str, Meta(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$")]
 WebhookEventTypes = Annotated[list[WebhookEventType], Meta(min_length=1, max_length=20)]

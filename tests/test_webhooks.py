@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,11 +19,11 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
-from app import keys, tenants, webhooks
+from app import database, keys, tenants, webhooks
 from app.audit import Actor
 from app.metrics import Metrics
 from app.models import webhook_deliveries, webhook_events
-from app.schemas import KeyCreate, TenantCreate, WebhookCreate
+from app.schemas import KeyCreate, KeyUpdate, TenantCreate, WebhookCreate
 from app.settings import Webhooks
 from app.webhook_delivery import BATCH, Deliverer, RefusedTarget, _PublicOnly
 from tests.conftest import ADMIN
@@ -433,3 +434,50 @@ def test_a_threshold_crossed_by_concurrent_calls_is_announced_once(hooked, recei
     assert _eventually(lambda: len(receiver.received) >= 2)
     time.sleep(0.3)
     assert sorted(e["data"]["threshold_percent"] for e in receiver.received) == [10, 50]
+
+
+def test_a_call_charged_for_review_is_announced(hooked, receiver):
+    """The provider did the work and reset the connection: the call is charged its
+    expected cost for review, and call.review says so, with its settle."""
+    receiver.start()
+    _register(hooked, receiver, event_types=["call.review"])
+    key = hooked.new_key()
+    hooked.script({"reset": "after_work"})
+    assert hooked.post_audio(key, "openai/whisper-1").status_code == 502
+    assert hooked.post_audio(key, "openai/whisper-1").status_code == 200  # not for review
+    (event,) = _eventually(lambda: receiver.received)
+    time.sleep(0.3)
+    assert len(receiver.received) == 1
+    call = event["data"]["call"]
+    assert (call["review"], call["cost_usd"], call["key_id"]) == (
+        "uncertain",
+        "0.000600000",
+        key["id"],
+    )
+    assert call["id"] == hooked.calls(key)[-1]["id"]
+
+
+@pytest.mark.anyio
+async def test_an_expired_key_is_announced_once(engine):
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
+    await webhooks.create_endpoint(
+        engine,
+        WebhookCreate(url="http://127.0.0.1:9/h", event_types=["key.expired"]),
+        ACTOR,
+        allow_private=True,
+    )
+    soon = database.utcnow() + timedelta(seconds=1)
+    key = await keys.create_key(
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", expires_at=soon), ACTOR
+    )
+    assert await keys.announce_expired(engine) == 0
+    await asyncio.sleep(1.1)
+    assert [await keys.announce_expired(engine) for _ in range(2)] == [1, 0]
+    later = database.utcnow() + timedelta(days=1)
+    await keys.update_key(engine, key.id, KeyUpdate(expires_at=later), ACTOR)
+    assert await keys.announce_expired(engine) == 0  # its new expiry is ahead
+    async with engine.connect() as conn:
+        events = (await conn.execute(select(webhook_events.c.type, webhook_events.c.payload))).all()
+    assert [(event.type, event.payload["data"]["key"]["id"]) for event in events] == [
+        ("key.expired", key.id)
+    ]
