@@ -69,6 +69,13 @@ def _audio_digest(upload: Upload) -> str:
     return digest.hexdigest()
 
 
+async def audio_sha256(upload: Upload, tenant_id: str, files: FairPool) -> str:
+    """The upload's SHA-256 (hex): inline if it is in memory, else in the file pool."""
+    if upload.in_memory:
+        return _audio_digest(upload)
+    return await files.run(tenant_id, _audio_digest, upload)
+
+
 async def prepare(
     route: Route,
     endpoint: str,
@@ -79,6 +86,7 @@ async def prepare(
     key_allows: bool,
     header: str | None,
     files: FairPool,
+    audio: str | None = None,
 ) -> Lookup | None:
     """The call's cache key, or None when the cache does not apply to it. Entries are the
     tenant's own unless the model's cache is ``shared_across_tenants``: otherwise another
@@ -86,11 +94,7 @@ async def prepare(
     read, write = _directives(header)
     if route.cache is None or not key_allows or not (read or write):
         return None
-    audio = (
-        _audio_digest(upload)
-        if upload.in_memory
-        else await files.run(tenant_id, _audio_digest, upload)
-    )
+    audio = audio or await audio_sha256(upload, tenant_id, files)
     params = {
         name: sorted(fields[name]) if name in _UNORDERED else fields[name]
         for name in SEMANTIC_FIELDS

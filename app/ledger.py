@@ -115,6 +115,7 @@ class Call(msgspec.Struct, kw_only=True):
     total_tokens: int | None
     usage_source: str | None
     review: str | None
+    replays: int  # retries with its Idempotency-Key answered with its answer, unbilled
     cost_usd: str
     expected_usd: str
     hold_usd: str

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from litestar import Litestar, Router
@@ -88,6 +89,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             executors=executors,
             sandbox=sandbox,
             journal=Journal(Path(settings.journal_dir), executors.files),
+            idempotency_retention=timedelta(hours=settings.idempotency_hours),
         )
         await replay_journal(gateway)  # what an earlier run kept while the database was away
         sweeper = asyncio.create_task(run_sweeper(gateway, settings.sweeping))

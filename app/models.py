@@ -184,6 +184,8 @@ class LedgerEntry(Base):
     # Why a person should look at it: uncertain (charged for an attempt the provider may
     # have billed), hold_overrun (charged more than it held), worker_lost (swept).
     review: Mapped[str | None] = mapped_column(sa.String(16))
+    # Retries with the same Idempotency-Key answered with this call's answer, unbilled.
+    replays: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     latency_ms: Mapped[int | None]
     upstream_latency_ms: Mapped[int | None]
     created_at: Mapped[datetime]
@@ -337,6 +339,23 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime]
 
 
+class IdempotencyKey(Base):
+    """An Idempotency-Key a tenant key sent: the call it started, and once that call was
+    answered, the answer a retry gets instead of a second bill."""
+
+    __tablename__ = "idempotency_keys"
+
+    key_id: Mapped[str] = mapped_column(sa.ForeignKey("api_keys.id"), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    request_digest: Mapped[str] = mapped_column(sa.String(64))  # hex SHA-256: audio + fields
+    call_id: Mapped[str] = mapped_column(sa.String(40))  # the ledger row of the call
+    status: Mapped[str] = mapped_column(sa.String(16))  # in_progress | done
+    content_type: Mapped[str | None] = mapped_column(sa.String(100))
+    body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class CacheEntry(Base):
     """A stored answer, keyed by a digest of the audio bytes and the call's parameters."""
 
@@ -367,3 +386,4 @@ webhook_endpoints = WebhookEndpoint.__table__
 webhook_events = WebhookEvent.__table__
 webhook_deliveries = WebhookDelivery.__table__
 transcription_cache = CacheEntry.__table__
+idempotency_keys = IdempotencyKey.__table__

@@ -59,8 +59,10 @@ _WHY = {
     403: "The key may not do this (revoked, expired, model not allowed, tenant inactive)",
     404: "No such resource or model",
     408: "The request was not sent in time",
-    409: "Conflicts with the current state",
+    409: "Conflicts with the current state (on an audio call: its Idempotency-Key's first "
+    "call is still running; retry after `Retry-After`)",
     413: "The body or the file is over its limit (25 MiB for audio)",
+    422: "The Idempotency-Key was used for a different request",
     429: "Too many requests (a rate limit, budgets busy with calls in flight, throttled "
     "sign-ins): retry after `Retry-After`",
     502: "The provider failed and no fallback answered",
@@ -91,7 +93,7 @@ _HEADERS_BY_STATUS = {
 
 ADMIN_ERRORS = (400, 401, 403, 404, 409, 413, 429, 503)  # 429: sign-ins throttled
 TENANT_ERRORS = (401, 403, 503)
-AUDIO_ERRORS = (400, 401, 402, 403, 404, 408, 413, 429, 502, 503, 504)
+AUDIO_ERRORS = (400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 502, 503, 504)
 
 
 def error_responses(statuses: Iterable[int]) -> dict[int, ResponseSpec]:

@@ -163,6 +163,7 @@ _CALL = {
     "total_tokens": None,
     "usage_source": "provider",
     "review": None,
+    "replays": 0,
     "cost_usd": "0.004200000",
     "expected_usd": "0.004200000",
     "hold_usd": "0.004200000",

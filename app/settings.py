@@ -72,6 +72,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http: HttpLimits = HttpLimits()
     sweeping: Sweeping = Sweeping()
     webhooks: Webhooks = Webhooks()
+    # How long an Idempotency-Key's answer is kept for retries of its call.
+    idempotency_hours: int = 24
     # Where settlements wait when the database cannot take them (one file per process).
     journal_dir: str = "./earmark-journal"
     # One line per request (method, path without its query, status, ms, request id).
@@ -130,6 +132,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             retry_base_seconds=_seconds(environ, "EARMARK_WEBHOOKS_RETRY_BASE", 5.0),
             retry_hours=_count(environ, "EARMARK_WEBHOOKS_RETRY_HOURS", 24, 24 * 30),
         ),
+        idempotency_hours=_count(environ, "EARMARK_IDEMPOTENCY_HOURS", 24, 24 * 30),
         journal_dir=environ.get("EARMARK_JOURNAL_DIR") or "./earmark-journal",
     )
 

@@ -15,7 +15,7 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from app import cache, database, keys, ledger
+from app import cache, database, idempotency, keys, ledger
 from app.catalog import Catalog
 from app.settings import Sweeping
 
@@ -62,6 +62,7 @@ async def run_sweeper(gateway: Gateway, sweeping: Sweeping) -> None:
             swept = await sweep_once(gateway, sweeping)
             await cache.purge_expired(gateway.engine)
             await keys.announce_expired(gateway.engine)
+            await idempotency.purge_expired(gateway.engine)
         except Exception:  # the database may be down; try again next round
             logger.exception("ledger sweep failed")
             continue

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from app import budgets, cache, ledger
+from app import budgets, cache, idempotency, ledger
 from app.audio.container import forwarded_filename
 from app.audio.measure import measure, measure_inline
 from app.catalog import Route
@@ -117,6 +117,8 @@ class Admission:
         self.opening = opening
         self.form: Form | None = None
         self.route: Route | None = None
+        self.claim: idempotency.Claim | None = None  # this call holds its Idempotency-Key
+        self.audio_sha256: str | None = None
 
     async def run(self) -> Admitted:
         gateway, call, opening = self.gateway, self.call, self.opening
@@ -136,6 +138,8 @@ class Admission:
         route = self.route = gateway.catalog.resolve(options.model)
         gateway.catalog.check_allowed(route, options.model, principal.allowed_models)
         upload = form.upload
+        if call.idempotency_key is not None:
+            await self._claim(form, options, route)
         audio = upload.in_memory and measure_inline(upload.file, upload.size, route.audio_limits)
         if not audio:
             audio = await gateway.executors.probe.run(
@@ -185,6 +189,30 @@ class Admission:
         gateway.metrics.call_opened(opening.hold_nanos)
         return admitted
 
+    async def _claim(self, form: Form, options: CallOptions, route: Route) -> None:
+        """Hold the call's Idempotency-Key, or end here: the first call's answer
+        (``idempotency.Replayed``), or a 409 or 422."""
+        gateway, call = self.gateway, self.call
+        if options.stream:
+            raise InvalidRequest(
+                "`Idempotency-Key` cannot be used with `stream=true`: a stream is not kept "
+                "to be sent again.",
+                param="Idempotency-Key",
+            )
+        assert form.upload is not None and call.idempotency_key is not None
+        self.audio_sha256 = await cache.audio_sha256(
+            form.upload, call.principal.tenant_id, gateway.executors.files
+        )
+        self.claim = await idempotency.claim(
+            gateway.engine,
+            key_id=call.principal.key_id,
+            key=call.idempotency_key,
+            digest=idempotency.request_digest(call.endpoint, form.fields, self.audio_sha256),
+            call_id=call.request_id,
+            retention=gateway.idempotency_retention,
+            retry_after=gateway.typical_call_seconds(route),
+        )
+
     async def _ask_cache(self, admitted: Admitted) -> Admitted:
         gateway, call, route = self.gateway, self.call, admitted.route
         lookup = await cache.prepare(
@@ -196,6 +224,7 @@ class Admission:
             key_allows=call.principal.cache,
             header=call.cache_header,
             files=gateway.executors.files,
+            audio=self.audio_sha256,
         )
         if lookup is None:
             return admitted

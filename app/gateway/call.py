@@ -12,6 +12,7 @@ import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -20,7 +21,7 @@ from litestar import Response
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import cache, ledger
+from app import cache, idempotency, ledger
 from app.audio.sandbox import Sandbox
 from app.auth import Principal
 from app.catalog import Catalog, Route
@@ -58,6 +59,8 @@ class Gateway:
     rate_limited: RecentRefusals = field(default_factory=RecentRefusals)
     # Seconds a call of each model typically takes (a moving average), for Retry-After.
     call_seconds: dict[str, float] = field(default_factory=dict)
+    # How long an Idempotency-Key's answer is kept for retries.
+    idempotency_retention: timedelta = timedelta(hours=24)
 
     def observe_call(self, route: Route, seconds: float) -> None:
         before = self.call_seconds.get(route.name, seconds)
@@ -78,6 +81,7 @@ class CallRequest:
     send_raw: bool
     started: float
     cache_header: str | None = None  # x-bf-cache: no-cache, no-store
+    idempotency_key: str | None = None
 
 
 async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
@@ -89,16 +93,22 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         model_requested="",
     )
     admission = Admission(gateway, call, opening)
+    response: Response[Any] | None = None
     try:
         try:
             with _nothing_sent():
                 admitted = await admission.run()
+        except idempotency.Replayed as replay:
+            return replay.response  # the first call's answer: nothing is billed
+        except idempotency.Refused:
+            raise  # a retry, not a call of its own
         except EarmarkError as error:
             await reject(gateway, call, opening, admission.route, error)
             raise
         settlement = Settlement(gateway, call, opening, admitted)
         try:
-            return await _serve(gateway, call, admitted, settlement)
+            response = await _serve(gateway, call, admitted, settlement)
+            return response
         except BaseException as error:
             # Whatever went wrong, the row is settled (cancellation included).
             status = error.status_code if isinstance(error, EarmarkError) else 500
@@ -108,6 +118,23 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
             raise
     finally:
         admission.close()
+        if admission.claim is not None:
+            with anyio.CancelScope(shield=True):
+                await _keep_or_release(gateway, admission.claim, response)
+
+
+async def _keep_or_release(
+    gateway: Gateway, claim: idempotency.Claim, response: Response[Any] | None
+) -> None:
+    """An answered call's answer is kept for retries with its Idempotency-Key; a failed
+    one lets them run anew. The tenant gets its answer whatever happens here."""
+    try:
+        if response is not None and response.status_code == 200:
+            await idempotency.keep(gateway.engine, claim, response)
+        else:
+            await idempotency.release(gateway.engine, claim)
+    except SQLAlchemyError as error:
+        logger.warning("could not keep or release Idempotency-Key %r: %s", claim.key, error)
 
 
 async def _serve(

@@ -9,6 +9,7 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 
+from app import idempotency
 from app.auth import Principal
 from app.form import body_chunks
 from app.gateway.call import CallRequest, Gateway, handle_call
@@ -16,6 +17,14 @@ from app.openapi import AudioOperation
 from app.request_id import request_id
 
 SendRaw = Annotated[str | None, HeaderParameter(name="x-bf-send-back-raw-response")]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="idempotency-key",
+        description="1-255 printable ASCII characters: a retry of this call with the same key "
+        "and the same request gets its answer again, unbilled (`idempotent-replayed: true`)",
+    ),
+]
 CacheDirective = Annotated[
     str | None,
     HeaderParameter(
@@ -39,6 +48,7 @@ async def audio_call(
     gateway: NamedDependency[Gateway],
     send_raw: SendRaw = None,
     cache_directive: CacheDirective = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
     call = CallRequest(
         request_id=request_id(request.scope),
@@ -50,6 +60,7 @@ async def audio_call(
         send_raw=(send_raw or "").lower() == "true",
         started=time.perf_counter(),
         cache_header=cache_directive,
+        idempotency_key=idempotency.checked(idempotency_key),
     )
     return await handle_call(gateway, call)
 
