@@ -51,7 +51,11 @@ _CHARGED = Statement(
             ),
         ).join(_WITH_KEY, budgets.c.id == budget_counters.c.budget_id)
     )
-    .where(ledger_holds.c.ledger_id == bindparam("call_id"), budgets.c.thresholds.is_not(None))
+    .where(
+        ledger_holds.c.ledger_id == bindparam("call_id"),
+        budgets.c.thresholds.is_not(None),
+        budgets.c.deleted_at.is_(None),
+    )
 )
 _ANNOUNCE = Statement(
     update(budget_counters)
@@ -59,7 +63,9 @@ _ANNOUNCE = Statement(
     .values(alerted_percent=bindparam("percent"))
 )
 _BUDGET = Statement(
-    select(*_BUDGET_COLUMNS).select_from(_WITH_KEY).where(budgets.c.id == bindparam("budget_id"))
+    select(*_BUDGET_COLUMNS)
+    .select_from(_WITH_KEY)
+    .where(budgets.c.id == bindparam("budget_id"), budgets.c.deleted_at.is_(None))
 )
 _FIRST_REFUSAL = Statement(
     update(budget_counters)

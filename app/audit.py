@@ -10,8 +10,9 @@ a secret or a digest, so neither does the trail. Nothing updates or deletes a ro
 from __future__ import annotations
 
 import csv
-import getpass
 import io
+import os
+import pwd
 from datetime import datetime
 from typing import Any
 
@@ -35,11 +36,13 @@ class Actor(msgspec.Struct, frozen=True):
 
 
 def cli_actor() -> Actor:
-    """The CLI acts as the operating-system user running it."""
+    """The CLI acts as the operating-system user running it: the account of its user id,
+    not $USER (which a caller sets to anything)."""
     try:
-        return Actor(f"cli:{getpass.getuser()}")
+        name = pwd.getpwuid(os.geteuid()).pw_name
     except (KeyError, OSError):
         return Actor("cli")
+    return Actor(f"cli:{name[:100]}")
 
 
 # Changed on every write: not a change of its own.

@@ -642,7 +642,7 @@ async def top_up(engine: AsyncEngine, budget_id: str, amount_usd: str, actor: Ac
         await conn.execute(
             update(budget_counters)
             .where(_at(budget_id, start))
-            .values(top_up_nanos=budget_counters.c.top_up_nanos + amount)
+            .values(top_up_nanos=budget_counters.c.top_up_nanos + amount, exhausted_alerted=False)
         )
         return await _audited(conn, actor, "top_up", before, now, {"amount_usd": amount_usd})
 
@@ -653,8 +653,11 @@ async def reset(engine: AsyncEngine, budget_id: str, actor: Actor) -> Budget:
     async with database.write(engine) as conn:
         before = await _view(conn, await _fetch(conn, budget_id), now)
         start = before.period_start
+        # Its alerts are announced afresh as spend builds up again.
         await conn.execute(
-            update(budget_counters).where(_at(budget_id, start)).values(spent_nanos=0)
+            update(budget_counters)
+            .where(_at(budget_id, start))
+            .values(spent_nanos=0, alerted_percent=0, exhausted_alerted=False)
         )
         details = {"period_start": database.utc_text(start)}
         return await _audited(conn, actor, "reset", before, now, details)

@@ -335,7 +335,7 @@ _SETTLE_AT_ONCE = Statement({"postgresql": _settle_at_once()})
 
 
 async def settle_call(
-    engine: AsyncEngine, call_id: str, settlement: Settlement, *, alerting: bool = True
+    engine: AsyncEngine, call_id: str, settlement: Settlement, *, alerting: bool = False
 ) -> bool:
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
     call's cost is 0, which releases them); False if it was already settled or swept.

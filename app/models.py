@@ -55,7 +55,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {
         datetime: UTCDateTime(),
         dict[str, Any]: sa.JSON(),
-        dict[str, Any] | None: sa.JSON(),
+        dict[str, Any] | None: sa.JSON(none_as_null=True),  # None: SQL NULL, not 'null'
     }
 
 

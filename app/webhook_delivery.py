@@ -57,10 +57,21 @@ class RefusedTarget(Exception):
     """A webhook URL whose host is (or resolves to) an address Earmark must not post to."""
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
 def is_public(address: str) -> bool:
+    """A global unicast address, and for IPv6 every IPv4 address it carries too (mapped,
+    compatible, 6to4, Teredo, NAT64: each reaches an IPv4 host)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:
+            return False
+        carried = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+        if int(ip) >> 32 == 0 or any(ip in network for network in _NAT64):
+            carried.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if any(v4 is not None and not is_public(str(v4)) for v4 in carried):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -84,6 +95,11 @@ async def check_url(url: str, *, allow_private: bool) -> None:
         scheme, host, _ = parts.scheme, parts.hostname, parts.port  # a bad port: ValueError
     except ValueError:
         scheme = host = None
+    if "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+        raise InvalidRequest(
+            "`url` must not carry a user name or password: put a token in the path instead.",
+            param="url",
+        )
     if (
         scheme not in ("http", "https")
         or not host
@@ -144,7 +160,7 @@ def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
 def retry_wait(attempts: int, base_seconds: float) -> float:
     """Seconds before the next attempt after ``attempts`` failed ones: doubling, capped,
     with ±20% jitter so receivers coming back are not hit by every sender at once."""
-    wait = min(base_seconds * 2 ** max(attempts - 1, 0), MAX_WAIT_SECONDS)
+    wait = min(base_seconds * 2 ** min(max(attempts - 1, 0), 30), MAX_WAIT_SECONDS)
     return wait * _jitter.uniform(0.8, 1.2)
 
 
@@ -248,11 +264,17 @@ class Deliverer:
     async def _record(
         self, claimed: list[Any], outcomes: list[tuple[int | None, str | None]]
     ) -> None:
+        """Each attempt's outcome; then each endpoint's run of failures. Rows are locked
+        deliveries first, then endpoints, each in id order, as ``delete_endpoint`` does:
+        two processes recording at once never wait on each other in a cycle."""
         now = database.utcnow()
         give_up_after = timedelta(hours=self.settings.retry_hours)
         d, e = webhook_deliveries, webhook_endpoints
+        failed: dict[str, bool] = {}  # endpoint id → its latest attempt here failed
         async with database.write(self.engine) as conn:
-            for row, (status, error) in zip(claimed, outcomes, strict=True):
+            for row, (status, error) in sorted(
+                zip(claimed, outcomes, strict=True), key=lambda pair: pair[0].id
+            ):
                 values: dict[str, Any] = {
                     "last_attempt_at": now,
                     "last_status": status,
@@ -261,9 +283,7 @@ class Deliverer:
                 if error is None:
                     outcome = "succeeded"
                     values.update(status="succeeded", next_attempt_at=None)
-                    failures: Any = 0
                 else:
-                    failures = e.c.consecutive_failures + 1
                     wait = timedelta(
                         seconds=retry_wait(row.attempts, self.settings.retry_base_seconds)
                     )
@@ -273,18 +293,28 @@ class Deliverer:
                     else:
                         outcome = "retrying"
                         values.update(next_attempt_at=now + wait)
-                # Only the attempt that holds the lease records: not one a redelivery replaced.
+                # Only the attempt claimed last records: not one whose lease ran out and
+                # that was claimed again (its attempts count moved on).
                 await conn.execute(
-                    update(d).where(d.c.id == row.id, d.c.status == "pending").values(**values)
+                    update(d)
+                    .where(d.c.id == row.id, d.c.status == "pending", d.c.attempts == row.attempts)
+                    .values(**values)
                 )
-                await conn.execute(
-                    update(e).where(e.c.id == row.endpoint_id).values(consecutive_failures=failures)
-                )
+                failed[row.endpoint_id] = error is not None
                 self.metrics.webhook_deliveries.labels(outcome).inc()
                 if error is not None:
                     logger.warning(
-                        "webhook %s to %s: %s (%s)", row.event_id, row.url, error, outcome
+                        "webhook %s to endpoint %s: %s (%s)",
+                        row.event_id,
+                        row.endpoint_id,
+                        error,
+                        outcome,
                     )
+            for endpoint_id in sorted(failed):
+                failures = e.c.consecutive_failures + 1 if failed[endpoint_id] else 0
+                await conn.execute(
+                    update(e).where(e.c.id == endpoint_id).values(consecutive_failures=failures)
+                )
 
 
 async def run_deliveries(deliverer: Deliverer) -> None:

@@ -144,11 +144,7 @@ async def delete_endpoint(engine: AsyncEngine, webhook_id: str, actor: Actor) ->
     now = database.utcnow()
     async with database.write(engine) as conn:
         before = _to_api(await _fetch(conn, webhook_id))
-        await conn.execute(
-            update(webhook_endpoints)
-            .where(webhook_endpoints.c.id == webhook_id)
-            .values(deleted_at=now, updated_at=now)
-        )
+        # Deliveries, then the endpoint: the order the delivery worker locks them in.
         await conn.execute(
             update(webhook_deliveries)
             .where(
@@ -156,6 +152,11 @@ async def delete_endpoint(engine: AsyncEngine, webhook_id: str, actor: Actor) ->
                 webhook_deliveries.c.status == "pending",
             )
             .values(status="failed", next_attempt_at=None, last_error="endpoint deleted")
+        )
+        await conn.execute(
+            update(webhook_endpoints)
+            .where(webhook_endpoints.c.id == webhook_id)
+            .values(deleted_at=now, updated_at=now)
         )
         await audit.record(conn, actor, "webhook.delete", webhook_id, before=before)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import base64
 import csv
-import getpass
 import io
 import json
+import os
+import pwd
 from typing import Any
 
 from sqlalchemy import select
@@ -210,7 +211,7 @@ def test_the_trail_cannot_be_written_through_the_api(gateway):
 def test_the_cli_is_an_actor_with_its_os_user(sqlite_url):
     database_url = sqlite_url
     env = earmark_env(database_url)
-    user = f"cli:{getpass.getuser()}"
+    user = f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
 
     def cli(*args: str, stdin: str = "") -> Any:
         result = run_cli(env, *args, "--json", stdin=stdin)

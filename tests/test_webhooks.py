@@ -220,6 +220,10 @@ def test_private_addresses_are_refused_unless_allowed(gateway):
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of 169.254.169.254
+        "http://[2002:a9fe:a9fe::]/hook",  # 6to4 of it
+        "http://[::127.0.0.1]/hook",  # IPv4-compatible
+        "http://[fec0::1]/hook",  # site-local
     ):
         answer = gateway.http.post(
             "/admin/webhooks", json={"url": url, "event_types": ALL_TYPES}, headers=ADMIN
@@ -234,6 +238,7 @@ def test_private_addresses_are_refused_unless_allowed(gateway):
         "http://host:99999/x",
         "http://a\x00b/x",
         "http://" + "a" * 64 + ".example/x",
+        "http://user:secret@93.184.215.14/x",  # credentials belong in the path, if anywhere
     ):
         answer = gateway.http.post(
             "/admin/webhooks", json={"url": url, "event_types": ALL_TYPES}, headers=ADMIN
@@ -296,7 +301,7 @@ async def test_processes_never_take_the_same_delivery_and_a_dead_ones_is_taken_l
     """Two processes claiming at once split the due deliveries; one a process claimed and
     never recorded (it died) is taken again once its lease ends, by another process."""
     tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
-    await webhooks.create_endpoint(
+    endpoint = await webhooks.create_endpoint(
         engine,
         WebhookCreate(url="http://127.0.0.1:9/h", event_types=["key.created"]),
         ACTOR,
@@ -315,6 +320,10 @@ async def test_processes_never_take_the_same_delivery_and_a_dead_ones_is_taken_l
         again = await second._claim() + await second._claim()  # a batch at a time
         assert {row.id for row in again} == ids_a | ids_b
         assert {row.attempts for row in again} == {2}
+        # The first attempts end late: what they say is not recorded over the second's.
+        await first._record(a, [(204, None)] * len(a))
+        deliveries = await webhooks.list_deliveries(engine, endpoint.id, limit=50, cursor=None)
+        assert {d.status for d in deliveries.data} == {"pending"}
     finally:
         await first.close()
         await second.close()
@@ -412,6 +421,14 @@ def test_a_budget_announces_each_threshold_once_and_its_first_refusal(hooked, re
     assert first["id"] == key["budgets"][0]["id"] and first["tenant_id"] == tenant["id"]
     assert (first["spent_usd"], first["limit_usd"]) == ("0.000600000", "0.002000000")
     assert exhausted["spent_usd"] == "0.001800000" and exhausted["owner"] == "key"
+    # A top-up gives room again: the next exhaustion is news.
+    url = f"/admin/budgets/{first['id']}/top-up"
+    hooked.admin("POST", url, json={"amount_usd": "0.0020"})
+    statuses = [hooked.post_audio(key, "openai/whisper-1").status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 402, 402]  # $0.0036 of $0.0040
+    assert _eventually(lambda: len(receiver.received) == 4)
+    time.sleep(0.3)
+    assert [e["type"] for e in receiver.received[3:]] == ["budget.exhausted"]
 
 
 def test_a_threshold_crossed_by_concurrent_calls_is_announced_once(hooked, receiver):

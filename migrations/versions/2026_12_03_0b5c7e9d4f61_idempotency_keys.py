@@ -34,9 +34,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("key_id", "idempotency_key", name=op.f("pk_idempotency_keys")),
     )
-    op.create_index(
-        op.f("ix_idempotency_keys_expires_at"), "idempotency_keys", ["expires_at"]
-    )
+    op.create_index(op.f("ix_idempotency_keys_expires_at"), "idempotency_keys", ["expires_at"])
     with op.batch_alter_table("ledger", schema=None) as batch_op:
         batch_op.add_column(sa.Column("replays", sa.Integer(), server_default="0", nullable=False))
 
