@@ -25,7 +25,7 @@ from app.settings import Settings
 from tests.audio_files import repacked, silent_flac
 from tests.conftest import ADMIN_TOKEN
 from tests.gateway import FIXTURES, Gateway
-from tests.processes import earmark_env, serving
+from tests.processes import children_named, earmark_env, serving
 from tests.servers import ServerThread
 
 MODEL = "local/pocketsphinx"
@@ -302,7 +302,7 @@ def test_a_killed_gateway_takes_its_workers_with_it(tmp_path: Path) -> None:
             assert _transcribe(gateway, gateway.new_key()).text
         finally:
             gateway.close()
-        (serve,) = [pid for pid in _children_named(os.getpid(), b"serve")]
+        (serve,) = [pid for pid in children_named(os.getpid(), b"serve")]
         workers = _workers_of(serve)
         assert workers
         os.kill(serve, signal.SIGKILL)
@@ -310,19 +310,6 @@ def test_a_killed_gateway_takes_its_workers_with_it(tmp_path: Path) -> None:
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(_alive(pid) for pid in workers)
-
-
-def _children_named(pid: int, word: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                if int(parent) == pid and word in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def _alive(pid: int) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
@@ -27,8 +30,15 @@ from app.schemas import KeyCreate, KeyUpdate, TenantCreate, WebhookCreate
 from app.settings import Webhooks
 from app.webhook_delivery import BATCH, Deliverer, RefusedTarget, _PublicOnly
 from tests.conftest import ADMIN
-from tests.gateway import scrape, serve_gateway, total
-from tests.processes import earmark_env, free_port, run_cli
+from tests.gateway import burst, process_env, scrape, serve_gateway, total
+from tests.processes import (
+    children_named,
+    earmark_env,
+    free_port,
+    run_cli,
+    serving,
+    serving_many,
+)
 
 ACTOR = Actor("test")
 FAST = Webhooks(allow_private=True, poll_seconds=0.05, retry_base_seconds=0.05, timeout_seconds=2)
@@ -498,3 +508,73 @@ async def test_an_expired_key_is_announced_once(engine):
     assert [(event.type, event.payload["data"]["key"]["id"]) for event in events] == [
         ("key.expired", key.id)
     ]
+
+
+def _process_env(database_url: str, fake_url: str, directory: Any) -> dict[str, str]:
+    return {
+        **process_env(database_url, fake_url, directory),
+        "EARMARK_WEBHOOKS_ALLOW_PRIVATE": "true",
+        "EARMARK_WEBHOOKS_POLL_INTERVAL": "0.05",
+        "EARMARK_WEBHOOKS_RETRY_BASE": "0.05",
+        "EARMARK_WEBHOOKS_TIMEOUT": "1",
+    }
+
+
+def test_thresholds_crossed_by_200_calls_on_several_processes_are_announced_once(
+    hooked, receiver, database_url, tmp_path
+):
+    """4 gateway processes on PostgreSQL (2 on one SQLite file), 200 calls at once on a
+    budget that fits 40: each threshold once, one exhaustion, whichever process settles
+    or refuses the call that crosses it, and whichever delivers it."""
+    receiver.start()
+    _register(hooked, receiver, event_types=["budget.threshold", "budget.exhausted"])
+    budget = {"limit_usd": "0.0240", "period": "day", "thresholds": [10, 50, 90]}
+    key = hooked.new_key(budgets=[budget])
+    processes = 4 if database_url.startswith("postgresql") else 2
+    env = _process_env(database_url, hooked.fake, tmp_path)
+    with serving_many(env, tmp_path, processes) as urls:
+        statuses = [r.status_code for r in asyncio.run(burst(urls, key["secret"], 200))]
+        # Refused while calls held the rest (429 budget_busy); spent, it is a 402.
+        later = [r.status_code for r in asyncio.run(burst(urls, key["secret"], 8))]
+        assert _eventually(lambda: len(receiver.received) >= 4, seconds=30)
+        time.sleep(0.5)
+    assert statuses.count(200) == 40, statuses
+    assert later == [402] * 8
+    announced = sorted(
+        (event["type"], event["data"].get("threshold_percent")) for event in receiver.received
+    )
+    assert announced == [
+        ("budget.exhausted", None),
+        ("budget.threshold", 10),
+        ("budget.threshold", 50),
+        ("budget.threshold", 90),
+    ]
+
+
+def test_a_gateway_killed_before_delivering_loses_nothing(database_url, fake_provider, tmp_path):
+    """The revocation is committed with its event; the process that would deliver it is
+    killed (-9) while the receiver is down; another process delivers it once it is up."""
+    receiver = Receiver()
+    env = _process_env(database_url, fake_provider.url, tmp_path)
+    try:
+        with serving(env, tmp_path / "first.log") as first:
+            admin = httpx.Client(base_url=first, headers=ADMIN, timeout=10)
+            tenant = admin.post("/admin/tenants", json={"name": "acme"}).json()
+            key = admin.post("/admin/keys", json={"tenant_id": tenant["id"], "name": "k"}).json()
+            endpoint = admin.post(
+                "/admin/webhooks", json={"url": receiver.url, "event_types": ["key.revoked"]}
+            ).json()
+            receiver.secret = endpoint["secret"]
+            assert admin.post(f"/admin/keys/{key['id']}/revoke").status_code == 200
+            url = f"/admin/webhooks/{endpoint['id']}/deliveries"
+            assert _eventually(lambda: admin.get(url).json()["data"][0]["attempts"] >= 2)
+            admin.close()
+            (pid,) = children_named(os.getpid(), first.rsplit(":", 1)[1].encode())
+            os.kill(pid, signal.SIGKILL)
+        receiver.start()
+        with serving(env, tmp_path / "second.log"):
+            got = _eventually(lambda: receiver.received, seconds=15)
+        assert [event["type"] for event in got] == ["key.revoked"]
+        assert got[0]["data"]["key"]["id"] == key["id"]
+    finally:
+        receiver.stop()
