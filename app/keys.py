@@ -142,15 +142,14 @@ async def create_key(
             )
         )
         await _store_secret(conn, key_id, secret, pepper, now)
-        row = await _fetch(conn, key_id)
-        created = _to_api(row, now)
+        created = _to_api(await _fetch(conn, key_id), now)
         await audit.record(conn, actor, "key.create", key_id, after=created)
         await webhooks.emit(conn, "key.created", created.tenant_id, {"key": created})
         budget_ids = [
             await budgets.add_budget(conn, budget, actor, key_id=key_id) for budget in data.budgets
         ]
     return KeyWithSecret(
-        **msgspec.structs.asdict(_to_api(row, now)),
+        **msgspec.structs.asdict(created),
         secret=secret,
         budgets=[await budgets.get_budget(engine, budget_id) for budget_id in budget_ids],
     )
@@ -272,8 +271,7 @@ async def rotate_key(
                 display_prefix=key_format.display_prefix(secret), rotated_at=now, updated_at=now
             )
         )
-        row = await _fetch(conn, key_id)
-        after = _to_api(row, now)
+        after = _to_api(await _fetch(conn, key_id), now)
         details = {"grace_seconds": grace_seconds}
         await audit.record(
             conn, actor, "key.rotate", key_id, before=before, after=after, details=details
@@ -286,7 +284,7 @@ async def rotate_key(
             {"key": after, "previous_secret_valid_until": previous_until},
         )
     return KeyWithSecret(
-        **msgspec.structs.asdict(_to_api(row, now)),
+        **msgspec.structs.asdict(after),
         secret=secret,
         previous_secret_valid_until=old_until if grace_seconds else None,
         budgets=await budgets.list_budgets(engine, key_id=key_id, tenant_id=None),

@@ -5,14 +5,17 @@ its retry run anew."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from tests.gateway import SPEECH, Gateway
+from tests.gateway import SPEECH, Gateway, process_env
+from tests.processes import serving_many
 
 COST = "0.000600000"  # speech.wav, 6 s at $0.006 a minute
 
@@ -114,3 +117,39 @@ def test_the_sdk_sees_a_conflict_it_must_not_retry_as_an_error(gateway):
             file=("other.wav", SPEECH + b"\x00\x00", "audio/wav"),
             extra_headers={"Idempotency-Key": "k-3"},
         )
+
+
+def test_duplicates_on_several_processes_reach_the_provider_once(gateway, database_url, tmp_path):
+    """The same retry sent at once to 4 gateway processes on PostgreSQL (2 on SQLite): one
+    claims the key and calls the provider; the others wait (409) and then replay."""
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "month"}])
+    gateway.script({"delay": 1.0})
+    processes = 4 if database_url.startswith("postgresql") else 2
+    env = process_env(database_url, gateway.fake, tmp_path)
+
+    async def send(urls: list[str]) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{urls[n % len(urls)]}/v1/audio/transcriptions",
+                        headers={
+                            "authorization": f"Bearer {key['secret']}",
+                            "idempotency-key": "across",
+                        },
+                        data={"model": "openai/whisper-1"},
+                        files={"file": ("speech.wav", SPEECH, "audio/wav")},
+                    )
+                    for n in range(2 * processes)
+                )
+            )
+
+    with serving_many(env, tmp_path, processes) as urls:
+        first = asyncio.run(send(urls))
+        time.sleep(1.5)
+        again = asyncio.run(send(urls))
+    assert sorted({r.status_code for r in first}) in ([200], [200, 409])
+    assert [r.status_code for r in again] == [200] * len(again)
+    assert all(r.headers.get("idempotent-replayed") == "true" for r in again)
+    assert len({r.json()["text"] for r in again}) == 1
+    assert len(gateway.upstream_requests()) == 1 and _spent(gateway, key) == COST
