@@ -350,6 +350,7 @@ class IdempotencyKey(Base):
     request_digest: Mapped[str] = mapped_column(sa.String(64))  # hex SHA-256: audio + fields
     call_id: Mapped[str] = mapped_column(sa.String(40))  # the ledger row of the call
     status: Mapped[str] = mapped_column(sa.String(16))  # in_progress | done
+    response_status: Mapped[int | None]  # what is kept: the answer, or a billed refusal
     content_type: Mapped[str | None] = mapped_column(sa.String(100))
     body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime]

@@ -153,3 +153,17 @@ def test_duplicates_on_several_processes_reach_the_provider_once(gateway, databa
     assert all(r.headers.get("idempotent-replayed") == "true" for r in again)
     assert len({r.json()["text"] for r in again}) == 1
     assert len(gateway.upstream_requests()) == 1 and _spent(gateway, key) == COST
+
+
+def test_a_failure_billed_for_review_is_kept_so_its_retry_is_not_billed_again(gateway):
+    """The provider did the work and reset: the call is charged for review (502). Its
+    retry with the key gets the same 502 again, unbilled, and never reaches the provider."""
+    key = gateway.new_key(budgets=[{"limit_usd": "1", "period": "month"}])
+    gateway.script({"reset": "after_work"})
+    first = _post(gateway, key, "k-4")
+    assert first.status_code == 502 and _spent(gateway, key) == COST
+    again = _post(gateway, key, "k-4")
+    assert again.status_code == 502 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["x-should-retry"] == "false"
+    assert len(gateway.upstream_requests()) == 1 and _spent(gateway, key) == COST

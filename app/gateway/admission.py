@@ -123,11 +123,14 @@ class Admission:
     async def run(self) -> Admitted:
         gateway, call, opening = self.gateway, self.call, self.opening
         principal = call.principal
-        if principal.exhausted_budget_id is not None:
-            raise await budgets.used_up(gateway.engine, principal.exhausted_budget_id)
-        gateway.rate_limited.check(
-            principal.key_id, principal.rate_limits
-        )  # told to wait: not worth a read yet
+        # A retry with an Idempotency-Key may be owed the first call's answer: it is
+        # refused, if at all, once its key is looked up.
+        if call.idempotency_key is None:
+            if principal.exhausted_budget_id is not None:
+                raise await budgets.used_up(gateway.engine, principal.exhausted_budget_id)
+            gateway.rate_limited.check(
+                principal.key_id, principal.rate_limits
+            )  # told to wait: not worth a read yet
         form = self.form = await read_form(call.body, call.content_type, call.content_length)
         assert form.upload is not None
         opening.upload_bytes = form.upload.size

@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import msgspec
 from litestar import Response
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import cache, idempotency, ledger
@@ -93,7 +92,7 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         model_requested="",
     )
     admission = Admission(gateway, call, opening)
-    response: Response[Any] | None = None
+    outcome: Response[Any] | EarmarkError | None = None  # for its Idempotency-Key
     try:
         try:
             with _nothing_sent():
@@ -107,9 +106,11 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
             raise
         settlement = Settlement(gateway, call, opening, admitted)
         try:
-            response = await _serve(gateway, call, admitted, settlement)
-            return response
+            outcome = await _serve(gateway, call, admitted, settlement)
+            return outcome
         except BaseException as error:
+            if isinstance(error, EarmarkError):
+                outcome = error
             # Whatever went wrong, the row is settled (cancellation included).
             status = error.status_code if isinstance(error, EarmarkError) else 500
             code = error.code if isinstance(error, EarmarkError) else type(error).__name__
@@ -120,21 +121,14 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         admission.close()
         if admission.claim is not None:
             with anyio.CancelScope(shield=True):
-                await _keep_or_release(gateway, admission.claim, response)
-
-
-async def _keep_or_release(
-    gateway: Gateway, claim: idempotency.Claim, response: Response[Any] | None
-) -> None:
-    """An answered call's answer is kept for retries with its Idempotency-Key; a failed
-    one lets them run anew. The tenant gets its answer whatever happens here."""
-    try:
-        if response is not None and response.status_code == 200:
-            await idempotency.keep(gateway.engine, claim, response)
-        else:
-            await idempotency.release(gateway.engine, claim)
-    except SQLAlchemyError as error:
-        logger.warning("could not keep or release Idempotency-Key %r: %s", claim.key, error)
+                try:
+                    await idempotency.finish(gateway.engine, admission.claim, outcome)
+                except Exception as error:  # the tenant gets its answer regardless
+                    logger.warning(
+                        "could not keep or release Idempotency-Key %r: %s",
+                        admission.claim.key,
+                        error,
+                    )
 
 
 async def _serve(
@@ -226,5 +220,5 @@ async def _keep(
         return
     try:
         await cache.store(gateway.engine, lookup, route, content_type, body, usage)
-    except SQLAlchemyError as error:
+    except DATABASE_ERRORS as error:
         logger.warning("could not keep an answer in the cache: %s", error)

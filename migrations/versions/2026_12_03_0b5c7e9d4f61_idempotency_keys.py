@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("request_digest", sa.String(length=64), nullable=False),
         sa.Column("call_id", sa.String(length=40), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("response_status", sa.Integer(), nullable=True),
         sa.Column("content_type", sa.String(length=100), nullable=True),
         sa.Column("body", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
