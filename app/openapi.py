@@ -78,6 +78,7 @@ def _header(description: str, **schema: Any) -> OpenAPIHeader:
 _REQUEST_ID = _header("The gateway's id of this request (a call's ledger row id)")
 _HEADERS_BY_STATUS = {
     "402": {"x-should-retry": _header("`false`: a retry cannot succeed (SDKs do not retry)")},
+    "409": {"retry-after": _header("Seconds to wait before retrying, when the conflict ends")},
     "429": {"retry-after": _header("Seconds to wait before retrying")},
     "503": {"retry-after": _header("Seconds to wait before retrying, when known")},
     **{
@@ -250,7 +251,12 @@ class AudioOperation(DocumentedOperation):
             headers={
                 "x-bf-cache": _header(
                     "`hit`: answered from the cache; `miss` otherwise", enum=["hit", "miss"]
-                )
+                ),
+                "idempotent-replayed": _header(
+                    "`true`: the answer of an earlier call with this Idempotency-Key, not "
+                    "billed again",
+                    enum=["true"],
+                ),
             },
             content={
                 "application/json": OpenAPIMediaType(schema=_ANSWER),
