@@ -12,11 +12,15 @@ import os
 import pwd
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError
 
-from app import key_format
+from app import database, key_format, tenants
+from app.audit import Actor
 from app.database import create_engine
 from app.models import audit_log
+from app.schemas import TenantCreate
 from tests.conftest import ADMIN
 from tests.processes import earmark_env, run_cli
 
@@ -245,3 +249,14 @@ def test_the_cli_is_an_actor_with_its_os_user(sqlite_url):
     assert listed.returncode == 0 and "key.revoke" in listed.stdout and user in listed.stdout
     exported = run_cli(env, "audit", "--format", "csv")
     assert len(list(csv.DictReader(io.StringIO(exported.stdout)))) == 6
+
+
+@pytest.mark.anyio
+async def test_the_database_refuses_to_change_or_delete_a_row(engine):
+    await tenants.create_tenant(engine, TenantCreate(name="t"), Actor("test"))
+    for statement in (update(audit_log).values(actor="someone else"), delete(audit_log)):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with database.write(engine) as conn:
+                await conn.execute(statement)
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(audit_log.c.actor))).scalars().all() == ["test"]

@@ -22,11 +22,11 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
-from app import database, keys, tenants, webhooks
+from app import budgets, database, keys, tenants, webhooks
 from app.audit import Actor
 from app.metrics import Metrics
-from app.models import webhook_deliveries, webhook_events
-from app.schemas import KeyCreate, KeyUpdate, TenantCreate, WebhookCreate
+from app.models import budget_counters, webhook_deliveries, webhook_events
+from app.schemas import BudgetCreate, KeyCreate, KeyUpdate, TenantCreate, WebhookCreate
 from app.settings import Webhooks
 from app.webhook_delivery import BATCH, Deliverer, RefusedTarget, _PublicOnly
 from tests.conftest import ADMIN
@@ -578,3 +578,32 @@ def test_a_gateway_killed_before_delivering_loses_nothing(database_url, fake_pro
         assert got[0]["data"]["key"]["id"] == key["id"]
     finally:
         receiver.stop()
+
+
+@pytest.mark.anyio
+async def test_a_reset_re_arms_the_periods_alerts(engine):
+    """A period that announced its thresholds and its exhaustion starts again from none
+    once its spend is reset (here on a counter no call charged: spend 0, announced all)."""
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
+    budget = await budgets.create_budget(
+        engine,
+        BudgetCreate(limit_usd="1", period="day", thresholds=[50]),
+        ACTOR,
+        tenant_id=tenant.id,
+    )
+    async with database.write(engine) as conn:
+        await conn.execute(
+            budget_counters.insert().values(
+                budget_id=budget.id,
+                period_start=budget.period_start,
+                spent_nanos=0,
+                held_nanos=0,
+                top_up_nanos=0,
+                alerted_percent=50,
+                exhausted_alerted=True,
+            )
+        )
+    await budgets.reset(engine, budget.id, ACTOR)
+    async with engine.connect() as conn:
+        counter = (await conn.execute(select(budget_counters))).one()
+    assert (counter.alerted_percent, counter.exhausted_alerted) == (0, False)
