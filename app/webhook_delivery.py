@@ -203,6 +203,10 @@ class Deliverer:
             .order_by(d.c.next_attempt_at)
             .limit(BATCH)
         )
+        # A read first: a process with nothing due takes no write lock (SQLite has one).
+        async with database.read(self.engine) as conn:
+            if (await conn.execute(due.limit(1))).first() is None:
+                return []
         async with database.write(self.engine) as conn:
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(of=d, skip_locked=True)
