@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app import database
 from app.ids import new_id
 from app.models import audit_log
-from app.pagination import paginate, split_page
+from app.pagination import MAX_LIMIT, paginate, split_page
 from app.schemas import AuditEntry, AuditPage
 
 
@@ -125,6 +125,21 @@ async def list_entries(
         rows = (await conn.execute(paginate(query, audit_log.c.id, limit, cursor))).all()
     page, next_cursor = split_page(rows, limit, lambda row: row.id)
     return AuditPage(data=[_to_api(row) for row in page], next_cursor=next_cursor)
+
+
+async def every_entry(
+    engine: AsyncEngine, *, cursor: str | None = None, at_most: int | None = None, **filters: Any
+) -> list[AuditEntry]:
+    """Every row ``list_entries`` would page through from ``cursor`` on (the first
+    ``at_most`` of them), newest first: what a CSV export holds."""
+    entries: list[AuditEntry] = []
+    while at_most is None or len(entries) < at_most:
+        page = await list_entries(engine, **filters, limit=MAX_LIMIT, cursor=cursor)
+        entries += page.data
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return entries[:at_most]
 
 
 async def for_target(engine: AsyncEngine, target_id: str) -> list[AuditEntry]:

@@ -327,15 +327,20 @@ def _tenants_update(settings: Settings, args: argparse.Namespace) -> Any:
     )
 
 
+def _refuse_contradictions(*pairs: tuple[str, Any, str, Any]) -> None:
+    """Each pair is two options and what was given for each: both given is an error."""
+    for first, first_given, second, second_given in pairs:
+        if first_given and second_given:
+            raise EarmarkError(f"{first} and {second} contradict each other: give one")
+
+
 def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
     limits = _rate_limits(args)
-    for removal, removed, setting, given in [
+    _refuse_contradictions(
         ("--no-expiry", args.no_expiry, "--expires-at", args.expires_at),
         ("--all-models", args.all_models, "--allow-model", args.allow_model),
         ("--no-rate-limits", args.no_rate_limits, "a rate-limit option", limits),
-    ]:
-        if removed and given:
-            raise EarmarkError(f"{removal} and {setting} contradict each other: give one")
+    )
     cleared: dict[str, Any] = {}
     if args.no_expiry or args.expires_at:
         cleared["expires_at"] = args.expires_at
@@ -381,18 +386,18 @@ def _audit(settings: Settings, args: argparse.Namespace) -> Any:
         "end": usage.parse_instant("to", args.end),
     }
     if args.format == "csv":
-        args.all = True
-    fetched = _pages(
+        every = _run(
+            settings, lambda engine: audit.every_entry(engine, **filters, cursor=args.cursor)
+        )
+        sys.stdout.write(audit.to_csv(every))
+        return None
+    return _pages(
         settings,
         args,
         lambda engine, limit, cursor: audit.list_entries(
             engine, **filters, limit=limit, cursor=cursor
         ),
     )
-    if args.format == "csv":
-        sys.stdout.write(audit.to_csv(fetched["data"]))
-        return None
-    return fetched
 
 
 def _webhooks(settings: Settings, args: argparse.Namespace) -> Any:
@@ -418,12 +423,10 @@ def _webhooks(settings: Settings, args: argparse.Namespace) -> Any:
         body = {"url": args.url, "event_types": args.event, "tenant_id": args.tenant}
         data = _convert({**body, "enabled": not args.disabled}, WebhookCreate)
     elif args.action == "update":
-        for first, second in (("tenant", "all_tenants"), ("enable", "disable")):
-            if getattr(args, first) and getattr(args, second):
-                raise EarmarkError(
-                    f"--{first.replace('_', '-')} and --{second.replace('_', '-')} "
-                    "contradict each other: give one"
-                )
+        _refuse_contradictions(
+            ("--tenant", args.tenant, "--all-tenants", args.all_tenants),
+            ("--enable", args.enable, "--disable", args.disable),
+        )
         enabled = True if args.enable else False if args.disable else None
         body = {"url": args.url, "event_types": args.event, "enabled": enabled}
         cleared = {"tenant_id": None} if args.all_tenants else {}

@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import threading
 from collections import namedtuple
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,21 +160,29 @@ def _bound(
     return sql, rows if op.kind == "many" else rows[0]
 
 
-async def run_on(conn: Any, program: Program[T]) -> T:
-    """Run ``program`` inside a transaction SQLAlchemy already holds (an admin change, the
-    sweeper): a step written once serves both kinds of caller."""
+async def _drive(program: Program[T], perform: Callable[[Op], Awaitable[Any]]) -> T:
+    """Run ``program``, each operation by ``perform``, which answers what the program is
+    sent back: rows, a count of rows changed, or None for ``execute_many``."""
     result: Any = None
     while True:
         try:
             op = program.send(result)
         except StopIteration as done:
             return done.value
-        statement = op.statement.for_dialect(conn.dialect.name)
-        found = await conn.execute(statement, op.params)
+        result = await perform(op)
+
+
+async def run_on(conn: Any, program: Program[T]) -> T:
+    """Run ``program`` inside a transaction SQLAlchemy already holds (an admin change, the
+    sweeper): a step written once serves both kinds of caller."""
+
+    async def perform(op: Op) -> Any:
+        found = await conn.execute(op.statement.for_dialect(conn.dialect.name), op.params)
         if op.kind == "rows":
-            result = op.statement.rows(found.all())
-        else:
-            result = None if op.kind == "many" else found.rowcount
+            return op.statement.rows(found.all())
+        return None if op.kind == "many" else found.rowcount
+
+    return await _drive(program, perform)
 
 
 class Store:
@@ -381,22 +389,17 @@ class PostgresStore(Store):
             raise sql_errors.OperationalError("", None, error) from error  # type: ignore[arg-type]
 
     async def _steps(self, conn: Any, program: Program[T]) -> T:
-        result: Any = None
-        while True:
-            try:
-                op = program.send(result)
-            except StopIteration as done:
-                return done.value
+        async def perform(op: Op) -> Any:
             sql, args = _bound(self, op, _postgres_value)
             if op.kind == "many":
                 await conn.executemany(sql, args)
-                result = None
-                continue
+                return None
             if op.kind == "rows":
-                result = op.statement.rows(await conn.fetch(sql, *args))
-            else:
-                status = await conn.execute(sql, *args)
-                result = int(status.rsplit(" ", 1)[-1])
+                return op.statement.rows(await conn.fetch(sql, *args))
+            status = await conn.execute(sql, *args)
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await _drive(program, perform)
 
     async def write(self, make: Make[T]) -> T:
         return await self._run(make, transaction=True)

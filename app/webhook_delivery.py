@@ -100,17 +100,14 @@ async def check_url(url: str, *, allow_private: bool) -> None:
             "`url` must not carry a user name or password: put a token in the path instead.",
             param="url",
         )
-    if (
-        scheme not in ("http", "https")
-        or not host
-        or not (_literal(host) or _HOSTNAME.fullmatch(host))
-    ):
+    literal = _literal(host) if host else None
+    if scheme not in ("http", "https") or not (literal or (host and _HOSTNAME.fullmatch(host))):
         raise InvalidRequest(
             "`url` must be an http:// or https:// URL with a host name or address.", param="url"
         )
     if allow_private:
         return
-    literal = _literal(host)
+    assert host is not None
     if literal is not None:
         addresses = [literal]
     elif host.rstrip(".").lower() == "localhost" or host.lower().endswith(".localhost"):

@@ -23,7 +23,7 @@ from app.audit import Actor
 from app.driver import Program, Statement, execute, execute_many, fetch, json, run_on
 from app.errors import NotFound
 from app.ids import new_id
-from app.models import tenants, webhook_deliveries, webhook_endpoints, webhook_events
+from app.models import webhook_deliveries, webhook_endpoints, webhook_events
 from app.pagination import paginate, split_page
 from app.schemas import (
     WebhookCreate,
@@ -72,10 +72,9 @@ async def _fetch(conn: AsyncConnection, webhook_id: str) -> Any:
 
 
 async def _check_tenant(conn: AsyncConnection, tenant_id: str) -> None:
-    if await conn.scalar(select(tenants.c.id).where(tenants.c.id == tenant_id)) is None:
-        raise NotFound(
-            f"no tenant with id {tenant_id!r}", param="tenant_id", code="tenant_not_found"
-        )
+    from app.tenants import fetch_tenant  # it imports this module
+
+    await fetch_tenant(conn, tenant_id, param="tenant_id")
 
 
 async def create_endpoint(

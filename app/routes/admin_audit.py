@@ -10,9 +10,9 @@ from litestar.params import FromQuery, Parameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import audit, usage
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DEFAULT_LIMIT
 from app.routes.params import Cursor, From, Limit, QueryId, To
-from app.schemas import AuditEntry, AuditPage
+from app.schemas import AuditPage
 
 ActorName = Annotated[
     str | None,
@@ -58,15 +58,9 @@ async def list_audit(
     }
     if format == "json":
         return Response(await audit.list_entries(engine, **filters, limit=limit, cursor=cursor))
-    entries: list[AuditEntry] = []
-    while len(entries) < CSV_MAX_ROWS:
-        page = await audit.list_entries(engine, **filters, limit=MAX_LIMIT, cursor=cursor)
-        entries += page.data
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+    entries = await audit.every_entry(engine, **filters, cursor=cursor, at_most=CSV_MAX_ROWS)
     return Response(
-        audit.to_csv(entries[:CSV_MAX_ROWS]),
+        audit.to_csv(entries),
         media_type="text/csv",
         headers={"content-disposition": 'attachment; filename="earmark-audit.csv"'},
     )
