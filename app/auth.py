@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 from litestar.connection import ASGIConnection
-from litestar.datastructures import Headers
+from litestar.datastructures import Headers, State
 from litestar.handlers import BaseRouteHandler
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -177,24 +177,37 @@ async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None
             "HTTP Basic with an admin user (`earmark admin create-user NAME`)."
         )
     source = connection.client.host if connection.client else "unknown"
-    credentials = _basic_credentials(value) if scheme == "basic" else None
-    user = credentials[0] if credentials else None
-    throttle: SignInThrottle = state.sign_in_throttle
-    throttle.attempt(source, user)  # a failure until it proves otherwise
     if scheme == "bearer":
-        token = value.strip().encode()
-        admin_token = state.settings.admin_token
-        if admin_token and hmac.compare_digest(token, admin_token.encode()):
-            throttle.succeeded(source, None)
+        if await admin_identity(state, source, None, value.strip()):
             connection.state.admin = "token"  # the audit trail's actor
             return
         raise _admin_refusal("Invalid admin token.")
-    passwords: PasswordChecker = state.admin_passwords
-    if credentials and await passwords.verify(state.engine, *credentials, source=source):
-        throttle.succeeded(source, credentials[0])
-        connection.state.admin = f"user:{credentials[0]}"
+    credentials = _basic_credentials(value)
+    if credentials is None:
+        state.sign_in_throttle.attempt(source, None)  # malformed: a failure of its address
+    elif admin := await admin_identity(state, source, *credentials):
+        connection.state.admin = admin
         return
     raise _admin_refusal("Invalid admin user name or password.")
+
+
+async def admin_identity(state: State, source: str, user: str | None, secret: str) -> str | None:
+    """Who an admin signs in as with ``secret``: the bootstrap token (``user`` None) gives
+    "token", an admin user's password "user:NAME"; None if wrong. Failures are throttled per
+    source address and user name before anything is hashed (``TooManyAttempts``)."""
+    throttle: SignInThrottle = state.sign_in_throttle
+    throttle.attempt(source, user)  # a failure until it proves otherwise
+    if user is None:
+        admin_token = state.settings.admin_token
+        if admin_token and hmac.compare_digest(secret.encode(), admin_token.encode()):
+            throttle.succeeded(source, None)
+            return "token"
+        return None
+    passwords: PasswordChecker = state.admin_passwords
+    if await passwords.verify(state.engine, user, secret, source=source):
+        throttle.succeeded(source, user)
+        return f"user:{user}"
+    return None
 
 
 def _admin_refusal(message: str) -> AuthenticationFailed:

@@ -162,11 +162,15 @@ async def list_keys(
     status: KeyStatus | None,
     limit: int,
     cursor: str | None,
+    name: str | None = None,
 ) -> KeyPage:
+    """Keys newest first; ``name`` matches any part of a key's name, in any case."""
     now = database.utcnow()
     query = select(api_keys).where(_visible)
     if tenant_id:
         query = query.where(api_keys.c.tenant_id == tenant_id)
+    if name:
+        query = query.where(func.lower(api_keys.c.name).contains(name.lower(), autoescape=True))
     if status:
         query = query.where(_status_filter(status, now))
     async with database.read(engine) as conn:

@@ -14,7 +14,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging.config import LoggingConfig
 
-from app import migrate, openapi
+from app import console, migrate, openapi
 from app.admin_users import PasswordChecker
 from app.audio.sandbox import Sandbox
 from app.auth import require_admin, require_tenant
@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             admin,
             v1,
             openapi.assets_router(),
+            *console.router(),
         ],
         dependencies={
             "engine": Provide(provide_engine, sync_to_thread=False),
@@ -163,7 +164,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[app_metrics.middleware],
-        before_send=[add_request_id_header],
+        before_send=[add_request_id_header, console.console_headers],
         lifespan=[lifespan],
         # Earmark's own logger reports what matters; a client library's chatter does not.
         logging_config=LoggingConfig(

@@ -119,6 +119,22 @@ class AdminUser(Base):
     updated_at: Mapped[datetime]
 
 
+class ConsoleSession(Base):
+    """A signed-in console browser. The cookie holds the token; the row holds its SHA-256,
+    so a copy of the database opens no session. Shared by every process."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # hex SHA-256 of token
+    admin: Mapped[str] = mapped_column(sa.String(120))  # token | user:NAME (audit actor)
+    # A digest of the credential signed in with (the token, or the user's password hash):
+    # a new password or token ends the session.
+    credential: Mapped[str] = mapped_column(sa.String(64))
+    csrf: Mapped[str] = mapped_column(sa.String(64))  # every form and mutation carries it
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    seen_at: Mapped[datetime]
+
+
 class LedgerEntry(Base):
     """One row per metered call: opened before the call goes upstream, settled after."""
 
@@ -377,6 +393,7 @@ tenants = Tenant.__table__
 api_keys = ApiKey.__table__
 key_secrets = KeySecret.__table__
 admin_users = AdminUser.__table__
+console_sessions = ConsoleSession.__table__
 ledger = LedgerEntry.__table__
 budgets = Budget.__table__
 budget_counters = BudgetCounter.__table__

@@ -51,6 +51,13 @@ class Webhooks(msgspec.Struct, frozen=True, kw_only=True):
     retry_hours: float = 24.0  # after this long an event is given up on
 
 
+class Console(msgspec.Struct, frozen=True, kw_only=True):
+    """How long a console sign-in lasts (app/console/sessions.py)."""
+
+    idle_minutes: int = 30  # without a page view
+    session_hours: int = 12  # from sign-in, however active
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = DEFAULT_DATABASE_URL
     # Bootstrap admin bearer token; admin users (argon2id) work with or without it.
@@ -72,6 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http: HttpLimits = HttpLimits()
     sweeping: Sweeping = Sweeping()
     webhooks: Webhooks = Webhooks()
+    console: Console = Console()
     # How long an Idempotency-Key's answer is kept for retries of its call.
     idempotency_hours: int = 24
     # Where settlements wait when the database cannot take them (one file per process).
@@ -131,6 +139,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             poll_seconds=_seconds(environ, "EARMARK_WEBHOOKS_POLL_INTERVAL", 1.0),
             retry_base_seconds=_seconds(environ, "EARMARK_WEBHOOKS_RETRY_BASE", 5.0),
             retry_hours=_count(environ, "EARMARK_WEBHOOKS_RETRY_HOURS", 24, 24 * 30),
+        ),
+        console=Console(
+            idle_minutes=_count(environ, "EARMARK_CONSOLE_IDLE_MINUTES", 30, 24 * 60),
+            session_hours=_count(environ, "EARMARK_CONSOLE_SESSION_HOURS", 12, 24 * 30),
         ),
         idempotency_hours=_count(environ, "EARMARK_IDEMPOTENCY_HOURS", 24, 24 * 30),
         journal_dir=environ.get("EARMARK_JOURNAL_DIR") or "./earmark-journal",

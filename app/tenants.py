@@ -56,11 +56,19 @@ async def create_tenant(engine: AsyncEngine, data: TenantCreate, actor: Actor) -
 
 
 async def list_tenants(
-    engine: AsyncEngine, *, status: str | None, limit: int, cursor: str | None
+    engine: AsyncEngine,
+    *,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    name: str | None = None,
 ) -> TenantPage:
+    """Tenants newest first; ``name`` matches any part of a name, in any case."""
     query = select(tenants)
     if status:
         query = query.where(tenants.c.status == status)
+    if name:
+        query = query.where(tenants.c.name_key.contains(name_key(name), autoescape=True))
     async with database.read(engine) as conn:
         rows = (await conn.execute(paginate(query, tenants.c.id, limit, cursor))).all()
     page, next_cursor = split_page(rows, limit, lambda row: row.id)

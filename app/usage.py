@@ -109,7 +109,12 @@ def _shape(row: Any, groups: list[str]) -> dict[str, Any]:
 
 
 async def usage_report(
-    engine: AsyncEngine, groups: list[str], start: datetime | None, end: datetime | None
+    engine: AsyncEngine,
+    groups: list[str],
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    tenant_id: str | None = None,
 ) -> UsageReport:
     if start and end and end <= start:
         raise InvalidRequest("`to` must be after `from`.", param="to")
@@ -128,6 +133,8 @@ async def usage_report(
         where.append(ledger.c.created_at >= start)
     if end:
         where.append(ledger.c.created_at < end)
+    if tenant_id:
+        where.append(ledger.c.tenant_id == tenant_id)
     query = select(*keys, *_metrics()).where(*where)
     if keys:
         query = query.group_by(*keys).order_by(*keys)

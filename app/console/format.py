@@ -1,0 +1,58 @@
+"""How the console writes amounts, times and durations (the templates' filters)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+DASH = "—"
+
+
+def usd(amount: str | Decimal | None) -> str:
+    """``"0.001250000"`` → ``$0.00125``: every significant decimal, at least cents."""
+    if amount is None:
+        return DASH
+    value = Decimal(amount).normalize()
+    places = max(2, -value.as_tuple().exponent)  # type: ignore[operator]
+    return f"${value:,.{places}f}"
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else DASH
+
+
+def audio(milliseconds: int | None) -> str:
+    return DASH if milliseconds is None else f"{milliseconds / 1000:,.1f} s"
+
+
+def hours(seconds: str | Decimal) -> str:
+    return f"{Decimal(seconds) / 3600:,.2f} h"
+
+
+def number(value: int | None) -> str:
+    return DASH if value is None else f"{value:,}"
+
+
+def used_percent(spent: str, held: str, limit: str, top_up: str) -> int:
+    """How much of a budget's period is spent or held, 0-100 (for its bar)."""
+    available = Decimal(limit) + Decimal(top_up)
+    if available <= 0:
+        return 100
+    return min(100, int((Decimal(spent) + Decimal(held)) * 100 / available))
+
+
+def as_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+FILTERS = {
+    "usd": usd,
+    "when": when,
+    "audio": audio,
+    "hours": hours,
+    "number": number,
+    "as_json": as_json,
+}

@@ -1,0 +1,96 @@
+"""Signing in to the console and out of it.
+
+The sign-in form has its own CSRF token (a cookie and a field that must match), so no
+other site can sign a browser in as someone else. Passwords are checked as the admin API
+checks them (``auth.admin_identity``): throttled per source and per user name before any
+argon2 hash. A tenant key never opens the console.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from litestar import Request, Response, get, post
+from litestar.params import FromQuery
+from litestar.response import Redirect
+
+from app import key_format
+from app.auth import admin_identity
+from app.console import sessions
+from app.console.forms import fields_of
+from app.console.gate import (
+    PREFIX,
+    SIGN_IN_COOKIE,
+    error_page,
+    render,
+    session_cookie,
+    sign_in_cookie,
+)
+from app.throttle import TooManyAttempts
+
+_PUBLIC = {"public": True}
+
+
+def _local(target: str | None) -> str:
+    """Where to go after signing in: a console page, never another site."""
+    if not target or "\\" in target or not target.isprintable():
+        return PREFIX
+    return target if target == PREFIX or target.startswith((f"{PREFIX}/", f"{PREFIX}?")) else PREFIX
+
+
+def _sign_in_form(request: Request, target: str, *, status: int = 200, error: str | None = None):
+    token = secrets.token_urlsafe(24)
+    response = render(
+        request, "sign_in.html", status=status, next=target, sign_in_token=token, error=error
+    )
+    response.set_cookie(sign_in_cookie(request, token))
+    return response
+
+
+@get("/sign-in", opt=_PUBLIC)
+async def sign_in_page(request: Request, next: FromQuery[str | None] = None) -> Response:
+    return _sign_in_form(request, _local(next))
+
+
+@post("/sign-in", opt=_PUBLIC, status_code=303)
+async def sign_in(request: Request) -> Response:
+    fields = await fields_of(request)
+    sent, expected = fields.get("sign_in_token"), request.cookies.get(SIGN_IN_COOKIE)
+    if not (expected and isinstance(sent, str) and hmac.compare_digest(sent, expected)):
+        return error_page(request, 403, "This sign-in form is out of date: reload it.")
+    target = _local(fields.get("next"))
+    user = str(fields.get("user", "")).strip() or None
+    secret = str(fields.get("password", ""))
+    if secret.startswith(key_format.PREFIX):
+        error = "Tenant keys cannot open the console: sign in as an admin."
+        return _sign_in_form(request, target, status=403, error=error)
+    state = request.app.state
+    source = request.client.host if request.client else "unknown"
+    try:
+        admin = await admin_identity(state, source, user, secret)
+    except TooManyAttempts as refusal:
+        response = _sign_in_form(request, target, status=429, error=refusal.message)
+        response.headers.update(refusal.headers)
+        return response
+    if admin is None:
+        error = "Wrong user name or password." if user else "Wrong admin token."
+        return _sign_in_form(request, target, status=401, error=error)
+    token, _ = await sessions.open_session(
+        state.engine, admin, state.settings.admin_token, state.settings.console
+    )
+    response = Redirect(target, status_code=303)
+    response.set_cookie(session_cookie(request, token))
+    response.set_cookie(sign_in_cookie(request, ""))
+    return response
+
+
+@post("/sign-out", status_code=303)
+async def sign_out(request: Request) -> Response:
+    await sessions.close(request.app.state.engine, request.state.console.id)
+    response = Redirect(f"{PREFIX}/sign-in", status_code=303)
+    response.set_cookie(session_cookie(request, None))
+    return response
+
+
+ROUTES = [sign_in_page, sign_in, sign_out]

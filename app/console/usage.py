@@ -1,0 +1,105 @@
+"""The console's usage report: ``/admin/usage`` by day and by tenant or model, as a table,
+as charts of spend and audio hours per day, and as the same CSV."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from litestar import Request, Response, get
+from litestar.params import FromQuery, QueryParameter
+
+from app import usage
+from app.console.gate import render
+from app.errors import InvalidRequest
+from app.usage import UsageReport
+
+DEFAULT_DAYS = 30
+From = Annotated[str | None, QueryParameter(name="from")]
+To = Annotated[str | None, QueryParameter(name="to")]
+_BY = ("tenant", "model")
+
+
+def _day(name: str, text: str | None, default: date) -> date:
+    if not text:
+        return default
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"`{name}` must be a date, e.g. 2026-12-01.", param=name) from None
+
+
+async def _report(
+    request: Request, start: str | None, end: str | None, by: str | None
+) -> tuple[UsageReport, dict[str, Any]]:
+    today = datetime.now(UTC).date()
+    first = _day("from", start, today - timedelta(days=DEFAULT_DAYS - 1))
+    last = _day("to", end, today)
+    group = by if by in _BY else "tenant"
+    report = await usage.usage_report(
+        request.app.state.engine,
+        ["day", group],
+        datetime.combine(first, datetime.min.time(), UTC),
+        datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC),
+    )
+    return report, {"from": first.isoformat(), "to": last.isoformat(), "by": group}
+
+
+def chart_data(report: UsageReport, group: str, first: date, last: date) -> dict[str, Any]:
+    """Spend (USD) and audio hours per day for each tenant or model: what console.js draws
+    (one point a day, so a day without calls is a zero, not a gap)."""
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    index = {day.isoformat(): n for n, day in enumerate(days)}
+    spend: defaultdict[str, list[float]] = defaultdict(lambda: [0.0] * len(days))
+    hours: defaultdict[str, list[float]] = defaultdict(lambda: [0.0] * len(days))
+    for row in report.data:
+        label = row.get(f"{group}_name") or row[group] or "(none)"
+        n = index.get(row["day"])
+        if n is not None:
+            spend[label][n] += float(Decimal(row["cost_usd"]))
+            hours[label][n] += float(Decimal(row["audio_seconds"]) / 3600)
+    return {
+        "days": [int(datetime.combine(day, datetime.min.time(), UTC).timestamp()) for day in days],
+        "spend": dict(spend),
+        "hours": dict(hours),
+    }
+
+
+@get("/usage")
+async def usage_page(
+    request: Request,
+    start: From = None,
+    end: To = None,
+    by: FromQuery[str | None] = None,
+) -> Response:
+    report, chosen = await _report(request, start, end, by)
+    first, last = date.fromisoformat(chosen["from"]), date.fromisoformat(chosen["to"])
+    return render(
+        request,
+        "usage.html",
+        report=report,
+        chosen=chosen,
+        by_options=_BY,
+        chart=chart_data(report, chosen["by"], first, last),
+    )
+
+
+@get("/usage.csv")
+async def usage_csv(
+    request: Request,
+    start: From = None,
+    end: To = None,
+    by: FromQuery[str | None] = None,
+) -> Response:
+    report, chosen = await _report(request, start, end, by)
+    name = f"earmark-usage-{chosen['from']}-{chosen['to']}-by-{chosen['by']}.csv"
+    return Response(
+        usage.to_csv(report),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}"'},
+    )
+
+
+ROUTES = [usage_page, usage_csv]
