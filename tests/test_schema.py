@@ -4,9 +4,7 @@ from another origin."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +12,8 @@ from openapi_spec_validator import validate
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ADMIN_TOKEN, not_run
+from tests.browser import chromium, screenshot
+from tests.conftest import ADMIN_TOKEN
 from tests.servers import ServerThread
 
 ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
@@ -94,27 +93,12 @@ def test_the_schema_page_loads_its_assets_from_this_server(server):
         assert len(served.content) > 10_000
 
 
-def _browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        not_run("Debian's chromium and chromium-driver are not installed: browser tests NOT RUN")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
-def test_the_schema_page_renders_the_api_in_a_real_browser(server, tmp_path):
+def test_the_schema_page_renders_the_api_in_a_real_browser(server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
-    browser = _browser()
-    try:
+    with chromium() as browser:
         browser.get(f"{server}/schema")
         WebDriverWait(browser, 30).until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".opblock"))
@@ -126,9 +110,7 @@ def test_the_schema_page_renders_the_api_in_a_real_browser(server, tmp_path):
             "return performance.getEntriesByType('resource').map(e => e.name)"
         )
         assert fetched and all(url.startswith(server) for url in fetched), fetched
-        Path(tmp_path / "schema.png").write_bytes(browser.get_screenshot_as_png())
-    finally:
-        browser.quit()
+        screenshot(browser, "schema")
 
 
 def test_every_admin_list_has_one_shape(spec):

@@ -28,8 +28,14 @@ def audio(milliseconds: int | None) -> str:
     return DASH if milliseconds is None else f"{milliseconds / 1000:,.1f} s"
 
 
-def hours(seconds: str | Decimal) -> str:
-    return f"{Decimal(seconds) / 3600:,.2f} h"
+def duration(seconds: str | Decimal) -> str:
+    """Audio time in the unit that reads best: 6.0 s, 12.5 min, 1,234.50 h."""
+    value = Decimal(seconds)
+    if value < 60:
+        return f"{value:,.1f} s"
+    if value < 3600:
+        return f"{value / 60:,.1f} min"
+    return f"{value / 3600:,.2f} h"
 
 
 def number(value: int | None) -> str:
@@ -52,7 +58,7 @@ FILTERS = {
     "usd": usd,
     "when": when,
     "audio": audio,
-    "hours": hours,
+    "duration": duration,
     "number": number,
     "as_json": as_json,
 }

@@ -51,7 +51,10 @@ function drawCharts() {
       return;
     }
     var width = Math.max(280, Math.min(box.parentElement.clientWidth || 600, 900));
-    new uPlot({ width: width, height: 240, series: series, axes: [{}, { size: 70 }] }, data, box);
+    var tick = function (u, ticks) {
+      return ticks.map(function (v) { return (unit === "$" ? "$" : "") + Number(v.toPrecision(3)) + (unit === "h" ? " h" : ""); });
+    };
+    new uPlot({ width: width, height: 240, series: series, axes: [{}, { size: 80, values: tick }] }, data, box);
   });
 }
 
