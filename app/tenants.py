@@ -75,6 +75,15 @@ async def list_tenants(
     return TenantPage(data=[_to_api(row) for row in page], next_cursor=next_cursor)
 
 
+async def names(engine: AsyncEngine, tenant_ids: set[str]) -> dict[str, str]:
+    """Each tenant's name by id, for these ids (labels beside ids on a page)."""
+    if not tenant_ids:
+        return {}
+    query = select(tenants.c.id, tenants.c.name).where(tenants.c.id.in_(sorted(tenant_ids)))
+    async with database.read(engine) as conn:
+        return dict((await conn.execute(query)).all())  # type: ignore[arg-type]
+
+
 async def fetch_tenant(conn: AsyncConnection, tenant_id: str, *, param: str | None = None) -> Any:
     row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
     if row is None:

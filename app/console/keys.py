@@ -38,17 +38,22 @@ async def key_list(
         request,
         "keys.html",
         keys=page.data,
-        tenant_names=await _tenant_names(request),
+        tenant_names=await tenants.names(engine, {key.tenant_id for key in page.data}),
+        tenant_choices=await _tenant_choices(request, tenant_id),
         filters={"tenant_id": tenant_id or "", "status": wanted or "", "name": name or ""},
         statuses=_STATUSES,
         next_url=next_page(request, page.next_cursor),
     )
 
 
-async def _tenant_names(request: Request) -> dict[str, str]:
-    """Every tenant's name by id, for pickers and labels (the first 200)."""
-    page = await tenants.list_tenants(request.app.state.engine, status=None, limit=200, cursor=None)
-    return {tenant.id: tenant.name for tenant in page.data}
+async def _tenant_choices(request: Request, chosen: str | None) -> dict[str, str]:
+    """Tenants a picker offers: the newest 200, and the one already chosen."""
+    engine = request.app.state.engine
+    page = await tenants.list_tenants(engine, status="active", limit=200, cursor=None)
+    choices = {tenant.id: tenant.name for tenant in page.data}
+    if chosen and chosen not in choices:
+        choices.update(await tenants.names(engine, {chosen}))
+    return choices
 
 
 @get("/keys/new")
@@ -56,7 +61,7 @@ async def new_key(request: Request, tenant_id: FromQuery[str | None] = None) -> 
     return render(
         request,
         "key_new.html",
-        tenant_names=await _tenant_names(request),
+        tenant_choices=await _tenant_choices(request, tenant_id),
         tenant_id=tenant_id or "",
         models=sorted(request.app.state.gateway.catalog.routes),
     )

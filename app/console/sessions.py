@@ -57,14 +57,15 @@ def _expired(limits: Console, now: datetime) -> Any:
 
 async def open_session(
     engine: AsyncEngine, admin: str, admin_token: str | None, limits: Console
-) -> tuple[str, Session]:
-    """A new session for ``admin`` (just signed in): the cookie's token, and the row."""
+) -> tuple[str, Session] | None:
+    """A new session for ``admin``, who just signed in: the cookie's token, and the row
+    (None if the user was deleted meanwhile). Expired sessions are cleared on the way."""
     token, now = secrets.token_urlsafe(32), database.utcnow()
     async with database.write(engine) as conn:
         await conn.execute(delete(console_sessions).where(_expired(limits, now)))
         credential = await _credential(conn, admin, admin_token)
-        if credential is None:  # the user was deleted while signing in
-            raise LookupError(admin)
+        if credential is None:
+            return None
         csrf = secrets.token_urlsafe(32)
         session = Session(id=_digest(token), admin=admin, csrf=csrf, created_at=now, seen_at=now)
         await conn.execute(

@@ -73,14 +73,14 @@ async def sign_in(request: Request) -> Response:
         response = _sign_in_form(request, target, status=429, error=refusal.message)
         response.headers.update(refusal.headers)
         return response
-    if admin is None:
-        error = "Wrong user name or password." if user else "Wrong admin token."
-        return _sign_in_form(request, target, status=401, error=error)
-    token, _ = await sessions.open_session(
+    opened = admin and await sessions.open_session(
         state.engine, admin, state.settings.admin_token, state.settings.console
     )
+    if not opened:
+        error = "Wrong user name or password." if user else "Wrong admin token."
+        return _sign_in_form(request, target, status=401, error=error)
     response = Redirect(target, status_code=303)
-    response.set_cookie(session_cookie(request, token))
+    response.set_cookie(session_cookie(request, opened[0]))
     response.set_cookie(sign_in_cookie(request, ""))
     return response
 
