@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -510,8 +510,31 @@ async def add_budget(
 
 
 async def _view(conn: AsyncConnection, budget: Any, now: datetime) -> Budget:
+    counter = await _counter(conn, budget.id, period_bounds(budget.period, now)[0])
+    return _to_api(budget, counter, now)
+
+
+async def _views(conn: AsyncConnection, condition: Any, now: datetime) -> list[Budget]:
+    """The budgets ``condition`` selects, each with its current period, in one query."""
+    counter = budget_counters.c
+    query = (
+        select(budgets, counter.spent_nanos, counter.held_nanos, counter.top_up_nanos)
+        .select_from(
+            budgets.outerjoin(
+                budget_counters,
+                and_(counter.budget_id == budgets.c.id, counter.period_start == _period_start()),
+            )
+        )
+        .where(budgets.c.deleted_at.is_(None), condition)
+        .order_by(budgets.c.id)
+    )
+    rows = (await conn.execute(query, period_starts(now))).all()
+    return [_to_api(row, row if row.spent_nanos is not None else None, now) for row in rows]
+
+
+def _to_api(budget: Any, counter: Any, now: datetime) -> Budget:
+    """A budget as the API shows it, from its row and its current period's counter."""
     start, end = period_bounds(budget.period, now)
-    counter = await _counter(conn, budget.id, start)
     spent, held, top_up = (
         (counter.spent_nanos, counter.held_nanos, counter.top_up_nanos) if counter else (0, 0, 0)
     )
@@ -567,26 +590,19 @@ async def create_budget(
 
 
 async def views_on_path(conn: AsyncConnection, key_id: str, tenant_id: str) -> list[Budget]:
-    now = database.utcnow()
-    rows = (
-        await conn.execute(
-            select(budgets).where(_on_path(key_id, tenant_id)).order_by(budgets.c.id)
-        )
-    ).all()
-    return [await _view(conn, row, now) for row in rows]
+    return await _views(conn, _on_path(key_id, tenant_id), database.utcnow())
 
 
 async def list_budgets(
     engine: AsyncEngine, *, key_id: str | None, tenant_id: str | None
 ) -> list[Budget]:
-    query = select(budgets).where(budgets.c.deleted_at.is_(None)).order_by(budgets.c.id)
+    conditions = []
     if key_id:
-        query = query.where(budgets.c.key_id == key_id)
+        conditions.append(budgets.c.key_id == key_id)
     if tenant_id:
-        query = query.where(budgets.c.tenant_id == tenant_id)
-    now = database.utcnow()
+        conditions.append(budgets.c.tenant_id == tenant_id)
     async with database.read(engine) as conn:
-        return [await _view(conn, row, now) for row in (await conn.execute(query)).all()]
+        return await _views(conn, and_(true(), *conditions), database.utcnow())
 
 
 async def get_budget(engine: AsyncEngine, budget_id: str) -> Budget:

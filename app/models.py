@@ -143,6 +143,7 @@ class LedgerEntry(Base):
         sa.Index("ix_ledger_key_id_id", "key_id", "id"),
         sa.Index("ix_ledger_key_id_created_at", "key_id", "created_at"),
         sa.Index("ix_ledger_tenant_id_id", "tenant_id", "id"),
+        sa.Index("ix_ledger_tenant_id_created_at", "tenant_id", "created_at"),
         sa.Index("ix_ledger_created_at", "created_at"),
         # Rows still open, and rows for review: few, whatever the ledger's size, so the
         # sweeper, the rate limits' in-flight count and the review list stay bounded.

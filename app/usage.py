@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, Date, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import database
@@ -43,12 +44,13 @@ class UsageReport(msgspec.Struct, kw_only=True):
     totals: dict[str, Any]
 
 
-def _bucket(dialect: str, column: ColumnElement[Any], unit: str) -> ColumnElement[str]:
-    """A UTC calendar bucket as text: 2026-11-23 (day) or 2026-11 (month)."""
+def _bucket(dialect: str, column: ColumnElement[Any], unit: str) -> ColumnElement[Any]:
+    """A UTC calendar bucket, 2026-11-23 (day) or 2026-11 (month): on SQLite a prefix of the
+    stored naive UTC text; on PostgreSQL a date (day, written out by ``_shape``) or text."""
     if dialect == "postgresql":
-        pattern = "YYYY-MM-DD" if unit == "day" else "YYYY-MM"
-        return func.to_char(func.timezone("UTC", column), pattern)
-    return func.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m", column)  # naive UTC text
+        utc = func.timezone("UTC", column)
+        return cast(utc, Date) if unit == "day" else func.to_char(utc, "YYYY-MM")
+    return func.substr(column, 1, 10 if unit == "day" else 7)
 
 
 def parse_instant(name: str, text: str | None) -> datetime | None:
@@ -81,7 +83,19 @@ def parse_group_by(text: str | None) -> list[str]:
     return groups
 
 
+_SUMS = (
+    "calls",
+    "refused",
+    "audio_ms",
+    "input_text_tokens",
+    "input_audio_tokens",
+    "output_tokens",
+    "cost_nanos",
+)
+
+
 def _metrics() -> list[Any]:
+    """Each of ``_SUMS`` over the selected rows."""
     used = ~ledger.c.status.in_(_REFUSED)
     return [
         func.coalesce(func.sum(case((used, 1), else_=0)), 0).label("calls"),
@@ -95,7 +109,10 @@ def _metrics() -> list[Any]:
 
 
 def _shape(row: Any, groups: list[str]) -> dict[str, Any]:
-    values = {group: getattr(row, group) for group in groups}
+    values = {
+        group: value.isoformat() if isinstance(value := getattr(row, group), date) else value
+        for group in groups
+    }
     return {
         **values,
         "calls": int(row.calls),
@@ -119,9 +136,14 @@ async def usage_report(
     if start and end and end <= start:
         raise InvalidRequest("`to` must be after `from`.", param="to")
     dialect = engine.dialect.name
+    tenant, key = ledger.c.tenant_id, ledger.c.key_id
+    if dialect == "sqlite":
+        # Not the bare columns: SQLite would rather read the whole ledger in their index's
+        # order than sort the rows of the range (`|| ''` keeps the value, loses the index).
+        tenant, key = tenant.concat(""), key.concat("")
     columns = {
-        "tenant": ledger.c.tenant_id,
-        "key": ledger.c.key_id,
+        "tenant": tenant,
+        "key": key,
         "model": ledger.c.model,
         "provider": ledger.c.provider,
         "day": _bucket(dialect, ledger.c.created_at, "day"),
@@ -138,13 +160,17 @@ async def usage_report(
     query = select(*keys, *_metrics()).where(*where)
     if keys:
         query = query.group_by(*keys).order_by(*keys)
-    totals_query = select(*_metrics()).where(*where)
     async with database.read(engine) as conn:
-        rows = (await conn.execute(query)).all() if keys else []
-        totals = (await conn.execute(totals_query)).one()
-        data = [_shape(row, groups) for row in rows]
+        rows = (await conn.execute(query)).all()
+        data = [_shape(row, groups) for row in rows] if keys else []
         await _name(conn, data, groups)
-    return UsageReport(group_by=groups, start=start, end=end, data=data, totals=_shape(totals, []))
+    totals = _shape(_sums(rows), []) if keys else _shape(rows[0], [])
+    return UsageReport(group_by=groups, start=start, end=end, data=data, totals=totals)
+
+
+def _sums(rows: list[Any]) -> SimpleNamespace:
+    """The report's totals: every group's metrics added up."""
+    return SimpleNamespace(**{name: sum(int(getattr(row, name)) for row in rows) for name in _SUMS})
 
 
 _NAMED = {"tenant": tenants, "key": api_keys}  # grouped by these, rows carry their names too

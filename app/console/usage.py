@@ -67,6 +67,33 @@ def chart_data(report: UsageReport, group: str, first: date, last: date) -> dict
     }
 
 
+def totals_by(rows: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
+    """A usage report's ``rows`` added up by ``group`` (its id and name kept), costliest
+    first."""
+    totals: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        total = totals.setdefault(
+            row[group],
+            {
+                "id": row[group],
+                "name": row.get(f"{group}_name"),
+                "calls": 0,
+                "refused": 0,
+                "audio_seconds": Decimal(0),
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cost_usd": Decimal(0),
+            },
+        )
+        total["calls"] += row["calls"]
+        total["refused"] += row["refused"]
+        total["audio_seconds"] += Decimal(row["audio_seconds"])
+        total["input_tokens"] += row["input_text_tokens"] + row["input_audio_tokens"]
+        total["output_tokens"] += row["output_tokens"]
+        total["cost_usd"] += Decimal(row["cost_usd"])
+    return sorted(totals.values(), key=lambda total: -total["cost_usd"])
+
+
 @get("/usage")
 async def usage_page(
     request: Request,
@@ -80,6 +107,7 @@ async def usage_page(
         request,
         "usage.html",
         report=report,
+        rows=totals_by(report.data, chosen["by"]),  # each day is in the charts and the CSV
         chosen=chosen,
         by_options=_BY,
         chart=chart_data(report, chosen["by"], first, last),
