@@ -338,3 +338,19 @@ async def test_bad_form_values_get_a_page_that_says_what_is_wrong(client, tenant
     missing = await client.get("/console/keys/key_doesnotexist")
     assert missing.status_code == 404 and "no key with id" in missing.text.lower()
     assert (await client.get("/console/usage?from=yesterday")).status_code == 400
+
+
+async def test_a_session_opened_on_one_process_works_and_ends_on_every_other(settings):
+    """Sessions live in the database: a sign-in on one gateway process opens pages on
+    another behind the same balancer, and a sign-out on either ends it on both."""
+    async with (
+        AsyncTestClient(app=create_app(settings)) as first,
+        AsyncTestClient(app=create_app(settings)) as second,
+    ):
+        csrf = await signed_in(first)
+        second.cookies.set("earmark_console", first.cookies["earmark_console"], path="/console")
+        assert (await second.get("/console", follow_redirects=False)).status_code == 200
+        created = await submit(second, "/console/tenants", {"name": "shared", "csrf": csrf})
+        assert created.status_code == 303
+        assert (await submit(second, "/console/sign-out", {"csrf": csrf})).status_code == 303
+        assert (await first.get("/console", follow_redirects=False)).status_code in (302, 303)

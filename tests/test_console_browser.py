@@ -215,8 +215,15 @@ def test_an_admin_runs_a_tenant_from_the_console(site: Gateway) -> None:
         screenshot(browser, "console-usage")
         admin.open("/console/audit?actor=user%3Aalice")
         assert "key.revoke" in admin.text and "key.rotate" in admin.text
-        for path in ("/console/models", "/console/webhooks", "/console/keys", "/console/tenants"):
+        for path in ("/console/models", "/console/webhooks", "/console/tenants"):
             admin.open(path)
+        # Typing in a list's filter narrows it in place (htmx, under the CSP).
+        admin.open("/console/keys")
+        assert "web-app" in admin.find("#results").text
+        admin.find('input[name="name"]').send_keys("no such key")
+        wait.until(lambda _: "No keys match." in admin.find("#results").text)
+        assert admin.path.startswith("/console/keys?name=no%20such%20key")  # the address too
+        admin.check_page()
         browser.set_window_size(390, 844)  # a phone
         admin.open(f"/console/keys/{key_id}")
         screenshot(browser, "console-key-phone")
