@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "engine": Provide(provide_engine, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
         },
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=console.with_pages(EXCEPTION_HANDLERS),
         middleware=[app_metrics.middleware],
         before_send=[add_request_id_header, console.console_headers],
         lifespan=[lifespan],

@@ -212,5 +212,14 @@ def to_csv(report: UsageReport) -> str:
     columns = group_columns(report.group_by)
     writer = csv.DictWriter(out, fieldnames=[*columns, *METRICS], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(report.data or [report.totals])
+    for row in report.data or [report.totals]:
+        writer.writerow({**row, **{name: _inert(row.get(name)) for name in columns}})
     return out.getvalue()
+
+
+def _inert(value: Any) -> Any:
+    """A name a spreadsheet would run as a formula (``=HYPERLINK(…)``, ``+``, ``-``, ``@``)
+    starts with a quote instead (OWASP's advice for CSV injection)."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return f"'{value}"
+    return value

@@ -148,6 +148,13 @@ async def test_every_page_renders_with_the_security_headers_and_only_its_own_ass
         assert "<style" not in html and " style=" not in html, page
         assert not re.search(r"\son[a-z]+=", html), page
         assert csrf in html or page == "/console/keys/new"  # sign-out form on every page
+    for form in (  # a filter form as a browser sends it: every field, empty ones too
+        "/console/keys?name=&tenant_id=&status=",
+        "/console/tenants?name=&status=",
+        "/console/audit?target=&actor=&action=",
+        "/console/usage?from=&to=&by=",
+    ):
+        assert (await client.get(form)).status_code == 200, form
     csv = await client.get("/console/usage.csv")
     assert csv.status_code == 200 and csv.text.startswith("day,tenant,tenant_name,calls")
     for asset in ("console.css", "console.js", "vendor/htmx-2.0.11.min.js"):
@@ -200,18 +207,24 @@ async def test_a_form_without_the_session_csrf_token_changes_nothing(client):
     assert created.status_code == 303
 
 
-async def test_the_session_cookie_is_http_only_same_site_strict_and_secure_on_tls(settings):
-    for base, secure in (("http://testserver.local", False), ("https://testserver.local", True)):
+async def test_the_session_cookie_is_http_only_same_site_strict_and_host_only_on_tls(settings):
+    """Over HTTPS the cookie is ``__Host-``: Secure, path /, and no sibling subdomain can
+    set one (a planted session); over plain HTTP it is scoped to /console."""
+    for base, name, path, secure in (
+        ("http://testserver.local", "earmark_console", "/console", False),
+        ("https://testserver.local", "__Host-earmark_console", "/", True),
+    ):
         async with AsyncTestClient(app=create_app(settings), base_url=base) as client:
             response = await sign_in(client)
             cookie = next(
                 value
                 for value in response.headers.get_list("set-cookie")
-                if value.startswith("earmark_console=")
+                if value.startswith(f"{name}=")
             )
             attributes = {part.strip().lower() for part in cookie.split(";")}
-            assert {"httponly", "samesite=strict", "path=/console"} <= attributes
+            assert {"httponly", "samesite=strict", f"path={path}"} <= attributes
             assert ("secure" in attributes) is secure
+            assert (await client.get("/console", follow_redirects=False)).status_code == 200
 
 
 async def test_sessions_end_when_idle_too_long_too_old_signed_out_or_the_password_changes(

@@ -11,6 +11,7 @@ from app import budgets
 from app.console import forms
 from app.console.gate import PREFIX, actor, render
 from app.errors import InvalidRequest
+from app.routes.params import PathId
 from app.schemas import BudgetCreate, BudgetUpdate, TopUp
 
 
@@ -18,7 +19,7 @@ from app.schemas import BudgetCreate, BudgetUpdate, TopUp
 async def add_budget(request: Request) -> Redirect:
     """A budget on ``key_id`` or ``tenant_id`` (whichever the form carries)."""
     fields = await forms.fields_of(request)
-    key_id, tenant_id = forms.text(fields, "key_id"), forms.text(fields, "tenant_id")
+    key_id, tenant_id = forms.identifier(fields, "key_id"), forms.identifier(fields, "tenant_id")
     if (key_id is None) == (tenant_id is None):
         raise InvalidRequest("A budget belongs to one key or one tenant.")
     data = forms.decoded(forms.budget(fields) or {"limit_usd": ""}, BudgetCreate)
@@ -29,7 +30,7 @@ async def add_budget(request: Request) -> Redirect:
 
 
 @get("/budgets/{budget_id:str}")
-async def budget_page(request: Request, budget_id: FromPath[str]) -> Response:
+async def budget_page(request: Request, budget_id: FromPath[PathId]) -> Response:
     engine = request.app.state.engine
     return render(
         request,
@@ -41,7 +42,7 @@ async def budget_page(request: Request, budget_id: FromPath[str]) -> Response:
 
 
 @post("/budgets/{budget_id:str}", status_code=303)
-async def update_budget(request: Request, budget_id: FromPath[str]) -> Redirect:
+async def update_budget(request: Request, budget_id: FromPath[PathId]) -> Redirect:
     """A new limit (raise or lower) and alert thresholds."""
     fields = await forms.fields_of(request)
     changes = {
@@ -54,7 +55,7 @@ async def update_budget(request: Request, budget_id: FromPath[str]) -> Redirect:
 
 
 @post("/budgets/{budget_id:str}/top-up", status_code=303)
-async def top_up(request: Request, budget_id: FromPath[str]) -> Redirect:
+async def top_up(request: Request, budget_id: FromPath[PathId]) -> Redirect:
     fields = await forms.fields_of(request)
     data = forms.decoded({"amount_usd": forms.text(fields, "amount_usd") or ""}, TopUp)
     await budgets.top_up(request.app.state.engine, budget_id, data.amount_usd, actor(request))
@@ -62,19 +63,19 @@ async def top_up(request: Request, budget_id: FromPath[str]) -> Redirect:
 
 
 @post("/budgets/{budget_id:str}/reset", status_code=303)
-async def reset(request: Request, budget_id: FromPath[str]) -> Redirect:
+async def reset(request: Request, budget_id: FromPath[PathId]) -> Redirect:
     await budgets.reset(request.app.state.engine, budget_id, actor(request))
     return Redirect(f"{PREFIX}/budgets/{budget_id}?done=reset", status_code=303)
 
 
 @get("/budgets/{budget_id:str}/delete")
-async def confirm_delete(request: Request, budget_id: FromPath[str]) -> Response:
+async def confirm_delete(request: Request, budget_id: FromPath[PathId]) -> Response:
     budget = await budgets.get_budget(request.app.state.engine, budget_id)
     return render(request, "budget_delete.html", budget=budget)
 
 
 @post("/budgets/{budget_id:str}/delete", status_code=303)
-async def delete_budget(request: Request, budget_id: FromPath[str]) -> Redirect:
+async def delete_budget(request: Request, budget_id: FromPath[PathId]) -> Redirect:
     engine = request.app.state.engine
     budget = await budgets.get_budget(engine, budget_id)
     await budgets.delete_budget(engine, budget_id, actor(request))

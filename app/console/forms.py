@@ -3,21 +3,43 @@ same ``KeyCreate``, ``BudgetCreate``… the JSON API decodes, checked by the sam
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request
 from litestar.datastructures import FormMultiDict
+from litestar.params import Parameter, QueryParameter
 
 from app.errors import InvalidRequest
+from app.ids import ID_MAX_LENGTH, ID_PATTERN
+from app.routes.params import ACTION_PATTERN, ACTOR_PATTERN
 
 T = TypeVar("T")
+# A list's filters, as a GET form sends them: an empty field (``name=``) is no filter.
+# "Contains" text is what a person types, never a NUL or a control character; ids,
+# cursors, actors and actions are checked as the admin API checks them.
+SearchText = Annotated[str | None, Parameter(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+FilterId = Annotated[str | None, Parameter(pattern=f"^$|{ID_PATTERN}", max_length=ID_MAX_LENGTH)]
+FilterActor = Annotated[
+    str | None, QueryParameter(name="actor", pattern=f"^$|{ACTOR_PATTERN}", max_length=120)
+]
+FilterAction = Annotated[str | None, Parameter(pattern=f"^$|{ACTION_PATTERN}", max_length=40)]
+_ID = re.compile(ID_PATTERN)
 
 
 def text(fields: FormMultiDict, name: str) -> str | None:
     value = fields.get(name)
     return value.strip() or None if isinstance(value, str) else None
+
+
+def identifier(fields: FormMultiDict, name: str) -> str | None:
+    """An id from a hidden field, checked as the API checks ids in a path."""
+    value = text(fields, name)
+    if value is not None and (len(value) > ID_MAX_LENGTH or not _ID.match(value)):
+        raise InvalidRequest(f"`{name}` is not an id.", param=name)
+    return value
 
 
 def whole(fields: FormMultiDict, name: str, label: str) -> int | None:
@@ -36,9 +58,9 @@ def utc_time(fields: FormMultiDict, name: str, label: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: before the year 1 once in UTC
         raise InvalidRequest(f"{label} must be a date and time.", param=name) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def thresholds(fields: FormMultiDict) -> list[int]:

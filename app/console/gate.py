@@ -115,15 +115,23 @@ def session_cookie(request: Request, token: str | None) -> Cookie:
 
 
 def _cookie(request: Request, name: str, value: str | None) -> Cookie:
+    """Over HTTPS a ``__Host-`` cookie: only this host may set it (never a sibling
+    subdomain, so no one can plant a session or a sign-in token), which takes path /."""
+    secure = request.url.scheme == "https"
     return Cookie(
-        key=name,
+        key=f"__Host-{name}" if secure else name,
         value=value or "",
-        path=PREFIX,
+        path="/" if secure else PREFIX,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=secure,
         max_age=None if value else 0,
     )
+
+
+def cookie(request: Request, name: str) -> str | None:
+    """The value of the console cookie ``name`` as ``_cookie`` named it for this scheme."""
+    return request.cookies.get(f"__Host-{name}" if request.url.scheme == "https" else name)
 
 
 def sign_in_cookie(request: Request, token: str) -> Cookie:
@@ -137,7 +145,7 @@ async def gate(request: Request) -> Response | None:
     state = request.app.state
     session = await sessions.find(
         state.engine,
-        request.cookies.get(COOKIE),
+        cookie(request, COOKIE),
         state.settings.admin_token,
         state.settings.console,
     )
@@ -168,7 +176,7 @@ def _earmark_error(request: Request, error: EarmarkError) -> Response:
     return error_page(request, error.status_code, error.message, **error.headers)
 
 
-def _http_error(request: Request, error: HTTPException) -> Response:
+def http_error(request: Request, error: HTTPException) -> Response:
     status = error.status_code
     message = "No such page." if status == 404 else "This request could not be handled."
     if status == 400:
@@ -182,6 +190,6 @@ def _invalid(request: Request, error: msgspec.ValidationError) -> Response:
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     EarmarkError: _earmark_error,
-    HTTPException: _http_error,
+    HTTPException: http_error,
     msgspec.ValidationError: _invalid,
 }

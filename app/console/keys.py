@@ -10,7 +10,8 @@ from litestar.response import Redirect
 from app import budgets, database, keys, ledger, rate_limits, tenants
 from app.console import forms
 from app.console.gate import PREFIX, actor, next_page, render
-from app.schemas import KeyCreate, KeyStatus, KeyWithSecret
+from app.routes.params import PathId
+from app.schemas import KeyCreate, KeyRotate, KeyStatus, KeyWithSecret
 
 PAGE = 25
 _STATUSES = ("active", "revoked", "expired")
@@ -19,10 +20,10 @@ _STATUSES = ("active", "revoked", "expired")
 @get("/keys")
 async def key_list(
     request: Request,
-    tenant_id: FromQuery[str | None] = None,
+    tenant_id: FromQuery[forms.FilterId] = None,
     status: FromQuery[str | None] = None,
-    name: FromQuery[str | None] = None,
-    cursor: FromQuery[str | None] = None,
+    name: FromQuery[forms.SearchText] = None,
+    cursor: FromQuery[forms.FilterId] = None,
 ) -> Response:
     engine = request.app.state.engine
     wanted: KeyStatus | None = status if status in _STATUSES else None  # type: ignore[assignment]
@@ -57,7 +58,7 @@ async def _tenant_choices(request: Request, chosen: str | None) -> dict[str, str
 
 
 @get("/keys/new")
-async def new_key(request: Request, tenant_id: FromQuery[str | None] = None) -> Response:
+async def new_key(request: Request, tenant_id: FromQuery[forms.FilterId] = None) -> Response:
     return render(
         request,
         "key_new.html",
@@ -98,7 +99,7 @@ def _secret_page(request: Request, key: KeyWithSecret, done: str) -> Response:
 
 @get("/keys/{key_id:str}")
 async def key_page(
-    request: Request, key_id: FromPath[str], cursor: FromQuery[str | None] = None
+    request: Request, key_id: FromPath[PathId], cursor: FromQuery[forms.FilterId] = None
 ) -> Response:
     engine = request.app.state.engine
     key = await keys.get_key(engine, key_id)
@@ -124,24 +125,25 @@ async def key_page(
 
 
 @post("/keys/{key_id:str}/rotate")
-async def rotate_key(request: Request, key_id: FromPath[str]) -> Response:
+async def rotate_key(request: Request, key_id: FromPath[PathId]) -> Response:
     fields = await forms.fields_of(request)
     grace = forms.whole(fields, "grace_seconds", "Grace") or 0
+    data = forms.decoded({"grace_seconds": grace}, KeyRotate)
     state = request.app.state
     rotated = await keys.rotate_key(
-        state.engine, state.settings.key_pepper, key_id, grace, actor(request)
+        state.engine, state.settings.key_pepper, key_id, data.grace_seconds, actor(request)
     )
     return _secret_page(request, rotated, "rotated")
 
 
 @get("/keys/{key_id:str}/revoke")
-async def confirm_revoke(request: Request, key_id: FromPath[str]) -> Response:
+async def confirm_revoke(request: Request, key_id: FromPath[PathId]) -> Response:
     key = await keys.get_key(request.app.state.engine, key_id)
     return render(request, "key_revoke.html", key=key)
 
 
 @post("/keys/{key_id:str}/revoke", status_code=303)
-async def revoke_key(request: Request, key_id: FromPath[str]) -> Redirect:
+async def revoke_key(request: Request, key_id: FromPath[PathId]) -> Redirect:
     await keys.revoke_key(request.app.state.engine, key_id, actor(request))
     return Redirect(f"{PREFIX}/keys/{key_id}?done=revoked", status_code=303)
 

@@ -7,7 +7,9 @@ from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 
 from app import audit, webhooks
+from app.console import forms
 from app.console.gate import next_page, render
+from app.routes.params import PathId
 
 PAGE = 50
 
@@ -21,7 +23,7 @@ async def models(request: Request) -> Response:
 
 
 @get("/webhooks")
-async def webhook_list(request: Request, cursor: FromQuery[str | None] = None) -> Response:
+async def webhook_list(request: Request, cursor: FromQuery[forms.FilterId] = None) -> Response:
     page = await webhooks.list_endpoints(
         request.app.state.engine, limit=PAGE, cursor=cursor or None
     )
@@ -32,7 +34,7 @@ async def webhook_list(request: Request, cursor: FromQuery[str | None] = None) -
 
 @get("/webhooks/{webhook_id:str}")
 async def webhook_page(
-    request: Request, webhook_id: FromPath[str], cursor: FromQuery[str | None] = None
+    request: Request, webhook_id: FromPath[PathId], cursor: FromQuery[forms.FilterId] = None
 ) -> Response:
     engine = request.app.state.engine
     endpoint = await webhooks.get_endpoint(engine, webhook_id)
@@ -51,12 +53,12 @@ async def webhook_page(
 @get("/audit")
 async def audit_page(
     request: Request,
-    target: FromQuery[str | None] = None,
-    actor: FromQuery[str | None] = None,
-    action: FromQuery[str | None] = None,
-    cursor: FromQuery[str | None] = None,
+    target: FromQuery[forms.FilterId] = None,
+    by: forms.FilterActor = None,
+    action: FromQuery[forms.FilterAction] = None,
+    cursor: FromQuery[forms.FilterId] = None,
 ) -> Response:
-    filters = {"target": target or None, "actor": actor or None, "action": action or None}
+    filters = {"target": target or None, "actor": by or None, "action": action or None}
     page = await audit.list_entries(
         request.app.state.engine, **filters, limit=PAGE, cursor=cursor or None
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from urllib.parse import unquote
 
 from litestar import Request, Response, get, post
 from litestar.params import FromQuery
@@ -18,10 +19,11 @@ from litestar.response import Redirect
 from app import key_format
 from app.auth import admin_identity
 from app.console import sessions
-from app.console.forms import fields_of
+from app.console.forms import fields_of, text
 from app.console.gate import (
     PREFIX,
     SIGN_IN_COOKIE,
+    cookie,
     error_page,
     render,
     session_cookie,
@@ -33,8 +35,12 @@ _PUBLIC = {"public": True}
 
 
 def _local(target: str | None) -> str:
-    """Where to go after signing in: a console page, never another site."""
+    """Where to go after signing in: a console page, never another site, nor another
+    path that dot segments would make of a console one."""
     if not target or "\\" in target or not target.isprintable():
+        return PREFIX
+    path = unquote(target.partition("?")[0])
+    if any(segment in (".", "..") for segment in path.split("/")):
         return PREFIX
     return target if target == PREFIX or target.startswith((f"{PREFIX}/", f"{PREFIX}?")) else PREFIX
 
@@ -56,12 +62,13 @@ async def sign_in_page(request: Request, next: FromQuery[str | None] = None) -> 
 @post("/sign-in", opt=_PUBLIC, status_code=303)
 async def sign_in(request: Request) -> Response:
     fields = await fields_of(request)
-    sent, expected = fields.get("sign_in_token"), request.cookies.get(SIGN_IN_COOKIE)
+    sent, expected = fields.get("sign_in_token"), cookie(request, SIGN_IN_COOKIE)
     if not (expected and isinstance(sent, str) and hmac.compare_digest(sent, expected)):
         return error_page(request, 403, "This sign-in form is out of date: reload it.")
-    target = _local(fields.get("next"))
-    user = str(fields.get("user", "")).strip() or None
-    secret = str(fields.get("password", ""))
+    target = _local(text(fields, "next"))
+    user = text(fields, "user")
+    secret = fields.get("password")
+    secret = secret if isinstance(secret, str) else ""
     if secret.startswith(key_format.PREFIX):
         error = "Tenant keys cannot open the console: sign in as an admin."
         return _sign_in_form(request, target, status=403, error=error)

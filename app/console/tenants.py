@@ -10,6 +10,7 @@ from litestar.response import Redirect
 from app import budgets, database, keys, tenants, usage
 from app.console import forms
 from app.console.gate import PREFIX, actor, next_page, render
+from app.routes.params import PathId
 from app.schemas import TenantCreate, TenantUpdate
 
 PAGE = 25
@@ -19,9 +20,9 @@ _STATUSES = ("active", "inactive")
 @get("/tenants")
 async def tenant_list(
     request: Request,
-    name: FromQuery[str | None] = None,
+    name: FromQuery[forms.SearchText] = None,
     status: FromQuery[str | None] = None,
-    cursor: FromQuery[str | None] = None,
+    cursor: FromQuery[forms.FilterId] = None,
 ) -> Response:
     wanted = status if status in _STATUSES else None
     page = await tenants.list_tenants(
@@ -50,7 +51,7 @@ async def create_tenant(request: Request) -> Redirect:
 
 
 @get("/tenants/{tenant_id:str}")
-async def tenant_page(request: Request, tenant_id: FromPath[str]) -> Response:
+async def tenant_page(request: Request, tenant_id: FromPath[PathId]) -> Response:
     engine = request.app.state.engine
     tenant = await tenants.get_tenant(engine, tenant_id)
     tenant_keys = await keys.list_keys(
@@ -70,7 +71,7 @@ async def tenant_page(request: Request, tenant_id: FromPath[str]) -> Response:
 
 
 @post("/tenants/{tenant_id:str}", status_code=303)
-async def update_tenant(request: Request, tenant_id: FromPath[str]) -> Redirect:
+async def update_tenant(request: Request, tenant_id: FromPath[PathId]) -> Redirect:
     """Rename (``name``), or set the status (``status``: active or inactive)."""
     fields = await forms.fields_of(request)
     changes = {field: value for field in ("name", "status") if (value := forms.text(fields, field))}

@@ -17,6 +17,7 @@ from app.errors import InvalidRequest
 from app.usage import UsageReport
 
 DEFAULT_DAYS = 30
+MAX_DAYS = 3 * 366  # a chart point a day: longer ranges are for the CSV of /admin/usage
 From = Annotated[str | None, QueryParameter(name="from")]
 To = Annotated[str | None, QueryParameter(name="to")]
 _BY = ("tenant", "model")
@@ -37,6 +38,13 @@ async def _report(
     today = datetime.now(UTC).date()
     first = _day("from", start, today - timedelta(days=DEFAULT_DAYS - 1))
     last = _day("to", end, today)
+    if last < first:
+        raise InvalidRequest("`to` must not be before `from`.", param="to")
+    if (last - first).days >= MAX_DAYS or last == date.max:
+        raise InvalidRequest(
+            f"Show at most {MAX_DAYS} days at once; `/admin/usage` reports any range.",
+            param="to",
+        )
     group = by if by in _BY else "tenant"
     report = await usage.usage_report(
         request.app.state.engine,

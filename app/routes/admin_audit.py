@@ -11,21 +11,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import audit, usage
 from app.pagination import DEFAULT_LIMIT
-from app.routes.params import Cursor, From, Limit, QueryId, To
+from app.routes.params import ACTION_PATTERN, ACTOR_PATTERN, Cursor, From, Limit, QueryId, To
 from app.schemas import AuditPage
 
 ActorName = Annotated[
     str | None,
     QueryParameter(
         name="actor",  # not the handler's argument name: "actor" is the admin's dependency
-        pattern=r"^(token|cli|(user|cli):[^\x00-\x1f\x7f]{1,115})$",
+        pattern=ACTOR_PATTERN,
         max_length=120,
         description="token, user:NAME or cli:OS_USER",
     ),
 ]
 Action = Annotated[
     str | None,
-    Parameter(pattern=r"^[a-z_]{1,16}\.[a-z_]{1,23}$", description="e.g. key.revoke"),
+    Parameter(pattern=ACTION_PATTERN, description="e.g. key.revoke"),
 ]
 # A CSV export is every matching row; past this many, narrow the range.
 CSV_MAX_ROWS = 100_000

@@ -13,6 +13,8 @@ from app.errors import InvalidRequest, body_param
 from app.ids import ID_MAX_LENGTH, ID_PATTERN
 from app.pagination import MAX_LIMIT
 
+ACTOR_PATTERN = r"^(token|cli|(user|cli):[^\x00-\x1f\x7f]{1,115})$"  # as audit.Actor writes
+ACTION_PATTERN = r"^[a-z_]{1,16}\.[a-z_]{1,23}$"  # TYPE.VERB
 PathId = Annotated[str, Parameter(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
 QueryId = Annotated[str | None, Parameter(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
 Cursor = Annotated[
