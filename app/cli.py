@@ -117,7 +117,7 @@ def _summary(settings: Settings, catalog: Catalog, args: argparse.Namespace) -> 
         f"earmark {__version__} on http://{args.host}:{args.port} ({workers}); database {url}; "
         f"providers: {providers or 'none'}; config: {settings.config_path or 'built-in'}; "
         f"admin token: {'set' if settings.admin_token else 'not set (admin users only)'}; "
-        f"metrics: /metrics, summed over workers; access log: "
+        f"console: /console; metrics: /metrics, summed over workers; access log: "
         f"{'on' if args.access_log or settings.access_log else 'off'}"
     )
 

@@ -249,6 +249,7 @@ def test_serve_says_what_it_serves_and_logs_requests_without_secrets(tmp_path):
     assert "providers: local (1 model)" in summary
     assert "admin token: set" in summary and "a-long-admin-token" not in text
     assert "access log: on" in summary
+    assert "console: /console" in summary
     access = [line for line in text.splitlines() if "GET /v1/models 401" in line]
     assert len(access) == 1, text
     assert re.search(r"GET /v1/models 401 [\d.]+ms req_\w+$", access[0]), access[0]
