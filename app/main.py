@@ -176,4 +176,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         state=State({"settings": settings, "metrics": app_metrics}),
         openapi_config=openapi.config(),
+        template_config=console.template_config(),
     )

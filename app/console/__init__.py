@@ -16,11 +16,19 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.static_files import create_static_files_router
 
 from app.console import budgets, keys, overview, reference, signin, tenants, usage
-from app.console.gate import EXCEPTION_HANDLERS, PREFIX, STATIC, console_headers, gate, http_error
+from app.console.gate import (
+    EXCEPTION_HANDLERS,
+    PREFIX,
+    STATIC,
+    console_headers,
+    gate,
+    http_error,
+    template_config,
+)
 
 MAX_FORM_BYTES = 64 << 10  # console forms are a few fields
 
-__all__ = ["console_headers", "router", "with_pages"]
+__all__ = ["console_headers", "router", "template_config", "with_pages"]
 
 
 def router() -> list[Router]:
