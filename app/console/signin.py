@@ -45,7 +45,9 @@ def _local(target: str | None) -> str:
     return target if target == PREFIX or target.startswith((f"{PREFIX}/", f"{PREFIX}?")) else PREFIX
 
 
-def _sign_in_form(request: Request, target: str, *, status: int = 200, error: str | None = None):
+def _sign_in_form(
+    request: Request, target: str, *, status: int = 200, error: str | None = None
+) -> Response:
     token = secrets.token_urlsafe(24)
     response = render(
         request, "sign_in.html", status=status, next=target, sign_in_token=token, error=error
