@@ -24,6 +24,7 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
     if not (found and driver):
         not_run("Debian's chromium and chromium-driver are not installed: browser tests NOT RUN")
     from selenium import webdriver
+    from selenium.common.exceptions import SessionNotCreatedException
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -37,7 +38,10 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports land there
-    browser = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        browser = webdriver.Chrome(service=Service(driver), options=options)
+    except SessionNotCreatedException:  # Chromium that died starting up, on a busy machine
+        browser = webdriver.Chrome(service=Service(driver), options=options)
     try:
         yield browser
     finally:
