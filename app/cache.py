@@ -173,10 +173,4 @@ async def store(
 
 
 async def purge_expired(engine: AsyncEngine, now: datetime | None = None) -> int:
-    async with database.write(engine) as conn:
-        result = await conn.execute(
-            delete(transcription_cache).where(
-                transcription_cache.c.expires_at <= (now or database.utcnow())
-            )
-        )
-    return result.rowcount
+    return await database.delete_expired(engine, transcription_cache, now)

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, delete, event, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.driver import SQLITE_BUSY_TIMEOUT_MS, PostgresStore, SqliteStore, Store
@@ -111,3 +111,19 @@ async def read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A read-only transaction: begun by the first statement, rolled back on return."""
     async with engine.connect() as conn:
         yield conn
+
+
+async def names(conn: AsyncConnection, table: Table, ids: set[str]) -> dict[str, str]:
+    """The ``name`` of each row of ``table`` with one of these ids, by id (the labels a
+    report or a page shows beside ids)."""
+    if not ids:
+        return {}
+    query = select(table.c.id, table.c.name).where(table.c.id.in_(sorted(ids)))
+    return {row.id: row.name for row in await conn.execute(query)}
+
+
+async def delete_expired(engine: AsyncEngine, table: Table, now: datetime | None = None) -> int:
+    """Delete the rows of ``table`` whose ``expires_at`` has come; how many there were."""
+    async with write(engine) as conn:
+        result = await conn.execute(delete(table).where(table.c.expires_at <= (now or utcnow())))
+    return result.rowcount

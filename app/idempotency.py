@@ -294,10 +294,4 @@ def _held(claim: Claim) -> tuple[Any, ...]:
 
 
 async def purge_expired(engine: AsyncEngine, now: datetime | None = None) -> int:
-    async with database.write(engine) as conn:
-        removed = await conn.execute(
-            delete(idempotency_keys).where(
-                idempotency_keys.c.expires_at <= (now or database.utcnow())
-            )
-        )
-    return removed.rowcount
+    return await database.delete_expired(engine, idempotency_keys, now)

@@ -77,11 +77,8 @@ async def list_tenants(
 
 async def names(engine: AsyncEngine, tenant_ids: set[str]) -> dict[str, str]:
     """Each tenant's name by id, for these ids (labels beside ids on a page)."""
-    if not tenant_ids:
-        return {}
-    query = select(tenants.c.id, tenants.c.name).where(tenants.c.id.in_(sorted(tenant_ids)))
     async with database.read(engine) as conn:
-        return dict((await conn.execute(query)).all())  # type: ignore[arg-type]
+        return await database.names(conn, tenants, tenant_ids)
 
 
 async def fetch_tenant(conn: AsyncConnection, tenant_id: str, *, param: str | None = None) -> Any:

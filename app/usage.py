@@ -182,12 +182,8 @@ async def _name(conn: AsyncConnection, data: list[dict[str, Any]], groups: list[
         table = _NAMED.get(group)
         if table is None:
             continue
-        ids = sorted({row[group] for row in data if row[group] is not None})
-        names = dict(
-            (await conn.execute(select(table.c.id, table.c.name).where(table.c.id.in_(ids)))).all()
-            if ids
-            else []
-        )
+        ids = {row[group] for row in data if row[group] is not None}
+        names = await database.names(conn, table, ids)
         for row in data:
             row[f"{group}_name"] = names.get(row[group])
 
