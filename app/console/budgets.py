@@ -18,7 +18,7 @@ from app.schemas import BudgetCreate, BudgetUpdate, TopUp
 @post("/budgets", status_code=303)
 async def add_budget(request: Request) -> Redirect:
     """A budget on ``key_id`` or ``tenant_id`` (whichever the form carries)."""
-    fields = await forms.fields_of(request)
+    fields = await request.form()
     key_id, tenant_id = forms.identifier(fields, "key_id"), forms.identifier(fields, "tenant_id")
     if (key_id is None) == (tenant_id is None):
         raise InvalidRequest("A budget belongs to one key or one tenant.")
@@ -44,7 +44,7 @@ async def budget_page(request: Request, budget_id: FromPath[PathId]) -> Response
 @post("/budgets/{budget_id:str}", status_code=303)
 async def update_budget(request: Request, budget_id: FromPath[PathId]) -> Redirect:
     """A new limit (raise or lower) and alert thresholds."""
-    fields = await forms.fields_of(request)
+    fields = await request.form()
     changes = {
         "limit_usd": forms.text(fields, "limit_usd") or "",
         "thresholds": forms.thresholds(fields),
@@ -56,7 +56,7 @@ async def update_budget(request: Request, budget_id: FromPath[PathId]) -> Redire
 
 @post("/budgets/{budget_id:str}/top-up", status_code=303)
 async def top_up(request: Request, budget_id: FromPath[PathId]) -> Redirect:
-    fields = await forms.fields_of(request)
+    fields = await request.form()
     data = forms.decoded({"amount_usd": forms.text(fields, "amount_usd") or ""}, TopUp)
     await budgets.top_up(request.app.state.engine, budget_id, data.amount_usd, actor(request))
     return Redirect(f"{PREFIX}/budgets/{budget_id}?done=topped-up", status_code=303)

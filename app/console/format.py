@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 
+from app.schemas import Budget
+
 DASH = "—"
 
 
@@ -42,12 +44,12 @@ def number(value: int | None) -> str:
     return DASH if value is None else f"{value:,}"
 
 
-def used_percent(spent: str, held: str, limit: str, top_up: str) -> int:
-    """How much of a budget's period is spent or held, 0-100 (for its bar)."""
-    available = Decimal(limit) + Decimal(top_up)
+def used_percent(budget: Budget) -> int:
+    """How much of a budget's period is spent or held, 0-100 (its bar; the overview's order)."""
+    available = Decimal(budget.limit_usd) + Decimal(budget.top_up_usd)
     if available <= 0:
         return 100
-    return min(100, int((Decimal(spent) + Decimal(held)) * 100 / available))
+    return min(100, int((Decimal(budget.spent_usd) + Decimal(budget.held_usd)) * 100 / available))
 
 
 def as_json(value: Any) -> str:
@@ -61,4 +63,5 @@ FILTERS = {
     "duration": duration,
     "number": number,
     "as_json": as_json,
+    "used_percent": used_percent,
 }

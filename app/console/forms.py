@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-from litestar import Request
 from litestar.datastructures import FormMultiDict
 from litestar.params import Parameter, QueryParameter
 
@@ -98,8 +97,3 @@ def budget(fields: FormMultiDict) -> dict[str, Any] | None:
 def decoded(value: dict[str, Any], into: type[T]) -> T:
     """``value`` as the API's request type (a 400 page says what is wrong)."""
     return msgspec.convert(value, into)
-
-
-async def fields_of(request: Request) -> FormMultiDict:
-    """The form the gate checked (parsed once per request)."""
-    return await request.form()

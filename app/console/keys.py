@@ -70,7 +70,7 @@ async def new_key(request: Request, tenant_id: FromQuery[forms.FilterId] = None)
 
 @post("/keys")
 async def create_key(request: Request) -> Response:
-    fields = await forms.fields_of(request)
+    fields = await request.form()
     chosen = [model for model in fields.getall("models", []) if isinstance(model, str)]
     limit = forms.budget(fields)
     data = forms.decoded(
@@ -126,7 +126,7 @@ async def key_page(
 
 @post("/keys/{key_id:str}/rotate")
 async def rotate_key(request: Request, key_id: FromPath[PathId]) -> Response:
-    fields = await forms.fields_of(request)
+    fields = await request.form()
     grace = forms.whole(fields, "grace_seconds", "Grace") or 0
     data = forms.decoded({"grace_seconds": grace}, KeyRotate)
     state = request.app.state

@@ -24,10 +24,7 @@ async def overview(request: Request) -> Response:
     # One pass over the month, by key: tenants' totals are sums of their keys'.
     month = await usage.usage_report(engine, ["tenant", "key"], month_start, None)
     every_budget = await budgets.list_budgets(engine, key_id=None, tenant_id=None)
-    closest = sorted(
-        every_budget,
-        key=lambda b: -used_percent(b.spent_usd, b.held_usd, b.limit_usd, b.top_up_usd),
-    )
+    closest = sorted(every_budget, key=lambda budget: -used_percent(budget))
     return render(
         request,
         "overview.html",

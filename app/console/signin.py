@@ -19,7 +19,7 @@ from litestar.response import Redirect
 from app import key_format
 from app.auth import admin_identity
 from app.console import sessions
-from app.console.forms import fields_of, text
+from app.console.forms import text
 from app.console.gate import (
     PREFIX,
     SIGN_IN_COOKIE,
@@ -63,7 +63,7 @@ async def sign_in_page(request: Request, next: FromQuery[str | None] = None) -> 
 
 @post("/sign-in", opt=_PUBLIC, status_code=303)
 async def sign_in(request: Request) -> Response:
-    fields = await fields_of(request)
+    fields = await request.form()
     sent, expected = fields.get("sign_in_token"), cookie(request, SIGN_IN_COOKIE)
     if not (expected and isinstance(sent, str) and hmac.compare_digest(sent, expected)):
         return error_page(request, 403, "This sign-in form is out of date: reload it.")

@@ -44,7 +44,7 @@ async def tenant_list(
 
 @post("/tenants", status_code=303)
 async def create_tenant(request: Request) -> Redirect:
-    fields = await forms.fields_of(request)
+    fields = await request.form()
     data = forms.decoded({"name": forms.text(fields, "name") or ""}, TenantCreate)
     tenant = await tenants.create_tenant(request.app.state.engine, data, actor(request))
     return Redirect(f"{PREFIX}/tenants/{tenant.id}?done=created", status_code=303)
@@ -73,7 +73,7 @@ async def tenant_page(request: Request, tenant_id: FromPath[PathId]) -> Response
 @post("/tenants/{tenant_id:str}", status_code=303)
 async def update_tenant(request: Request, tenant_id: FromPath[PathId]) -> Redirect:
     """Rename (``name``), or set the status (``status``: active or inactive)."""
-    fields = await forms.fields_of(request)
+    fields = await request.form()
     changes = {field: value for field in ("name", "status") if (value := forms.text(fields, field))}
     data = forms.decoded(changes, TenantUpdate)
     await tenants.update_tenant(request.app.state.engine, tenant_id, data, actor(request))

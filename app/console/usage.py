@@ -52,7 +52,7 @@ async def _report(
         datetime.combine(first, datetime.min.time(), UTC),
         datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC),
     )
-    return report, {"from": first.isoformat(), "to": last.isoformat(), "by": group}
+    return report, {"from": first, "to": last, "by": group}  # dates print as 2026-12-01
 
 
 def chart_data(report: UsageReport, group: str, first: date, last: date) -> dict[str, Any]:
@@ -110,7 +110,6 @@ async def usage_page(
     by: FromQuery[str | None] = None,
 ) -> Response:
     report, chosen = await _report(request, start, end, by)
-    first, last = date.fromisoformat(chosen["from"]), date.fromisoformat(chosen["to"])
     return render(
         request,
         "usage.html",
@@ -118,7 +117,7 @@ async def usage_page(
         rows=totals_by(report.data, chosen["by"]),  # each day is in the charts and the CSV
         chosen=chosen,
         by_options=_BY,
-        chart=chart_data(report, chosen["by"], first, last),
+        chart=chart_data(report, chosen["by"], chosen["from"], chosen["to"]),
     )
 
 
