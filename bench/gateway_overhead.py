@@ -12,6 +12,11 @@ processes on loopback, then measures in one run, with a raw-socket load generato
 
     python -m bench.gateway_overhead [--requests 300] [--seconds 10]
         [--database-url postgresql+asyncpg://…] [--ledger-rows 300000]
+        [--profile stacks.txt]
+
+``--profile`` samples Earmark with py-spy (``pip install py-spy``) during the throughput
+run: collapsed stacks to the file (flamegraph input), the functions with the most
+samples printed. The sampling costs the run a fifth or so of its requests/s.
 
 Figures are machine-dependent; compare ratios taken from the same run.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import subprocess
@@ -99,6 +105,39 @@ async def big_uploads(url: str, headers: dict[str, str], body: bytes, clients: i
         response.raise_for_status()
 
 
+def profiled(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` for ``seconds`` into ``out`` (collapsed stacks)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    command = [str(py_spy), "record", "-p", str(pid), "-d", str(max(1, round(seconds)))]
+    command += ["-r", "500", "--nonblocking", "-f", "raw", "-o", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def hottest(stacks: Path, top: int = 25) -> str:
+    """The functions with the most samples, inclusive (anywhere on the stack) and where
+    the time itself went (the frame on top), as percentages of the event loop's samples
+    (threads left out)."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in stacks.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if "Thread._bootstrap" in stack:
+            continue
+        frames = [frame.rsplit(":", 1)[0] + ")" for frame in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    lines = []
+    for title, counter in (("inclusive", inclusive), ("own", own)):
+        lines.append(f"--- {title}, % of {total} samples")
+        lines += [f"{100 * n / total:5.1f}% {f}" for f, n in counter.most_common(top)]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="sequential requests per size")
@@ -107,6 +146,7 @@ def main() -> None:
     parser.add_argument("--big-clients", type=int, default=32)
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
     parser.add_argument("--ledger-rows", type=int, default=0, help="settled history to add first")
+    parser.add_argument("--profile", type=Path, help="py-spy Earmark's throughput run into this")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="earmark-bench-"))
@@ -222,7 +262,13 @@ def main() -> None:
         for name in ("direct", "passthrough", "earmark"):
             url, headers = targets[name]
             request = load.request_bytes(url, headers, body)
+            spy = None
+            if args.profile and name == "earmark":
+                spy = profiled(processes["earmark"].pid, args.seconds, args.profile)
             result = uvloop.run(load.concurrent(url, request, c, args.seconds))
+            if spy is not None:
+                spy.wait()
+                print(hottest(args.profile), file=sys.stderr)
             report[f"rps_100KB_c{c}_{name}"] = round(result["rps"], 1)
             report[f"p50_ms_100KB_c{c}_{name}"] = round(result["p50_ms"], 2)
             report[f"p99_ms_100KB_c{c}_{name}"] = round(result["p99_ms"], 2)

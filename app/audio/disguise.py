@@ -81,7 +81,7 @@ def may_be_disguised(samples: bytes) -> bool:
     tag = id3v2_end(samples[:10])
     if _has_sync_words(samples, {0, tag % 2}):
         return True
-    starts = np.array(sorted({0, tag, _first_nonzero(data, 0), _first_nonzero(data, tag)}))
+    starts = {0, tag, _first_nonzero(data, 0), _first_nonzero(data, tag)}
     return any(
         _has_run(positions, sizes, data, _RUN_ANYWHERE[name], starts, preamble=name == "ac3")
         for name, positions, sizes in _frames(data)
@@ -160,7 +160,7 @@ def _has_run(
     sizes: np.ndarray,
     data: np.ndarray,
     frames: int,
-    starts: np.ndarray,
+    starts: set[int],
     preamble: bool,
 ) -> bool:
     """Whether two headers follow one another from one of ``starts`` (each where the
@@ -176,11 +176,11 @@ def _has_run(
         following = np.where(skip, following + 16, following)
     found = np.minimum(np.searchsorted(positions, following), len(positions) - 1)
     after = np.where(positions[found] == following, found, -1)  # the next header's index
-    first = np.searchsorted(positions, starts)
-    for index, start in zip(first, starts, strict=True):
-        if index < len(positions) and positions[index] == start and after[index] >= 0:
-            return True
-    current = np.flatnonzero(after >= 0)  # runs of two
+    current = np.flatnonzero(after >= 0)  # runs of two: real audio has few, or none
+    if not len(current):
+        return False
+    if not starts.isdisjoint(positions[current].tolist()):
+        return True
     for _ in range(frames - 2):
         current = after[current]
         current = current[after[current] >= 0]
