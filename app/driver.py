@@ -127,10 +127,14 @@ def json(value: Any) -> Any:
     return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
 
+_PLAIN = frozenset((str, int, float, bool, bytes, type(None)))  # as sqlite3 takes them
+
+
 def _sqlite_value(value: Any) -> Any:
+    if type(value) in _PLAIN:  # most of a call's ~90 values: checked first
+        return value
     if isinstance(value, datetime):  # as SQLAlchemy stores it: naive UTC text, microseconds
-        value = value.astimezone(UTC)
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
     if isinstance(value, dict | list):
         return msgspec.json.encode(value).decode()
     return value
