@@ -7,7 +7,6 @@ with the same msgspec types, so both paths accept and refuse the same things.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import re
@@ -15,31 +14,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import msgspec
-from sqlalchemy import make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import (
-    __version__,
-    admin_users,
-    audit,
-    budgets,
-    keys,
-    ledger,
-    migrate,
-    tenants,
-    usage,
-    webhooks,
-)
-from app.audit import cli_actor
-from app.catalog import Catalog
-from app.cli_output import render, to_json
-from app.config import ConfigError, load_config, provider_api_keys
-from app.database import create_engine
-from app.errors import EarmarkError
+# Only what building the parser needs is imported here, so that `--help` and `--version`
+# answer at once; each command imports the modules it uses when it runs.
+from app import __version__
 from app.ids import ID_MAX_LENGTH, ID_PATTERN
 from app.pagination import MAX_LIMIT
 from app.schemas import (
@@ -56,8 +37,18 @@ from app.schemas import (
 )
 from app.settings import MULTIPROC_ENV, Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from app.catalog import Catalog
+
 
 def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
+    import asyncio
+
+    from app import migrate
+    from app.database import create_engine
+
     async def main() -> Any:
         engine = create_engine(settings.database_url)
         try:
@@ -70,15 +61,27 @@ def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> A
 
 
 def _catalog(settings: Settings) -> Catalog:
-    """The configuration as the gateway would load it: a mistake is a ``ConfigError``
-    naming the file and the entry, before any worker starts."""
-    config = load_config(settings.config_path)
-    catalog = Catalog(config)
-    provider_api_keys(config)
+    """The configuration as the gateway would load it: a mistake ends the command with
+    the ``ConfigError``, which names the file and the entry, before any worker starts."""
+    from app.catalog import Catalog
+    from app.config import ConfigError, load_config, provider_api_keys
+
+    # Caught here rather than in main(), so that the commands that never read the
+    # configuration need not import it (and the audio decoders it brings) to name its error.
+    try:
+        config = load_config(settings.config_path)
+        catalog = Catalog(config)
+        provider_api_keys(config)
+    except ConfigError as error:
+        sys.exit(f"earmark: {error}")
     return catalog
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    import asyncio
+
+    from app import migrate
+
     catalog = _catalog(settings)
     if settings.is_sqlite:
         # The embedded default migrates itself; PostgreSQL waits for `earmark migrate`.
@@ -105,6 +108,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
 def _summary(settings: Settings, catalog: Catalog, args: argparse.Namespace) -> str:
     """What is about to serve, in one line (no secret)."""
+    from sqlalchemy import make_url
+
     models: dict[str, int] = {}
     for route in catalog.routes.values():
         models[route.provider_name] = models.get(route.provider_name, 0) + 1
@@ -141,6 +146,11 @@ def _run_uvicorn(args: argparse.Namespace, summary: str) -> None:
 
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> None:
+    import asyncio
+
+    from app import migrate
+    from app.database import create_engine
+
     async def revision() -> str | None:
         engine = create_engine(settings.database_url)
         try:
@@ -202,6 +212,8 @@ _PRICE_FIELDS = (
 
 def _database_problem(settings: Settings, error: Exception) -> str:
     """One line: which database (without its password), what went wrong, what to do."""
+    from sqlalchemy import make_url
+
     url = make_url(settings.database_url).render_as_string(hide_password=True)
     cause = getattr(error, "orig", None) or error
     reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
@@ -214,11 +226,16 @@ def _database_problem(settings: Settings, error: Exception) -> str:
 
 
 def _tenants_create(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import tenants
+    from app.audit import cli_actor
+
     data = msgspec.convert({"name": args.name, "metadata": args.metadata or {}}, TenantCreate)
     return _run(settings, lambda engine: tenants.create_tenant(engine, data, cli_actor()))
 
 
 def _tenants_list(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import tenants
+
     return _pages(
         settings,
         args,
@@ -251,6 +268,9 @@ def _pages(
 
 
 def _keys_create(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import keys
+    from app.audit import cli_actor
+
     body = {
         "tenant_id": args.tenant,
         "name": args.name,
@@ -280,6 +300,8 @@ def _rate_limits(args: argparse.Namespace) -> dict[str, int] | None:
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import keys
+
     return _pages(
         settings,
         args,
@@ -290,14 +312,22 @@ def _keys_list(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _keys_show(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import keys
+
     return _run(settings, lambda engine: keys.get_key(engine, args.key_id))
 
 
 def _keys_revoke(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import keys
+    from app.audit import cli_actor
+
     return _run(settings, lambda engine: keys.revoke_key(engine, args.key_id, cli_actor()))
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import keys
+    from app.audit import cli_actor
+
     return _run(
         settings,
         lambda engine: keys.rotate_key(
@@ -315,10 +345,15 @@ def _convert(body: dict[str, Any], kind: type, **cleared: Any) -> Any:
 
 
 def _tenants_show(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import tenants
+
     return _run(settings, lambda engine: tenants.get_tenant(engine, args.tenant_id))
 
 
 def _tenants_update(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import tenants
+    from app.audit import cli_actor
+
     status = {"deactivate": "inactive", "activate": "active"}.get(args.action)
     body = {"name": getattr(args, "name", None), "metadata": getattr(args, "metadata", None)}
     data = _convert({**body, "status": status}, TenantUpdate)
@@ -329,12 +364,17 @@ def _tenants_update(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _refuse_contradictions(*pairs: tuple[str, Any, str, Any]) -> None:
     """Each pair is two options and what was given for each: both given is an error."""
+    from app.errors import EarmarkError
+
     for first, first_given, second, second_given in pairs:
         if first_given and second_given:
             raise EarmarkError(f"{first} and {second} contradict each other: give one")
 
 
 def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import keys
+    from app.audit import cli_actor
+
     limits = _rate_limits(args)
     _refuse_contradictions(
         ("--no-expiry", args.no_expiry, "--expires-at", args.expires_at),
@@ -364,10 +404,15 @@ def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _keys_delete(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import keys
+    from app.audit import cli_actor
+
     return _run(settings, lambda engine: keys.delete_key(engine, args.key_id, cli_actor()))
 
 
 def _calls(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import ledger
+
     return _pages(
         settings,
         args,
@@ -378,6 +423,8 @@ def _calls(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _audit(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import audit, usage
+
     filters = {
         "target": args.target,
         "actor": args.actor,
@@ -401,6 +448,9 @@ def _audit(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _webhooks(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import webhooks
+    from app.audit import cli_actor
+
     actor, webhook_id = cli_actor(), getattr(args, "webhook_id", None)
     allow_private = settings.webhooks.allow_private
     if args.action == "list":
@@ -447,6 +497,9 @@ def _webhooks(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _budgets(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import budgets
+    from app.audit import cli_actor
+
     actor, budget_id = cli_actor(), getattr(args, "budget_id", None)
     action = {
         "add": lambda engine: budgets.create_budget(
@@ -486,6 +539,8 @@ async def _listed(items: Awaitable[list[Any]]) -> dict[str, Any]:
 
 
 def _usage(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import usage
+
     groups = usage.parse_group_by(args.group_by)
     start, end = usage.parse_instant("from", args.start), usage.parse_instant("to", args.end)
 
@@ -501,6 +556,8 @@ def _usage(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _new_password(name: str) -> str:
     """From a prompt (twice) on a terminal, else the first line of stdin."""
+    from app.errors import EarmarkError
+
     if sys.stdin.isatty():
         password = getpass.getpass(f"Password for {name}: ")
         if getpass.getpass("Repeat password: ") != password:
@@ -510,6 +567,9 @@ def _new_password(name: str) -> str:
 
 
 def _admin_create_user(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import admin_users
+    from app.audit import cli_actor
+
     password = _new_password(args.name)
     return _run(
         settings,
@@ -518,6 +578,9 @@ def _admin_create_user(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _admin_users(settings: Settings, args: argparse.Namespace) -> Any:
+    from app import admin_users
+    from app.audit import cli_actor
+
     if args.action == "set-password":
         password = _new_password(args.name)
         return _run(
@@ -905,10 +968,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # The errors that end a command with one line, imported once a command is to run:
+    # `--help` and `--version` have already exited.
+    from sqlalchemy.exc import DBAPIError
+
+    from app.errors import EarmarkError
+    from app.migrate import SchemaNotCurrent
+
     try:
         settings = load_settings()
         result = args.handler(settings, args)
-    except (SettingsError, ConfigError, migrate.SchemaNotCurrent) as error:
+    except (SettingsError, SchemaNotCurrent) as error:
         sys.exit(f"earmark: {error}")
     except (DBAPIError, OSError) as error:
         sys.exit(f"earmark: {_database_problem(settings, error)}")
@@ -918,6 +988,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"earmark: invalid input: {error}")
     if result is None:
         return
+    from app.cli_output import render, to_json
+
     if getattr(args, "json", False):
         text, notes = to_json(result), []
     else:

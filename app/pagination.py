@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select
+if TYPE_CHECKING:  # the CLI reads MAX_LIMIT without importing SQLAlchemy
+    from sqlalchemy import ColumnElement, Select
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 50
