@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from app.audio import disguise
 from app.audio.container import DEMUXERS, forwarded_filename, id3v2_end
 from app.audio.disguise import may_be_disguised, probed_window
 from app.audio.measure import Limits, measure, measure_inline
@@ -23,6 +24,7 @@ from app.audio.packets import opus_samples
 from app.audio.refusals import AudioRefused
 from app.audio.sandbox import Sandbox
 from app.audio.wav import MAX_WAV_CHUNKS, declares_pcm16, walk
+from tests import disguise_reference
 from tests.audio_files import (
     TONE_RATE,
     decoded_seconds,
@@ -285,6 +287,65 @@ def test_sync_words_a_prober_counts_send_the_file_to_ffmpeg(word, times, offset,
         at = offset + 6_000 * (n + 1)
         samples[at : at + 4] = word
     assert may_be_disguised(bytes(samples)) is maybe
+
+
+@st.composite
+def _probed_samples(draw, sources: list[bytes]) -> bytes:
+    """Samples as a tenant could build them: speech, noise, silence or a codec's bytes,
+    with codec frames, sync words and AC-3 preambles laid over them, an ID3v2 tag at the
+    start, leading zeros, any length."""
+    source = draw(st.sampled_from(sources))
+    at = draw(st.integers(0, len(source)))
+    samples = bytearray(
+        draw(
+            st.one_of(
+                st.binary(max_size=3_000),
+                st.just(source[at : at + draw(st.integers(0, 140_000))]),
+                st.builds(bytes, st.integers(0, 5_000)),
+            )
+        )
+    )
+    syncs = [sync.to_bytes(4, "big") for sync in disguise._SYNC_WORDS]
+    laid = st.one_of(
+        st.builds(lambda word, times: word * times, st.sampled_from(syncs), st.integers(1, 4)),
+        st.builds(
+            lambda a, n: source[a : a + n], st.integers(0, len(source)), st.integers(1, 30_000)
+        ),
+        st.just(b"\x01\x10" + bytes(14)),
+    )
+    for chunk, where in draw(st.lists(st.tuples(laid, st.floats(0, 1)), max_size=6)):
+        start = int(where * len(samples))
+        samples[start : start + len(chunk)] = chunk
+    if draw(st.booleans()) and len(samples) >= 10:
+        samples[:10] = b"ID3\x04\x00\x00\x00\x00" + bytes(
+            draw(st.lists(st.integers(0, 127), min_size=2, max_size=2))
+        )
+    return bytes(draw(st.integers(0, 40))) + bytes(samples)
+
+
+def _with_preambles(ac3: bytes) -> bytes:
+    """AC-3's frames with the 16-byte ``01 10`` preamble its prober steps over between them."""
+    frames, at = [], 0
+    while ac3[at : at + 2] == b"\x0b\x77" and at + 6 < len(ac3):
+        code = ac3[at + 4]
+        size = disguise._ac3_sizes()[min(code & 0x3F, 38) * 4 + (code >> 6)]
+        frames.append(ac3[at : at + size])
+        at += size
+    assert len(frames) > 10
+    return (b"\x01\x10" + bytes(14)).join(frames)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_compiled_scan_answers_as_the_numpy_it_replaced(hidden_codecs, data):
+    """``_scan.c`` walks a tenant's bytes in C: whatever they hold, its answer is the
+    NumPy implementation's (``tests/disguise_reference.py``), which FFmpeg's own prober
+    checked above; and reads of every length stay inside the buffer."""
+    sources = [_speech_pcm(), *hidden_codecs.values(), _with_preambles(hidden_codecs["ac3"])]
+    samples = data.draw(_probed_samples(sources))
+    maybe = may_be_disguised(samples)
+    event(f"maybe: {maybe}")
+    assert maybe is disguise_reference.may_be_disguised(samples)
 
 
 def test_a_file_built_to_need_gigabytes_is_read_in_a_capped_worker():
