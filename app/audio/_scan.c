@@ -68,7 +68,8 @@ static int32_t ac3_size(const uint8_t *h, int swap, const int64_t *ac3_sizes) {
 }
 
 /* The header (if any) starting at `h`, by format (FFmpeg's parsers' rules, as disguise.py
- * gives them). Returns -1 when out of memory. */
+ * gives them), where find_headers marked a candidate: its first two bytes matched there.
+ * Returns -1 when out of memory. */
 static int read_header(const uint8_t *h, Py_ssize_t at, const int64_t *mpeg_sizes,
                        const int64_t *ac3_sizes, Headers *out) {
     int32_t size;
