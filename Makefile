@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: install run test lint bench clean
 
-$(STAMP): pyproject.toml app/audio/_scan.c
+$(STAMP): pyproject.toml setup.py app/audio/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
