@@ -67,10 +67,19 @@ class Admin:
         field.clear()
         field.send_keys(value)
 
-    def press(self, text: str) -> None:
+    def press(self, text: str, navigates: bool = True) -> None:
+        """Click the button or link ``text`` names and, if it leads to another page, wait
+        until that page has replaced this one: a click returns before the next page loads,
+        and what is read of the old page meanwhile is stale (a busy machine showed it)."""
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        page = self.find("html")
         self.browser.find_element(
             self.by.XPATH, f"//button[normalize-space()={text!r}] | //a[normalize-space()={text!r}]"
         ).click()
+        if navigates:
+            WebDriverWait(self.browser, 30).until(expected_conditions.staleness_of(page))
         self.check_page()
 
     @property
@@ -159,7 +168,7 @@ def test_an_admin_runs_a_tenant_from_the_console(site: Gateway) -> None:
             "Browser.grantPermissions",
             {"origin": site.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
         )
-        admin.press("Copy")
+        admin.press("Copy", navigates=False)
         wait.until(lambda _: admin.find(".copied").text == "Copied.")
         copied = browser.execute_async_script(
             "navigator.clipboard.readText().then(arguments[0], () => arguments[0](null))"
