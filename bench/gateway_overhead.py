@@ -7,7 +7,8 @@ processes on loopback, then measures in one run, with a raw-socket load generato
 
 1. added latency (p50/p95) over calling the provider directly, for 100 KB and 1 MB WAV
    uploads, sequentially, the three targets interleaved so noise hits them alike;
-2. requests/s (and p50/p99) at 16 concurrent clients for 100 KB uploads;
+2. requests/s (and p50/p99) at 16 concurrent clients for 100 KB uploads, and each
+   server's CPU time per call (steadier than requests/s on a busy machine);
 3. Earmark's peak RSS while 32 clients upload 25 MiB each at once.
 
     python -m bench.gateway_overhead [--requests 300] [--seconds 10]
@@ -87,6 +88,12 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise SystemExit(f"{url} did not start:\n{log.read_text()}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -265,13 +272,20 @@ def main() -> None:
             spy = None
             if args.profile and name == "earmark":
                 spy = profiled(processes["earmark"].pid, args.seconds, args.profile)
+            server = processes["provider" if name == "direct" else name].pid
+            cpu_before = cpu_seconds(server)
             result = uvloop.run(load.concurrent(url, request, c, args.seconds))
+            cpu = cpu_seconds(server) - cpu_before
             if spy is not None:
                 spy.wait()
                 print(hottest(args.profile), file=sys.stderr)
             report[f"rps_100KB_c{c}_{name}"] = round(result["rps"], 1)
             report[f"p50_ms_100KB_c{c}_{name}"] = round(result["p50_ms"], 2)
             report[f"p99_ms_100KB_c{c}_{name}"] = round(result["p99_ms"], 2)
+            # Steadier than requests/s on a busy machine: the server's own CPU per call.
+            report[f"cpu_ms_per_call_100KB_c{c}_{name}"] = round(
+                1000 * cpu / max(result["requests"], 1), 3
+            )
         report["rps_ratio_earmark_over_passthrough"] = round(
             report[f"rps_100KB_c{c}_earmark"] / report[f"rps_100KB_c{c}_passthrough"], 2
         )

@@ -96,6 +96,7 @@ async def concurrent(url: str, request: bytes, clients: int, seconds: float) -> 
     await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - started
     return {
+        "requests": len(times),
         "rps": len(times) / elapsed,
         "p50_ms": percentile(times, 0.5),
         "p99_ms": percentile(times, 0.99),

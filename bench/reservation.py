@@ -88,7 +88,7 @@ async def measure(url: str, sequential: int, seconds: float, concurrency: int) -
                 await add_budget(
                     conn,
                     BudgetCreate(limit_usd="1000000", period="month"),
-                    "bench",
+                    ACTOR,
                     tenant_id=tenant.id,
                 )
         for _ in range(20):

@@ -3,13 +3,17 @@ many concurrent tasks, and by two processes on one database, loses no update and
 fails with "database is locked"."""
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy import exc as sql_errors
 from sqlalchemy import text
 
-from app.database import create_engine, write
+from app.database import create_engine, store, write
+from app.driver import Statement, execute, fetch
 
 pytestmark = pytest.mark.anyio
 
@@ -91,4 +95,83 @@ async def test_two_processes_share_one_database(database_url: str):
             assert b"locked" not in stderr
         assert await _counter(engine) == 2 * INCREMENTS
     finally:
+        await engine.dispose()
+
+
+_ITEMS = sa.Table("store_items", sa.MetaData(), sa.Column("n", sa.Integer, unique=True))
+_INSERT = Statement(sa.insert(_ITEMS).values(n=sa.bindparam("n")))
+_ALL = Statement(sa.select(_ITEMS.c.n).order_by(_ITEMS.c.n))
+
+
+class Refused(Exception):
+    pass
+
+
+async def _fresh_items(engine) -> None:
+    async with write(engine) as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS store_items"))
+        await conn.execute(text("CREATE TABLE store_items (n INTEGER UNIQUE)"))
+
+
+async def _items(engine) -> list[int]:
+    return [row.n for row in await store(engine).alone(lambda: (yield fetch(_ALL)))]
+
+
+async def test_concurrent_store_writes_each_commit_or_undo_only_their_own(database_url: str):
+    """The call path's writes started together (on SQLite, committed together): one that
+    is refused, or breaks a constraint, after writing leaves nothing, and takes nothing
+    of the others' with it."""
+    engine = create_engine(database_url)
+    try:
+        await _fresh_items(engine)
+        await store(engine).write(lambda: (yield execute(_INSERT, n=500)))
+
+        def program(n: int):
+            yield execute(_INSERT, n=n)
+            yield execute(_INSERT, n=1000 + n)
+            if n % 3 == 0:
+                raise Refused(n)
+            if n == 7:
+                yield execute(_INSERT, n=500)  # taken
+            return n
+
+        results = await asyncio.gather(
+            *(store(engine).write(lambda n=n: program(n)) for n in range(1, 13)),
+            return_exceptions=True,
+        )
+        kept = [1, 2, 4, 5, 8, 10, 11]
+        for n, result in zip(range(1, 13), results, strict=True):
+            if n % 3 == 0:
+                assert isinstance(result, Refused) and result.args == (n,)
+            elif n == 7:
+                assert isinstance(result, sql_errors.IntegrityError)
+            else:
+                assert result == n
+        assert await _items(engine) == [*kept, 500, *(1000 + n for n in kept)]
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_store_writes_wait_for_another_process_lock(tmp_path):
+    """While another process holds SQLite's write lock, the call path's writes wait on the
+    writer thread and then all commit; one cancelled before its turn writes nothing."""
+    path = tmp_path / "lock.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await _fresh_items(engine)
+        other.execute("BEGIN IMMEDIATE")
+        writes = [
+            asyncio.ensure_future(store(engine).write(lambda n=n: (yield execute(_INSERT, n=n))))
+            for n in range(5)
+        ]
+        writes[4].cancel()
+        done, _ = await asyncio.wait(writes[:4], timeout=0.3)
+        assert not done  # waiting for the lock, not failed with "database is locked"
+        other.rollback()
+        assert await asyncio.gather(*writes[:4]) == [1, 1, 1, 1]
+        assert writes[4].cancelled()
+        assert await _items(engine) == [0, 1, 2, 3]
+    finally:
+        other.close()
         await engine.dispose()
