@@ -321,9 +321,10 @@ class SqliteStore(Store):
         programs = [(make, future) for make, future in batch.programs if not future.done()]
         if not programs:
             return
-        conn = self._connection(inline=True)
+        conn: sqlite3.Connection | None = None
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
+            conn = self._connection(inline=True)
             conn.execute("BEGIN IMMEDIATE")
             for make, future in programs:
                 conn.execute("SAVEPOINT program")
@@ -339,7 +340,7 @@ class SqliteStore(Store):
                 conn.execute("RELEASE program")
             conn.commit()
         except BaseException as error:
-            if conn.in_transaction:
+            if conn is not None and conn.in_transaction:
                 conn.rollback()
             if isinstance(error, sqlite3.Error) and _busy(error):
                 outcomes = [(future, _WAIT, None) for _, future in programs]

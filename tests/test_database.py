@@ -175,3 +175,15 @@ async def test_sqlite_store_writes_wait_for_another_process_lock(tmp_path):
     finally:
         other.close()
         await engine.dispose()
+
+
+async def test_sqlite_store_write_that_cannot_open_the_database_fails(tmp_path):
+    """A batch whose connection cannot even be opened answers every write with the
+    database error (what the journal and the 503s act on), instead of leaving it waiting."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'earmark.db'}")
+    try:
+        writes = [store(engine).write(lambda n=n: (yield execute(_INSERT, n=n))) for n in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 10)
+        assert all(isinstance(result, sql_errors.OperationalError) for result in results)
+    finally:
+        await engine.dispose()
