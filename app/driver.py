@@ -11,9 +11,8 @@ a function that makes one, so it can run it again. ``Store.write`` runs it on SQ
 the event loop's thread, committed with the other transactions of the same loop turn
 (group commit), or on a writer thread when another process holds the lock; on
 PostgreSQL on an asyncpg pool, each statement prepared once per connection, again after
-a deadlock or serialization failure. A driver's error becomes
-the SQLAlchemy error it would have been, so ``errors.database_unavailable`` reads both
-alike.
+a deadlock or serialization failure. A driver's error becomes the SQLAlchemy error it
+would have been, so ``errors.database_unavailable`` reads both alike.
 """
 
 from __future__ import annotations
@@ -350,13 +349,13 @@ class SqliteStore(Store):
                     for _, future in programs
                 ]
             if not isinstance(error, Exception):
-                _settle(outcomes)
+                _resolve(outcomes)
                 raise
         else:
             self._inline_commits += 1
             if self._inline_commits % self.CHECKPOINT_EVERY == 0:
                 self._thread("write").submit(self._checkpoint)
-        _settle(outcomes)
+        _resolve(outcomes)
 
     async def alone(self, make: Make[T]) -> T:
         """One statement, so no transaction around it."""
@@ -407,10 +406,9 @@ def _converted(error: sqlite3.Error) -> Exception:
     return converted
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _resolve(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """Answer each write of a batch (those cancelled before it ran were left out of it)."""
     for future, result, error in outcomes:
-        if future.done():  # cancelled while its batch ran
-            continue
         if error is None:
             future.set_result(result)
         else:
