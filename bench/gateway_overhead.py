@@ -45,6 +45,7 @@ from tests.processes import earmark_env, free_port, wav_of_size
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 BOUNDARY = "earmarkbenchboundary"
+FORM = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
 def multipart(audio: bytes, model: str) -> bytes:
@@ -73,8 +74,52 @@ def speech_wav(size: int) -> bytes:
     )
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+def earmark_setup(work: Path, provider: str, database_url: str) -> dict[str, str]:
+    """Write ``earmark.toml`` (one model on ``provider``) into ``work``; the environment
+    `earmark serve` runs with."""
+    (work / "earmark.toml").write_text(
+        f'[providers.fast]\nbase_url = "{provider}/v1"\napi_key_env = "BENCH_PROVIDER_KEY"\n'
+        '[providers.fast.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
+    )
+    return earmark_env(
+        database_url,
+        EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
+        EARMARK_CONFIG=str(work / "earmark.toml"),
+        BENCH_PROVIDER_KEY="sk-bench",
+    )
+
+
+def serve_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "app", "serve", "--port", str(port), "--log-level", "warning"]
+
+
+def metered_key(earmark: str) -> dict[str, str]:
+    """A new tenant's key with a budget of its own and one of its tenant's on its path, as
+    the admin API returns it (``secret``, ``id``, ``tenant_id``)."""
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    tenant = httpx.post(f"{earmark}/admin/tenants", json={"name": "bench"}, headers=admin)
+    tenant_id = tenant.raise_for_status().json()["id"]
+    key = httpx.post(
+        f"{earmark}/admin/keys",
+        json={
+            "tenant_id": tenant_id,
+            "name": "bench",
+            "budgets": [{"limit_usd": "1000000", "period": "month"}],
+        },
+        headers=admin,
+    )
+    httpx.post(
+        f"{earmark}/admin/tenants/{tenant_id}/budgets",
+        json={"limit_usd": "1000000", "period": "month"},
+        headers=admin,
+    ).raise_for_status()
+    return key.raise_for_status().json()
+
+
+def start(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -159,17 +204,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="earmark-bench-"))
     provider_port, pass_port, earmark_port = free_port(), free_port(), free_port()
     provider = f"http://127.0.0.1:{provider_port}"
-    (work / "earmark.toml").write_text(
-        f'[providers.fast]\nbase_url = "{provider}/v1"\napi_key_env = "BENCH_PROVIDER_KEY"\n'
-        '[providers.fast.models.whisper-1]\nprice = { per_audio_minute = "0.006" }\n'
-    )
     database_url = args.database_url or f"sqlite+aiosqlite:///{work / 'earmark.db'}"
-    env = earmark_env(
-        database_url,
-        EARMARK_ADMIN_TOKEN=ADMIN_TOKEN,
-        EARMARK_CONFIG=str(work / "earmark.toml"),
-        BENCH_PROVIDER_KEY="sk-bench",
-    )
+    env = earmark_setup(work, provider, database_url)
     python = sys.executable
     with ExitStack() as stack:
         processes = {
@@ -183,20 +219,7 @@ def main() -> None:
                 env,
                 work / "pass.log",
             ),
-            "earmark": start(
-                [
-                    python,
-                    "-m",
-                    "app",
-                    "serve",
-                    "--port",
-                    str(earmark_port),
-                    "--log-level",
-                    "warning",
-                ],
-                env,
-                work / "earmark.log",
-            ),
+            "earmark": start(serve_command(earmark_port), env, work / "earmark.log"),
         }
         for process in processes.values():
             stack.callback(process.wait, 15)
@@ -206,33 +229,15 @@ def main() -> None:
         earmark = f"http://127.0.0.1:{earmark_port}"
         wait_ready(f"{earmark}/healthz", processes["earmark"], work / "earmark.log")
 
-        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-        tenant = httpx.post(
-            f"{earmark}/admin/tenants", json={"name": "bench"}, headers=admin
-        ).json()
-        key = httpx.post(
-            f"{earmark}/admin/keys",
-            json={
-                "tenant_id": tenant["id"],
-                "name": "bench",
-                "budgets": [{"limit_usd": "1000000", "period": "month"}],
-            },
-            headers=admin,
-        ).json()
-        httpx.post(
-            f"{earmark}/admin/tenants/{tenant['id']}/budgets",
-            json={"limit_usd": "1000000", "period": "month"},
-            headers=admin,
-        ).raise_for_status()
+        key = metered_key(earmark)
         if args.ledger_rows:
-            asyncio.run(fill_ledger(database_url, key["id"], tenant["id"], args.ledger_rows))
-        form = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+            asyncio.run(fill_ledger(database_url, key["id"], key["tenant_id"], args.ledger_rows))
         targets = {
-            "direct": (f"{provider}/v1/audio/transcriptions", form),
-            "passthrough": (f"http://127.0.0.1:{pass_port}/v1/audio/transcriptions", form),
+            "direct": (f"{provider}/v1/audio/transcriptions", FORM),
+            "passthrough": (f"http://127.0.0.1:{pass_port}/v1/audio/transcriptions", FORM),
             "earmark": (
                 f"{earmark}/v1/audio/transcriptions",
-                {**form, "authorization": f"Bearer {key['secret']}"},
+                {**FORM, "authorization": f"Bearer {key['secret']}"},
             ),
         }
 

@@ -1,0 +1,118 @@
+"""Earmark against another checkout of itself, served side by side: does a change cost less?
+
+This machine's speed drifts by more than most changes move Earmark (the pass-through's
+CPU per call has measured 1.4 ms and 2.5 ms on one day), so two runs of
+``bench.gateway_overhead`` minutes apart cannot compare two versions. This starts one
+fast provider and two `earmark serve` (one worker each, its own SQLite file, a key budget
+and a tenant budget on the path, metrics on), one from each checkout, then in every round
+gives each a few seconds of 16 clients (which goes first alternates) and 100 sequential
+calls interleaved, and reports per round the other checkout's CPU per call, req/s and
+sequential p50 as ratios of this one's, with their medians.
+
+    git worktree add /tmp/base HEAD~1
+    (cd /tmp/base && python setup.py build_ext --inplace)
+    python -m bench.compare_checkouts /tmp/base [--rounds 8] [--seconds 3]
+
+A ratio under 1 means this checkout costs less than ``base``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import uvloop
+
+from bench import load
+from bench.gateway_overhead import (
+    FORM,
+    cpu_seconds,
+    earmark_setup,
+    metered_key,
+    multipart,
+    serve_command,
+    speech_wav,
+    start,
+    wait_ready,
+)
+from tests.processes import free_port
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path, help="the other checkout, built")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=3, help="each throughput slice")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    checkouts = {"base": args.base.resolve(), "this": HERE}
+
+    work = Path(tempfile.mkdtemp(prefix="earmark-compare-"))
+    provider_port = free_port()
+    provider = f"http://127.0.0.1:{provider_port}"
+    body = multipart(speech_wav(100_000), "whisper-1")
+    with ExitStack() as stack:
+        processes = {
+            "provider": start(
+                [sys.executable, "-m", "bench.upstreams", "provider", str(provider_port)],
+                {**os.environ, "PYTHONPATH": str(HERE)},
+                work / "provider.log",
+            )
+        }
+        urls = {}
+        for name, checkout in checkouts.items():
+            port = free_port()
+            env = earmark_setup(work, provider, f"sqlite+aiosqlite:///{work / name}.db")
+            # `python -m app` imports the package of the directory it runs in.
+            processes[name] = start(serve_command(port), env, work / f"{name}.log", cwd=checkout)
+            urls[name] = f"http://127.0.0.1:{port}"
+        for process in processes.values():
+            stack.callback(process.wait, 15)
+            stack.callback(process.terminate)
+        wait_ready(provider, processes["provider"], work / "provider.log")
+        requests = {}
+        for name, url in urls.items():
+            wait_ready(f"{url}/healthz", processes[name], work / f"{name}.log")
+            target = f"{url}/v1/audio/transcriptions"
+            headers = {**FORM, "authorization": f"Bearer {metered_key(url)['secret']}"}
+            requests[name] = (target, load.request_bytes(target, headers, body))
+            uvloop.run(load.concurrent(*requests[name], args.concurrency, 1))  # warm up
+
+        cpu: dict[str, list[float]] = {name: [] for name in checkouts}
+        rps: dict[str, list[float]] = {name: [] for name in checkouts}
+        p50: dict[str, list[float]] = {name: [] for name in checkouts}
+        for round_ in range(args.rounds):
+            order = list(checkouts) if round_ % 2 == 0 else list(reversed(checkouts))
+            for name in order:
+                pid = processes[name].pid
+                before = cpu_seconds(pid)
+                result = uvloop.run(
+                    load.concurrent(*requests[name], args.concurrency, args.seconds)
+                )
+                cpu[name].append((cpu_seconds(pid) - before) / max(result["requests"], 1))
+                rps[name].append(result["rps"])
+            times = uvloop.run(load.sequential(requests, 100))
+            for name in checkouts:
+                p50[name].append(statistics.median(times[name]))
+
+    report: dict[str, object] = {"base": str(checkouts["base"]), "rounds": args.rounds}
+    for label, values in (("cpu_per_call", cpu), ("rps", rps), ("sequential_p50", p50)):
+        ratios = [this / base for this, base in zip(values["this"], values["base"], strict=True)]
+        report[f"{label}_this_over_base"] = [round(r, 3) for r in ratios]
+        report[f"{label}_this_over_base_median"] = round(statistics.median(ratios), 3)
+    report["cpu_ms_per_call_median"] = {
+        name: round(1000 * statistics.median(values), 3) for name, values in cpu.items()
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
