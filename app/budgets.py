@@ -8,9 +8,11 @@ new period is a new row: nothing resets at midnight, and nothing races there.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -73,9 +75,16 @@ class Hold(msgspec.Struct, frozen=True):
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
     """The UTC period containing ``now``: [start, end). Weeks start on Monday."""
+    return _bounds_on(period, now.astimezone(UTC).date())
+
+
+@lru_cache(maxsize=64)
+def _bounds_on(period: str, date: dt.date) -> tuple[datetime, datetime | None]:
+    """``period_bounds`` by the UTC date, which is all they depend on: every call reads
+    them (at auth, open and settle), and a date's bounds are the same all day."""
     if period == "none":
         return EPOCH, None
-    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = datetime(date.year, date.month, date.day, tzinfo=UTC)
     if period == "day":
         return day, day + timedelta(days=1)
     if period == "week":
@@ -296,7 +305,12 @@ def _exceeded(budget: Any, view: Budget, amount: int | None) -> BudgetExceeded:
 
 def period_starts(now: datetime) -> dict[str, datetime]:
     """The start of the current period of every kind, as ``exhausted_on_path`` binds them."""
-    return {f"{period}_start": period_bounds(period, now)[0] for period in PERIODS}
+    return dict(_starts_on(now.astimezone(UTC).date()))
+
+
+@lru_cache(maxsize=8)
+def _starts_on(date: dt.date) -> tuple[tuple[str, datetime], ...]:
+    return tuple((f"{period}_start", _bounds_on(period, date)[0]) for period in PERIODS)
 
 
 def _period_start() -> Any:
