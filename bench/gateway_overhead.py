@@ -12,7 +12,8 @@ processes on loopback, then measures in one run, with a raw-socket load generato
 3. Earmark's peak RSS while 32 clients upload 25 MiB each at once.
 
     python -m bench.gateway_overhead [--requests 300] [--seconds 10]
-        [--database-url postgresql+asyncpg://…] [--ledger-rows 300000]
+        [--database-url URL | --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
+        [--ledger-rows 300000]
         [--profile stacks.txt]
 
 ``--profile`` samples Earmark with py-spy (``pip install py-spy``) during the throughput
@@ -39,8 +40,11 @@ from pathlib import Path
 import httpx
 import uvloop
 
+from app.database import create_engine
+from app.migrate import upgrade_engine
 from bench import load
 from bench.ledger_scale import fill_ledger
+from bench.reservation import drop, postgres_database
 from tests.processes import earmark_env, free_port, wav_of_size
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
@@ -135,6 +139,14 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     raise SystemExit(f"{url} did not start:\n{log.read_text()}")
 
 
+async def migrated(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await upgrade_engine(engine)
+    finally:
+        await engine.dispose()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU the process has used (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -196,7 +208,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="duration of the throughput run")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--big-clients", type=int, default=32)
-    parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    database = parser.add_mutually_exclusive_group()
+    database.add_argument("--database-url", help="a migrated database (default: a fresh SQLite)")
+    database.add_argument(
+        "--postgres",
+        metavar="SERVER_URL",
+        help="a PostgreSQL server to create a fresh database on, migrate and drop after",
+    )
     parser.add_argument("--ledger-rows", type=int, default=0, help="settled history to add first")
     parser.add_argument("--profile", type=Path, help="py-spy Earmark's throughput run into this")
     args = parser.parse_args()
@@ -205,9 +223,13 @@ def main() -> None:
     provider_port, pass_port, earmark_port = free_port(), free_port(), free_port()
     provider = f"http://127.0.0.1:{provider_port}"
     database_url = args.database_url or f"sqlite+aiosqlite:///{work / 'earmark.db'}"
-    env = earmark_setup(work, provider, database_url)
     python = sys.executable
     with ExitStack() as stack:
+        if args.postgres:
+            database, database_url = asyncio.run(postgres_database(args.postgres))
+            stack.callback(asyncio.run, drop(args.postgres, database))
+            asyncio.run(migrated(database_url))
+        env = earmark_setup(work, provider, database_url)
         processes = {
             "provider": start(
                 [python, "-m", "bench.upstreams", "provider", str(provider_port)],
