@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import database
-from app.catalog import Route
+from app.catalog import ModelRoute
 from app.config import CacheConfig
 from app.executors import FairPool
 from app.form import Upload
@@ -77,7 +77,7 @@ async def audio_sha256(upload: Upload, tenant_id: str, files: FairPool) -> str:
 
 
 async def prepare(
-    route: Route,
+    route: ModelRoute,
     endpoint: str,
     fields: dict[str, list[str]],
     upload: Upload,
@@ -128,7 +128,7 @@ async def find(engine: AsyncEngine, key: str, now: datetime | None = None) -> En
 async def store(
     engine: AsyncEngine,
     lookup: Lookup,
-    route: Route,
+    route: ModelRoute,
     content_type: str,
     body: bytes,
     usage: Usage,

@@ -16,8 +16,8 @@ from app.errors import InvalidRequest, NotFound, PermissionDenied
 from app.metering import Billing
 
 
-class Route(msgspec.Struct, frozen=True, kw_only=True):
-    """One provider's model, as a call goes to it."""
+class ModelRoute(msgspec.Struct, frozen=True, kw_only=True):
+    """One provider's model, as a call goes to it: a model route (not an HTTP route)."""
 
     name: str  # canonical "provider/model"
     provider_name: str
@@ -44,12 +44,12 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
 
 class Catalog:
     def __init__(self, config: Config) -> None:
-        self.routes: dict[str, Route] = {}
+        self.routes: dict[str, ModelRoute] = {}
         names: defaultdict[str, set[str]] = defaultdict(set)
         for provider_name, provider in config.providers.items():
             for model, model_config in provider.models.items():
                 canonical = f"{provider_name}/{model}"
-                self.routes[canonical] = Route(
+                self.routes[canonical] = ModelRoute(
                     name=canonical,
                     provider_name=provider_name,
                     provider=provider,
@@ -66,7 +66,7 @@ class Catalog:
                         f".aliases: {alias!r} is already a provider/model name"
                     )
         self._bare = {name: sorted(owners) for name, owners in names.items()}
-        self.fallbacks: dict[str, list[Route]] = {}
+        self.fallbacks: dict[str, list[ModelRoute]] = {}
         for route in self.routes.values():
             chain = []
             for index, target in enumerate(route.config.fallbacks):
@@ -79,7 +79,7 @@ class Catalog:
                     ) from None
             self.fallbacks[route.name] = chain
 
-    def resolve(self, name: str) -> Route:
+    def resolve(self, name: str) -> ModelRoute:
         if route := self.routes.get(name):
             return route
         owners = self._bare.get(name, [])
@@ -111,7 +111,7 @@ class Catalog:
                     code="model_not_found",
                 )
 
-    def is_allowed(self, route: Route, allowed: list[str] | None) -> bool:
+    def is_allowed(self, route: ModelRoute, allowed: list[str] | None) -> bool:
         """Whether a key's allowed-model list (names, bare names or aliases) covers a route."""
         if allowed is None:
             return True
@@ -122,7 +122,7 @@ class Catalog:
                 return True
         return False
 
-    def check_allowed(self, route: Route, requested: str, allowed: list[str] | None) -> None:
+    def check_allowed(self, route: ModelRoute, requested: str, allowed: list[str] | None) -> None:
         if not self.is_allowed(route, allowed):
             raise PermissionDenied(
                 f"This API key may not use model {requested!r}.",
@@ -130,5 +130,5 @@ class Catalog:
                 code="model_not_allowed",
             )
 
-    def visible_to(self, allowed: list[str] | None) -> list[Route]:
+    def visible_to(self, allowed: list[str] | None) -> list[ModelRoute]:
         return [route for route in self.routes.values() if self.is_allowed(route, allowed)]

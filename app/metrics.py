@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 
 from app import __version__
-from app.catalog import Route
+from app.catalog import ModelRoute
 from app.errors import BAD_INPUT, REFUSAL_REASONS
 from app.metering import NANOS_PER_USD, Usage
 from app.request_id import log_access
@@ -170,7 +170,7 @@ class Metrics:
         )
         build.labels(__version__, platform.python_version()).set(1)
 
-    def start_series(self, routes: Iterable[Route]) -> None:
+    def start_series(self, routes: Iterable[ModelRoute]) -> None:
         """Create, at zero, the series of every configured model: Prometheus sees no
         increase in a series whose first sample already counts a call."""
         for route in routes:

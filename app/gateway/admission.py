@@ -20,7 +20,7 @@ import msgspec
 from app import budgets, cache, idempotency, ledger
 from app.audio.container import forwarded_filename
 from app.audio.measure import measure, measure_inline
-from app.catalog import Route
+from app.catalog import ModelRoute
 from app.errors import InvalidRequest
 from app.form import Form, Upload, read_form
 from app.metering import cost_nanos, expected_nanos, hold_nanos
@@ -49,19 +49,19 @@ class Admitted:
     options: CallOptions
     fields: dict[str, list[str]]
     upload: Upload  # named for the format measured, so the provider decodes what was
-    route: Route  # the model asked for
-    candidates: list[Route]  # it, then its fallbacks
+    route: ModelRoute  # the model asked for
+    candidates: list[ModelRoute]  # it, then its fallbacks
     audio_ms: int
     prompt: str
     lookup: cache.Lookup | None = None  # the call's place in the cache, if it applies
     hit: cache.Entry | None = None  # the cache's answer: nothing goes upstream
 
-    def expected_on(self, route: Route) -> int:
+    def expected_on(self, route: ModelRoute) -> int:
         """What one attempt on ``route`` is expected to cost: charged when its outcome is
         uncertain."""
         return expected_nanos(route.config.price, route.billing, self.audio_ms, self.prompt)
 
-    def hold_on(self, route: Route) -> int:
+    def hold_on(self, route: ModelRoute) -> int:
         """The most one attempt on ``route`` may cost: what is held for it (its expected
         cost for a duration price)."""
         return hold_nanos(route.config.price, route.billing, self.audio_ms, self.prompt)
@@ -116,7 +116,7 @@ class Admission:
         self.call = call
         self.opening = opening
         self.form: Form | None = None
-        self.route: Route | None = None
+        self.route: ModelRoute | None = None
         self.claim: idempotency.Claim | None = None  # this call holds its Idempotency-Key
         self.audio_sha256: str | None = None
 
@@ -192,7 +192,7 @@ class Admission:
         gateway.metrics.call_opened(opening.hold_nanos)
         return admitted
 
-    async def _claim(self, form: Form, options: CallOptions, route: Route) -> None:
+    async def _claim(self, form: Form, options: CallOptions, route: ModelRoute) -> None:
         """Hold the call's Idempotency-Key, or end here: the first call's answer
         (``idempotency.Replayed``), or a 409 or 422."""
         gateway, call = self.gateway, self.call

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import cache, idempotency, ledger
 from app.audio.sandbox import Sandbox
 from app.auth import Principal
-from app.catalog import Catalog, Route
+from app.catalog import Catalog, ModelRoute
 from app.errors import (
     DATABASE_ERRORS,
     DatabaseUnavailable,
@@ -61,11 +61,11 @@ class Gateway:
     # How long an Idempotency-Key's answer is kept for retries.
     idempotency_retention: timedelta = timedelta(hours=24)
 
-    def observe_call(self, route: Route, seconds: float) -> None:
+    def observe_call(self, route: ModelRoute, seconds: float) -> None:
         before = self.call_seconds.get(route.name, seconds)
         self.call_seconds[route.name] = 0.9 * before + 0.1 * seconds
 
-    def typical_call_seconds(self, route: Route) -> int:
+    def typical_call_seconds(self, route: ModelRoute) -> int:
         return min(30, max(1, math.ceil(self.call_seconds.get(route.name, 1.0))))
 
 
@@ -208,7 +208,7 @@ async def _answer(
 async def _keep(
     gateway: Gateway,
     admitted: Admitted,
-    route: Route,
+    route: ModelRoute,
     content_type: str,
     body: bytes,
     usage: Usage,

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from app import database, ledger
-from app.catalog import Route
+from app.catalog import ModelRoute
 from app.errors import (
     DATABASE_ERRORS,
     DatabaseUnavailable,
@@ -40,7 +40,7 @@ logger = logging.getLogger("earmark")
 @dataclass(slots=True)
 class Attempt:
     n: int
-    route: Route
+    route: ModelRoute
     started_at: datetime
     outcome: str = "failed"  # answered | refused | failed | uncertain
     http_status: int | None = None
@@ -58,7 +58,7 @@ class Forwarded:
     """Where forwarding ended: the last attempt's answer, or its failure."""
 
     attempts: list[Attempt]
-    route: Route  # the last attempt's
+    route: ModelRoute  # the last attempt's
     response: UpstreamResponse | None
     failure: AttemptFailed | None
 
@@ -67,7 +67,7 @@ class Forwarded:
         return sum(attempt.charged_nanos for attempt in self.attempts)
 
 
-def upstream_format(route: Route, response_format: str, stream: bool) -> str:
+def upstream_format(route: ModelRoute, response_format: str, stream: bool) -> str:
     """OpenAI sends no usage with `text`: ask a token-priced model for JSON and render the
     text here, so the call is billed its real tokens whatever format the caller chose."""
     if response_format == "text" and route.config.price.is_token_priced and not stream:
@@ -81,7 +81,7 @@ async def _can_hold(
     admitted: Admitted,
     opening: ledger.Opening,
     attempts: list[Attempt],
-    route: Route,
+    route: ModelRoute,
 ) -> bool:
     """Whether the call holds enough for a fallback to ``route``: the most it may cost, on
     top of what the attempts before it are charged; held more now if need be. False when a

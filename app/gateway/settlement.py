@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from app import ledger
 from app.budgets import BudgetExceeded
-from app.catalog import Route
+from app.catalog import ModelRoute
 from app.errors import DATABASE_ERRORS, EarmarkError, database_unavailable
 from app.metering import NO_USAGE, Usage, meter
 
@@ -36,7 +36,7 @@ async def reject(
     gateway: Gateway,
     call: CallRequest,
     opening: ledger.Opening,
-    route: Route | None,
+    route: ModelRoute | None,
     error: EarmarkError,
 ) -> None:
     """A call refused before it held anything: one ``rejected`` row, counted."""
@@ -69,7 +69,9 @@ class Settlement:
         self.upstream_started: float | None = None
         self.settled = False
 
-    async def answered(self, route: Route, reported: Usage, *, status: str = "succeeded") -> Usage:
+    async def answered(
+        self, route: ModelRoute, reported: Usage, *, status: str = "succeeded"
+    ) -> Usage:
         """Settle a call the provider answered, at the cost of what it used."""
         usage, source, cost = meter(
             route.config.price, route.billing, reported, self.admitted.audio_ms
@@ -82,7 +84,7 @@ class Settlement:
         route, cost = self.admitted.route, self.opening.expected_nanos
         await self.settle("succeeded", 200, route, usage=usage, source="cache", cost=cost)
 
-    async def failed(self, http_status: int, error_code: str | None, route: Route) -> int:
+    async def failed(self, http_status: int, error_code: str | None, route: ModelRoute) -> int:
         """Settle a call with no answer to bill; returns what its uncertain attempts cost."""
         await self.settle("failed", http_status, route, error_code=error_code)
         return sum(attempt.charged_nanos for attempt in self.attempts)
@@ -91,7 +93,7 @@ class Settlement:
         self,
         status: str,
         http_status: int,
-        route: Route,
+        route: ModelRoute,
         *,
         usage: Usage = NO_USAGE,
         source: str | None = None,

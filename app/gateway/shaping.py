@@ -13,7 +13,7 @@ import msgspec
 from litestar import Response
 
 from app import cache
-from app.catalog import Route
+from app.catalog import ModelRoute
 from app.errors import EarmarkError
 from app.gateway.forwarding import Forwarded, upstream_format
 from app.gateway.streaming import replay_stream
@@ -47,7 +47,7 @@ def ok(body: bytes, media_type: str, headers: dict[str, str]) -> Response[bytes]
 
 
 def extra_fields(
-    call: CallRequest, admitted: Admitted, route: Route, raw: Any = None
+    call: CallRequest, admitted: Admitted, route: ModelRoute, raw: Any = None
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {
         "request_type": REQUEST_TYPES[call.endpoint],
@@ -66,7 +66,7 @@ def extra_fields(
     return extra
 
 
-def sends_raw(call: CallRequest, route: Route) -> bool:
+def sends_raw(call: CallRequest, route: ModelRoute) -> bool:
     return call.send_raw and route.provider.allow_raw_response
 
 
@@ -81,7 +81,11 @@ class Shaped:
 
 
 def answer(
-    call: CallRequest, admitted: Admitted, route: Route, upstream: UpstreamResponse, cached: bool
+    call: CallRequest,
+    admitted: Admitted,
+    route: ModelRoute,
+    upstream: UpstreamResponse,
+    cached: bool,
 ) -> Shaped:
     """A whole 2xx answer shaped for the caller; ``AttemptFailed`` if it is not the JSON it
     claims to be (the provider answered, so it billed: an uncertain attempt)."""
@@ -132,7 +136,7 @@ def replay(call: CallRequest, admitted: Admitted, entry: cache.Entry) -> Respons
 
 
 def refusal(
-    route: Route, upstream: UpstreamResponse, charged: int
+    route: ModelRoute, upstream: UpstreamResponse, charged: int
 ) -> tuple[Response[Any], int, str | None]:
     """The provider's own error, relayed: 502 for its 5xx; its status otherwise. If an
     earlier attempt may have been billed (``charged``), the message says so."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # worker processes import this package: keep it light
     import aiohttp
 
-    from app.catalog import Route
+    from app.catalog import ModelRoute
     from app.config import Config
     from app.executors import FairPool
     from app.form import Upload
@@ -36,7 +36,7 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    route: Route
+    route: ModelRoute
     endpoint: str  # transcriptions | translations
     fields: dict[str, list[str]]  # as forwarded: the provider's model, the format to ask for
     upload: Upload

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from app.catalog import Route
+from app.catalog import ModelRoute
 from app.config import ProviderConfig
 from app.errors import EarmarkError
 from app.form import Upload
@@ -127,7 +127,7 @@ class RemoteProvider:
             connect=config.connect_timeout_seconds,
         )
 
-    def _url(self, route: Route, endpoint: str) -> str:
+    def _url(self, route: ModelRoute, endpoint: str) -> str:
         base = (self.config.base_url or "").rstrip("/")
         if self.config.kind == "azure":
             return (
