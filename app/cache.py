@@ -2,7 +2,7 @@
 
 A call may be answered from the cache when its model has ``cache`` configured, its key
 has not opted out, and it does not say ``x-bf-cache: no-cache``. The entry is found by a
-digest of the audio bytes and the parameters that change the answer (model, endpoint,
+digest of the audio bytes and the parameters that change the answer (model, operation,
 language, prompt, response format, temperature, timestamp granularities, include), kept
 for the model's TTL, and bounded in count per model and in size per entry. A fresh answer
 is stored unless the call says ``x-bf-cache: no-store``; only the requested model's own
@@ -78,7 +78,7 @@ async def audio_sha256(upload: Upload, tenant_id: str, files: FairPool) -> str:
 
 async def prepare(
     route: ModelRoute,
-    endpoint: str,
+    operation: str,
     fields: dict[str, list[str]],
     upload: Upload,
     *,
@@ -102,7 +102,7 @@ async def prepare(
     }
     params.setdefault("response_format", ["json"])
     scope = "*" if route.cache.shared_across_tenants else tenant_id
-    material = msgspec.json.encode([scope, route.name, endpoint, audio, params], order="sorted")
+    material = msgspec.json.encode([scope, route.name, operation, audio, params], order="sorted")
     return Lookup(
         key=hashlib.sha256(material).hexdigest(), config=route.cache, read=read, write=write
     )

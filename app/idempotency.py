@@ -83,8 +83,8 @@ def checked(value: str | None) -> str | None:
     return value
 
 
-def request_digest(endpoint: str, fields: dict[str, list[str]], audio_sha256: str) -> str:
-    material = msgspec.json.encode([endpoint, fields, audio_sha256], order="sorted")
+def request_digest(operation: str, fields: dict[str, list[str]], audio_sha256: str) -> str:
+    material = msgspec.json.encode([operation, fields, audio_sha256], order="sorted")
     return hashlib.sha256(material).hexdigest()
 
 

@@ -76,7 +76,7 @@ def single(fields: dict[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
-def read_options(fields: dict[str, list[str]], endpoint: str) -> CallOptions:
+def read_options(fields: dict[str, list[str]], operation: str) -> CallOptions:
     model = (single(fields, "model") or "").strip()
     if not model:
         raise InvalidRequest("Missing `model`: name the model to transcribe with.", param="model")
@@ -86,10 +86,10 @@ def read_options(fields: dict[str, list[str]], endpoint: str) -> CallOptions:
             param="model",
         )
     response_format = single(fields, "response_format") or "json"
-    if response_format not in FORMATS[endpoint]:
+    if response_format not in FORMATS[operation]:
         shown = response_format if len(response_format) <= 40 else response_format[:40] + "…"
         raise InvalidRequest(
-            f"`response_format` must be one of {', '.join(sorted(FORMATS[endpoint]))}; "
+            f"`response_format` must be one of {', '.join(sorted(FORMATS[operation]))}; "
             f"got {shown!r}.",
             param="response_format",
         )
@@ -134,7 +134,7 @@ class Admission:
         form = self.form = await read_form(call.body, call.content_type, call.content_length)
         assert form.upload is not None
         opening.upload_bytes = form.upload.size
-        options = read_options(form.fields, call.endpoint)
+        options = read_options(form.fields, call.operation)
         opening.model_requested = options.model
         opening.response_format = options.response_format
         opening.stream = options.stream
@@ -210,7 +210,7 @@ class Admission:
             gateway.engine,
             key_id=call.principal.key_id,
             key=call.idempotency_key,
-            digest=idempotency.request_digest(call.endpoint, form.fields, self.audio_sha256),
+            digest=idempotency.request_digest(call.operation, form.fields, self.audio_sha256),
             call_id=call.request_id,
             retention=gateway.idempotency_retention,
             retry_after=gateway.typical_call_seconds(route),
@@ -220,7 +220,7 @@ class Admission:
         gateway, call, route = self.gateway, self.call, admitted.route
         lookup = await cache.prepare(
             route,
-            call.endpoint,
+            call.operation,
             admitted.fields,
             admitted.upload,
             tenant_id=call.principal.tenant_id,

@@ -73,7 +73,7 @@ class Gateway:
 class CallRequest:
     request_id: str
     principal: Principal
-    endpoint: str  # transcriptions | translations
+    operation: str  # transcriptions | translations: OpenAI's, from the URL
     body: AsyncIterator[bytes]
     content_type: str | None
     content_length: str | None
@@ -88,7 +88,7 @@ async def handle_call(gateway: Gateway, call: CallRequest) -> Response[Any]:
         id=call.request_id,
         key_id=call.principal.key_id,
         tenant_id=call.principal.tenant_id,
-        endpoint=shaping.REQUEST_TYPES[call.endpoint],
+        endpoint=shaping.REQUEST_TYPES[call.operation],
         model_requested="",
     )
     admission = Admission(gateway, call, opening)

@@ -169,7 +169,7 @@ async def forward(
         }
         request = UpstreamRequest(
             route=route,
-            endpoint=call.endpoint,
+            operation=call.operation,
             fields=fields,
             upload=admitted.upload,
             request_id=call.request_id,

@@ -50,7 +50,7 @@ def extra_fields(
     call: CallRequest, admitted: Admitted, route: ModelRoute, raw: Any = None
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {
-        "request_type": REQUEST_TYPES[call.endpoint],
+        "request_type": REQUEST_TYPES[call.operation],
         "provider": route.provider_name,
         "model_requested": admitted.options.model,
         "model_deployment": route.upstream_model,

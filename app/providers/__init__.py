@@ -37,7 +37,7 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     route: ModelRoute
-    endpoint: str  # transcriptions | translations
+    operation: str  # transcriptions | translations
     fields: dict[str, list[str]]  # as forwarded: the provider's model, the format to ask for
     upload: Upload
     request_id: str  # the provider sees it as x-client-request-id

@@ -99,7 +99,7 @@ class LocalProvider:
             "audio": audio,
             "language": options.get("language") or None,
             "prompt": options.get("prompt") or None,
-            "task": TASKS[request.endpoint],
+            "task": TASKS[request.operation],
             "max_seconds": route.audio_limits.max_seconds,
         }
         request.progress.bytes_sent = len(audio)
@@ -121,7 +121,7 @@ class LocalProvider:
         granularities = fields.get("timestamp_granularities[]", []) + fields.get(
             "timestamp_granularities", []
         )
-        return render(value, response_format, TASKS[request.endpoint], "word" in granularities)
+        return render(value, response_format, TASKS[request.operation], "word" in granularities)
 
     async def close(self) -> None:
         self._workers.close()

@@ -127,14 +127,14 @@ class RemoteProvider:
             connect=config.connect_timeout_seconds,
         )
 
-    def _url(self, route: ModelRoute, endpoint: str) -> str:
+    def _url(self, route: ModelRoute, operation: str) -> str:
         base = (self.config.base_url or "").rstrip("/")
         if self.config.kind == "azure":
             return (
-                f"{base}/openai/deployments/{route.upstream_model}/audio/{endpoint}"
+                f"{base}/openai/deployments/{route.upstream_model}/audio/{operation}"
                 f"?api-version={self.config.api_version}"
             )
-        return f"{base}/audio/{endpoint}"
+        return f"{base}/audio/{operation}"
 
     def _failed(self, error: Exception, progress: Progress) -> AttemptFailed:
         connecting = isinstance(error, _CONNECTING)
@@ -156,7 +156,7 @@ class RemoteProvider:
         try:
             async with upload_deadline:
                 response = await self.http.post(
-                    self._url(request.route, request.endpoint),
+                    self._url(request.route, request.operation),
                     headers={
                         **self.headers,
                         "content-type": f"multipart/form-data; boundary={body.boundary}",

@@ -54,7 +54,7 @@ async def audio_call(
     call = CallRequest(
         request_id=request_id(request.scope),
         principal=request.state.principal,
-        endpoint=request.url.path.rsplit("/", 1)[-1],  # transcriptions | translations
+        operation=request.url.path.rsplit("/", 1)[-1],  # transcriptions | translations
         body=body_chunks(request.receive),
         content_type=request.headers.get("content-type"),
         content_length=request.headers.get("content-length"),
