@@ -305,12 +305,8 @@ def _exceeded(budget: Any, view: Budget, amount: int | None) -> BudgetExceeded:
 
 def period_starts(now: datetime) -> dict[str, datetime]:
     """The start of the current period of every kind, as ``exhausted_on_path`` binds them."""
-    return dict(_starts_on(now.astimezone(UTC).date()))
-
-
-@lru_cache(maxsize=8)
-def _starts_on(date: dt.date) -> tuple[tuple[str, datetime], ...]:
-    return tuple((f"{period}_start", _bounds_on(period, date)[0]) for period in PERIODS)
+    date = now.astimezone(UTC).date()
+    return {f"{period}_start": _bounds_on(period, date)[0] for period in PERIODS}
 
 
 def _period_start() -> Any:

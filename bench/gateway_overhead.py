@@ -40,8 +40,7 @@ from pathlib import Path
 import httpx
 import uvloop
 
-from app.database import create_engine
-from app.migrate import upgrade_engine
+from app.migrate import upgrade
 from bench import load
 from bench.ledger_scale import fill_ledger
 from bench.reservation import drop, postgres_database
@@ -139,18 +138,21 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     raise SystemExit(f"{url} did not start:\n{log.read_text()}")
 
 
-async def migrated(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        await upgrade_engine(engine)
-    finally:
-        await engine.dispose()
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU the process has used (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(
+    server_pid: int, url: str, request: bytes, clients: int, seconds: float
+) -> dict[str, float]:
+    """``load.concurrent``'s figures, and the server's own CPU per call (ms): steadier than
+    requests/s on a busy machine."""
+    before = cpu_seconds(server_pid)
+    result = uvloop.run(load.concurrent(url, request, clients, seconds))
+    cpu = cpu_seconds(server_pid) - before
+    return {**result, "cpu_ms_per_call": 1000 * cpu / max(result["requests"], 1)}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -228,7 +230,7 @@ def main() -> None:
         if args.postgres:
             database, database_url = asyncio.run(postgres_database(args.postgres))
             stack.callback(asyncio.run, drop(args.postgres, database))
-            asyncio.run(migrated(database_url))
+            upgrade(database_url)
         env = earmark_setup(work, provider, database_url)
         processes = {
             "provider": start(
@@ -300,19 +302,14 @@ def main() -> None:
             if args.profile and name == "earmark":
                 spy = profiled(processes["earmark"].pid, args.seconds, args.profile)
             server = processes["provider" if name == "direct" else name].pid
-            cpu_before = cpu_seconds(server)
-            result = uvloop.run(load.concurrent(url, request, c, args.seconds))
-            cpu = cpu_seconds(server) - cpu_before
+            result = throughput(server, url, request, c, args.seconds)
             if spy is not None:
                 spy.wait()
                 print(hottest(args.profile), file=sys.stderr)
             report[f"rps_100KB_c{c}_{name}"] = round(result["rps"], 1)
             report[f"p50_ms_100KB_c{c}_{name}"] = round(result["p50_ms"], 2)
             report[f"p99_ms_100KB_c{c}_{name}"] = round(result["p99_ms"], 2)
-            # Steadier than requests/s on a busy machine: the server's own CPU per call.
-            report[f"cpu_ms_per_call_100KB_c{c}_{name}"] = round(
-                1000 * cpu / max(result["requests"], 1), 3
-            )
+            report[f"cpu_ms_per_call_100KB_c{c}_{name}"] = round(result["cpu_ms_per_call"], 3)
         report["rps_ratio_earmark_over_passthrough"] = round(
             report[f"rps_100KB_c{c}_earmark"] / report[f"rps_100KB_c{c}_passthrough"], 2
         )
