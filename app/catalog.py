@@ -11,9 +11,9 @@ from collections import defaultdict
 import msgspec
 
 from app.audio.measure import Limits
+from app.billing.metering import Billing
 from app.config import CacheConfig, Config, ConfigError, ModelConfig, ProviderConfig
 from app.errors import InvalidRequest, NotFound, PermissionDenied
-from app.metering import Billing
 
 
 class ModelRoute(msgspec.Struct, frozen=True, kw_only=True):

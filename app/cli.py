@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
     import asyncio
 
-    from app import migrate
-    from app.database import create_engine
+    from app.storage import migrate
+    from app.storage.database import create_engine
 
     async def main() -> Any:
         engine = create_engine(settings.database_url)
@@ -80,7 +80,7 @@ def _catalog(settings: Settings) -> Catalog:
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import asyncio
 
-    from app import migrate
+    from app.storage import migrate
 
     catalog = _catalog(settings)
     if settings.is_sqlite:
@@ -138,7 +138,7 @@ def _empty_metrics_dir(directory: str) -> None:
 def _run_uvicorn(args: argparse.Namespace, summary: str) -> None:
     import logging.config
 
-    from app import server  # imports uvicorn, after the metrics directory is set
+    from app.runtime import server  # imports uvicorn, after the metrics directory is set
 
     logging.config.dictConfig(server.log_config(args.log_level))
     logging.getLogger("earmark.serve").info(summary)
@@ -148,8 +148,8 @@ def _run_uvicorn(args: argparse.Namespace, summary: str) -> None:
 def _migrate(settings: Settings, _: argparse.Namespace) -> None:
     import asyncio
 
-    from app import migrate
-    from app.database import create_engine
+    from app.storage import migrate
+    from app.storage.database import create_engine
 
     async def revision() -> str | None:
         engine = create_engine(settings.database_url)
@@ -226,15 +226,15 @@ def _database_problem(settings: Settings, error: Exception) -> str:
 
 
 def _tenants_create(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import tenants
-    from app.audit import cli_actor
+    from app.access import tenants
+    from app.ops.audit import cli_actor
 
     data = msgspec.convert({"name": args.name, "metadata": args.metadata or {}}, TenantCreate)
     return _run(settings, lambda engine: tenants.create_tenant(engine, data, cli_actor()))
 
 
 def _tenants_list(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import tenants
+    from app.access import tenants
 
     return _pages(
         settings,
@@ -268,8 +268,8 @@ def _pages(
 
 
 def _keys_create(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import keys
-    from app.audit import cli_actor
+    from app.access import keys
+    from app.ops.audit import cli_actor
 
     body = {
         "tenant_id": args.tenant,
@@ -300,7 +300,7 @@ def _rate_limits(args: argparse.Namespace) -> dict[str, int] | None:
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import keys
+    from app.access import keys
 
     return _pages(
         settings,
@@ -312,21 +312,21 @@ def _keys_list(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _keys_show(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import keys
+    from app.access import keys
 
     return _run(settings, lambda engine: keys.get_key(engine, args.key_id))
 
 
 def _keys_revoke(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import keys
-    from app.audit import cli_actor
+    from app.access import keys
+    from app.ops.audit import cli_actor
 
     return _run(settings, lambda engine: keys.revoke_key(engine, args.key_id, cli_actor()))
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import keys
-    from app.audit import cli_actor
+    from app.access import keys
+    from app.ops.audit import cli_actor
 
     return _run(
         settings,
@@ -345,14 +345,14 @@ def _convert(body: dict[str, Any], kind: type, **cleared: Any) -> Any:
 
 
 def _tenants_show(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import tenants
+    from app.access import tenants
 
     return _run(settings, lambda engine: tenants.get_tenant(engine, args.tenant_id))
 
 
 def _tenants_update(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import tenants
-    from app.audit import cli_actor
+    from app.access import tenants
+    from app.ops.audit import cli_actor
 
     status = {"deactivate": "inactive", "activate": "active"}.get(args.action)
     body = {"name": getattr(args, "name", None), "metadata": getattr(args, "metadata", None)}
@@ -372,8 +372,8 @@ def _refuse_contradictions(*pairs: tuple[str, Any, str, Any]) -> None:
 
 
 def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import keys
-    from app.audit import cli_actor
+    from app.access import keys
+    from app.ops.audit import cli_actor
 
     limits = _rate_limits(args)
     _refuse_contradictions(
@@ -404,14 +404,14 @@ def _keys_update(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _keys_delete(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import keys
-    from app.audit import cli_actor
+    from app.access import keys
+    from app.ops.audit import cli_actor
 
     return _run(settings, lambda engine: keys.delete_key(engine, args.key_id, cli_actor()))
 
 
 def _calls(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import ledger
+    from app.billing import ledger
 
     return _pages(
         settings,
@@ -423,7 +423,8 @@ def _calls(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _audit(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import audit, usage
+    from app.billing import usage
+    from app.ops import audit
 
     filters = {
         "target": args.target,
@@ -448,8 +449,8 @@ def _audit(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _webhooks(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import webhooks
-    from app.audit import cli_actor
+    from app.ops import webhooks
+    from app.ops.audit import cli_actor
 
     actor, webhook_id = cli_actor(), getattr(args, "webhook_id", None)
     allow_private = settings.webhooks.allow_private
@@ -497,8 +498,8 @@ def _webhooks(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _budgets(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import budgets
-    from app.audit import cli_actor
+    from app.billing import budgets
+    from app.ops.audit import cli_actor
 
     actor, budget_id = cli_actor(), getattr(args, "budget_id", None)
     action = {
@@ -539,7 +540,7 @@ async def _listed(items: Awaitable[list[Any]]) -> dict[str, Any]:
 
 
 def _usage(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import usage
+    from app.billing import usage
 
     groups = usage.parse_group_by(args.group_by)
     start, end = usage.parse_instant("from", args.start), usage.parse_instant("to", args.end)
@@ -567,8 +568,8 @@ def _new_password(name: str) -> str:
 
 
 def _admin_create_user(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import admin_users
-    from app.audit import cli_actor
+    from app.access import admin_users
+    from app.ops.audit import cli_actor
 
     password = _new_password(args.name)
     return _run(
@@ -578,8 +579,8 @@ def _admin_create_user(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _admin_users(settings: Settings, args: argparse.Namespace) -> Any:
-    from app import admin_users
-    from app.audit import cli_actor
+    from app.access import admin_users
+    from app.ops.audit import cli_actor
 
     if args.action == "set-password":
         password = _new_password(args.name)
@@ -973,7 +974,7 @@ def main(argv: list[str] | None = None) -> None:
     from sqlalchemy.exc import DBAPIError
 
     from app.errors import EarmarkError
-    from app.migrate import SchemaNotCurrent
+    from app.storage.migrate import SchemaNotCurrent
 
     try:
         settings = load_settings()

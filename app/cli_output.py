@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from app.usage import METRICS, group_columns
+from app.billing.usage import METRICS, group_columns
 
 # What an absent value means, where "-" would not say it.
 _NONE_TEXT = {"allowed_models": "all", "expires_at": "never", "period_end": "never"}

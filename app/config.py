@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from app.audio.measure import DEFAULT_MAX_SECONDS
-from app.metering import Billing, Price
+from app.billing.metering import Billing, Price
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 MaxSeconds = Annotated[int, msgspec.Meta(ge=1, le=86_400)]

@@ -6,9 +6,9 @@ from litestar import Request
 from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit import Actor
-from app.auth import Principal
+from app.access.auth import Principal
 from app.gateway.call import Gateway
+from app.ops.audit import Actor
 from app.request_id import request_id
 from app.settings import Settings
 

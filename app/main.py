@@ -14,13 +14,13 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging.config import LoggingConfig
 
-from app import console, migrate, openapi
-from app.admin_users import PasswordChecker
+from app import console, openapi
+from app.access.admin_users import PasswordChecker
+from app.access.auth import require_admin, require_tenant
+from app.access.throttle import SignInThrottle
 from app.audio.sandbox import Sandbox
-from app.auth import require_admin, require_tenant
 from app.catalog import Catalog
 from app.config import load_config, provider_api_keys
-from app.database import create_engine
 from app.deps import (
     provide_actor,
     provide_engine,
@@ -29,10 +29,11 @@ from app.deps import (
     provide_settings,
 )
 from app.errors import EXCEPTION_HANDLERS
-from app.executors import Executors
 from app.gateway.call import Gateway
-from app.journal import Journal
-from app.metrics import Metrics
+from app.ops.journal import Journal
+from app.ops.metrics import Metrics
+from app.ops.sweeper import replay_journal, run_sweeper
+from app.ops.webhook_delivery import delivering
 from app.providers import build_providers
 from app.providers.remote import create_client
 from app.request_id import add_request_id_header
@@ -50,10 +51,10 @@ from app.routes import (
     tenant,
 )
 from app.routes.params import strict_json_body
+from app.runtime.executors import Executors
 from app.settings import Settings, load_settings
-from app.sweeper import replay_journal, run_sweeper
-from app.throttle import SignInThrottle
-from app.webhook_delivery import delivering
+from app.storage import migrate
+from app.storage.database import create_engine
 
 ADMIN_MAX_BODY_BYTES = 1 << 20  # admin requests are small JSON documents
 

@@ -299,7 +299,7 @@ class AdminUserCreated(Struct, kw_only=True):
     created_at: datetime
 
 
-# What a webhook endpoint may subscribe to (app/webhooks.py emits each, with the change).
+# What a webhook endpoint may subscribe to (app/ops/webhooks.py emits each, with the change).
 WebhookEventType = Literal[
     "budget.threshold",
     "budget.exhausted",

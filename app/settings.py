@@ -40,7 +40,7 @@ class Sweeping(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Webhooks(msgspec.Struct, frozen=True, kw_only=True):
-    """How webhook deliveries are made and retried (app/webhook_delivery.py)."""
+    """How webhook deliveries are made and retried (app/ops/webhook_delivery.py)."""
 
     # Loopback, private, link-local and metadata addresses are refused as targets unless
     # this is set (a receiver on the same host or network).
@@ -70,7 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Add a `tenant` label to the call, audio, token and cost metrics (one series per
     # tenant and model): off by default to keep Prometheus's series count bounded.
     metrics_tenant_label: bool = False
-    # Threads for each kind of blocking work (see app/executors.py).
+    # Threads for each kind of blocking work (see app/runtime/executors.py).
     probe_threads: int = 4
     # Address space of each process FFmpeg reads an upload in (app/audio/sandbox.py).
     probe_memory_mb: int = 1024

@@ -43,9 +43,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from app.database import create_engine
-from app.migrate import upgrade
-from app.models import budget_counters, budgets, ledger
+from app.storage.database import create_engine
+from app.storage.migrate import upgrade
+from app.storage.models import budget_counters, budgets, ledger
 from tests.conftest import ADMIN, ADMIN_TOKEN, ledger_invariants
 from tests.fake_provider import API_KEY, Script, create_fake_provider
 from tests.gateway import FIXTURES, KEY_ENV

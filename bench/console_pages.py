@@ -37,10 +37,10 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, insert, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database, keys, tenants, webhooks
-from app.database import create_engine
+from app.access import keys, tenants
+from app.billing import budgets
 from app.main import create_app
-from app.models import audit_log, budget_counters, ledger, upstream_attempts
+from app.ops import webhooks
 from app.schemas import (
     BudgetCreate,
     BudgetUpdate,
@@ -51,6 +51,9 @@ from app.schemas import (
     WebhookCreate,
 )
 from app.settings import Settings
+from app.storage import database
+from app.storage.database import create_engine
+from app.storage.models import audit_log, budget_counters, ledger, upstream_attempts
 from bench.ledger_scale import ACTOR, _admin_sql, _database
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"

@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 import uvloop
 
-from app.migrate import upgrade
+from app.storage.migrate import upgrade
 from bench import load
 from bench.ledger_scale import fill_ledger
 from bench.reservation import drop, postgres_database

@@ -19,12 +19,14 @@ from pathlib import Path
 
 from sqlalchemy import insert, make_url, text
 
-from app import database, keys, ledger, rate_limits, tenants
-from app.audit import Actor
-from app.database import create_engine
-from app.migrate import upgrade
-from app.models import ledger as ledger_table
+from app.access import keys, tenants
+from app.billing import ledger, rate_limits
+from app.ops.audit import Actor
 from app.schemas import BudgetCreate, KeyCreate, RateLimits, TenantCreate
+from app.storage import database
+from app.storage.database import create_engine
+from app.storage.migrate import upgrade
+from app.storage.models import ledger as ledger_table
 
 ACTOR = Actor("test")
 

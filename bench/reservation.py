@@ -21,12 +21,14 @@ from pathlib import Path
 
 from sqlalchemy import make_url, text
 
-from app import database, keys, ledger, tenants
-from app.audit import Actor
-from app.database import create_engine
+from app.access import keys, tenants
+from app.billing import ledger
 from app.ids import new_id
-from app.migrate import upgrade_engine
+from app.ops.audit import Actor
 from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+from app.storage import database
+from app.storage.database import create_engine
+from app.storage.migrate import upgrade_engine
 
 ACTOR = Actor("test")
 
@@ -83,7 +85,7 @@ async def measure(url: str, sequential: int, seconds: float, concurrency: int) -
         )
         if with_budgets:
             async with database.write(engine) as conn:
-                from app.budgets import add_budget
+                from app.billing.budgets import add_budget
 
                 await add_budget(
                     conn,

@@ -9,9 +9,9 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection, pool
 
-from app.database import create_engine, write
-from app.models import Base, UTCDateTime
 from app.settings import load_settings
+from app.storage.database import create_engine, write
+from app.storage.models import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

@@ -21,11 +21,11 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.database import create_engine, write
 from app.main import create_app
-from app.migrate import upgrade
-from app.models import Base, budget_counters, ledger, ledger_holds
 from app.settings import Settings
+from app.storage.database import create_engine, write
+from app.storage.migrate import upgrade
+from app.storage.models import Base, budget_counters, ledger, ledger_holds
 from tests import openapi_drift
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -245,7 +245,7 @@ def gateway(
     database_url: str, fake_provider: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
     """Earmark on loopback in front of the fake provider, on each database."""
-    from app import form
+    from app.gateway import form
     from tests.fake_provider import API_KEY
     from tests.gateway import KEY_ENV, serve_gateway
 

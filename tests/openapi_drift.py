@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from app.metrics import Metrics
+from app.ops.metrics import Metrics
 
 SEEN: set[tuple[str, str, int]] = set()
 _middleware = Metrics.middleware

@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from app.server import PROTOCOL, GuardedProtocol
+from app.runtime.server import PROTOCOL, GuardedProtocol
 from tests.processes import free_port
 
 

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from app.database import create_engine
-from app.models import Base
+from app.storage.database import create_engine
+from app.storage.models import Base
 from tests.conftest import ADMIN, bearer
 
 pytestmark = pytest.mark.anyio

@@ -45,7 +45,7 @@ async def test_bad_json_bodies_are_400_envelopes(client, body, needle):
 
 
 async def test_readyz_reports_the_schema_revision(client):
-    from app.migrate import head_revision
+    from app.storage.migrate import head_revision
 
     response = await client.get("/readyz")
     assert response.json() == {"status": "ready", "schema_revision": head_revision()}

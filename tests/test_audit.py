@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError
 
-from app import database, key_format, tenants
-from app.audit import Actor
-from app.database import create_engine
-from app.models import audit_log
+from app.access import key_format, tenants
+from app.ops.audit import Actor
 from app.schemas import TenantCreate
+from app.storage import database
+from app.storage.database import create_engine
+from app.storage.models import audit_log
 from tests.conftest import ADMIN
 from tests.processes import earmark_env, run_cli
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from app import admin_users, key_format
-from app.audit import Actor
+from app.access import admin_users, key_format
+from app.ops.audit import Actor
 from tests.conftest import ADMIN, ADMIN_TOKEN, bearer
 
 ACTOR = Actor("test")
@@ -80,8 +80,8 @@ async def test_an_expired_key_is_403(client, key, settings):
 
     from sqlalchemy import update
 
-    from app.database import create_engine, write
-    from app.models import api_keys
+    from app.storage.database import create_engine, write
+    from app.storage.models import api_keys
 
     engine = create_engine(settings.database_url)
     try:
@@ -137,7 +137,7 @@ async def test_admin_users_log_in_with_basic_auth(client, engine):
 async def test_admin_passwords_are_argon2id_hashes(engine):
     from sqlalchemy import select
 
-    from app.models import admin_users as table
+    from app.storage.models import admin_users as table
 
     await admin_users.create_admin_user(engine, "bob", "a long enough password", ACTOR)
     async with engine.connect() as conn:

@@ -3,7 +3,7 @@ recorded as rejected at zero cost."""
 
 import pytest
 
-from app.form import MAX_FILE_BYTES
+from app.gateway.form import MAX_FILE_BYTES
 from tests.gateway import FIXTURES
 from tests.processes import wav_of_size
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from app import ledger
-from app.database import create_engine
+from app.billing import ledger
+from app.storage.database import create_engine
 from tests.gateway import FIXTURES, Gateway
 from tests.grafana import (
     GRAFANA,

@@ -10,9 +10,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event
 
-from app import database, keys, ledger, rate_limits, tenants
-from app.audit import Actor
+from app.access import keys, tenants
+from app.billing import ledger, rate_limits
+from app.ops.audit import Actor
 from app.schemas import BudgetCreate, KeyCreate, RateLimits, TenantCreate
+from app.storage import database
 
 ACTOR = Actor("test")
 
@@ -49,7 +51,7 @@ async def test_rate_limits_reservations_settles_and_the_sweep_use_bounded_indexe
             seen.append((statement, parameters))
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    # The call path's statements run on the bare drivers (app/driver.py).
+    # The call path's statements run on the bare drivers (app/storage/driver.py).
     database.store(engine).trace = lambda sql, args: capture(None, None, sql, tuple(args), 0, 0)
     opening = ledger.Opening(
         id="req_bounded", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",

@@ -8,10 +8,11 @@ import msgspec
 import pytest
 from sqlalchemy import select
 
-from app import budgets, database
-from app.audit import Actor
-from app.database import create_engine
-from app.models import budget_counters
+from app.billing import budgets
+from app.ops.audit import Actor
+from app.storage import database
+from app.storage.database import create_engine
+from app.storage.models import budget_counters
 from tests.conftest import ADMIN, ledger_invariants
 from tests.gateway import FIXTURES, burst, process_env
 from tests.processes import serving_many
@@ -164,8 +165,8 @@ def test_several_processes_share_one_budget_exactly(gateway, database_url, tmp_p
 
 @pytest.mark.anyio
 async def test_a_call_straddling_midnight_is_charged_to_the_day_it_reserved_in(engine):
-    from app import keys, tenants
-    from app.ledger import Opening, Settlement, open_call, settle_call
+    from app.access import keys, tenants
+    from app.billing.ledger import Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
     tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
@@ -219,8 +220,8 @@ async def test_a_budget_that_refuses_for_good_answers_before_a_busy_one(engine):
     """The key's budget is only busy (a call in flight holds it); the tenant's, checked
     after it, has too little left even once everything settles: the answer is the final
     402, not a 429 that would send the SDK retrying into it."""
-    from app import keys, tenants
-    from app.ledger import Opening, Settlement, open_call, settle_call
+    from app.access import keys, tenants
+    from app.billing.ledger import Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
     tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
@@ -268,8 +269,8 @@ async def test_on_postgresql_a_call_opens_and_settles_in_one_statement_each(engi
     """No BEGIN or COMMIT round trip around either, with a key and a tenant budget on the
     path; a refusal alone goes the long way, to say which budget refused. (SQLite runs
     the steps in one thread hop; only the count of statements differs.)"""
-    from app import keys, tenants
-    from app.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
+    from app.access import keys, tenants
+    from app.billing.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
     tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
@@ -326,8 +327,8 @@ async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engin
     and the counters add up. (Each settle locks its counters in budget order, as the
     reservation does; an UPDATE ... FROM in its plan's order deadlocked PostgreSQL under
     the benchmark's load, and a deadlock left is retried.)"""
-    from app import keys, tenants
-    from app.ledger import Opening, Settlement, open_call, settle_call
+    from app.access import keys, tenants
+    from app.billing.ledger import Opening, Settlement, open_call, settle_call
     from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
     tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)

@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from app import cache, database
+from app.billing.metering import Usage
 from app.catalog import Catalog
 from app.config import parse_config
-from app.metering import Usage
-from app.models import transcription_cache
+from app.gateway import cache
+from app.storage import database
+from app.storage.models import transcription_cache
 from tests.conftest import ADMIN_TOKEN
 from tests.gateway import CONFIG, FIXTURES, KEY_ENV, Gateway, scrape, total
 from tests.processes import earmark_env, free_port, serving_many

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from app.billing.metering import Price
 from app.catalog import Catalog
 from app.config import ConfigError, load_config, parse_config, provider_api_keys
 from app.errors import InvalidRequest, NotFound, PermissionDenied
-from app.metering import Price
 
 EXAMPLE = Path(__file__).parent.parent / "earmark.example.toml"
 

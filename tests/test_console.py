@@ -16,11 +16,13 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import admin_users, audit, database
-from app.audit import Actor
+from app.access import admin_users
 from app.console.gate import CSP
 from app.main import create_app
-from app.models import api_keys, console_sessions, tenants
+from app.ops import audit
+from app.ops.audit import Actor
+from app.storage import database
+from app.storage.models import api_keys, console_sessions, tenants
 from tests.conftest import ADMIN, ADMIN_TOKEN
 
 pytestmark = pytest.mark.anyio

@@ -34,12 +34,14 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import app.console.usage as console_usage
-from app import admin_users, audit, database
-from app.audit import Actor
+from app.access import admin_users
 from app.console.gate import CSP, STATIC
 from app.ids import new_id
 from app.main import create_app
-from app.models import (
+from app.ops import audit
+from app.ops.audit import Actor
+from app.storage import database
+from app.storage.models import (
     api_keys,
     audit_log,
     budgets,

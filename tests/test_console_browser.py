@@ -20,9 +20,9 @@ import openai
 import pytest
 from sqlalchemy import update
 
-from app import database
 from app.console.format import usd
-from app.models import console_sessions
+from app.storage import database
+from app.storage.models import console_sessions
 from tests.browser import chromium, screenshot
 from tests.fake_provider import API_KEY
 from tests.gateway import KEY_ENV, SPEECH, Gateway, serve_gateway

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sql_errors
 from sqlalchemy import text
 
-from app.database import create_engine, store, write
-from app.driver import Statement, execute, fetch
+from app.storage.database import create_engine, store, write
+from app.storage.driver import Statement, execute, fetch
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +22,7 @@ INCREMENTS = 60
 _WORKER = """
 import asyncio, sys
 from sqlalchemy import text
-from app.database import create_engine, write
+from app.storage.database import create_engine, write
 
 async def main(url, n):
     engine = create_engine(url)

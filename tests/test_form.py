@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app import form
 from app.errors import Busy, InvalidRequest
-from app.form import read_form
+from app.gateway import form
+from app.gateway.form import read_form
 
 pytestmark = pytest.mark.anyio
 BOUNDARY = "formboundary"

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app import admin_users
-from app.audit import Actor
-from app.database import create_engine
+from app.access import admin_users
+from app.ops.audit import Actor
+from app.storage.database import create_engine
 from tests.audio_files import encode, fmt_chunk, forge_streaminfo, riff, silent_flac, tone
 from tests.gateway import FIXTURES, SPEECH, Gateway
 

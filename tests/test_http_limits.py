@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.server import LINGER_BYTES, LINGER_SECONDS, connection_cap
+from app.runtime.server import LINGER_BYTES, LINGER_SECONDS, connection_cap
 from tests.audio_files import tone, wav
 from tests.conftest import ADMIN
 from tests.gateway import process_env

@@ -17,15 +17,17 @@ import httpx
 import pytest
 from sqlalchemy import make_url, select
 
-from app import database, keys, ledger, tenants
-from app.audit import Actor
-from app.executors import FairPool
-from app.journal import Journal
+from app.access import keys, tenants
+from app.billing import ledger
 from app.main import create_app
-from app.models import budget_counters
-from app.models import ledger as ledger_table
+from app.ops.audit import Actor
+from app.ops.journal import Journal
+from app.runtime.executors import FairPool
 from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 from app.settings import Settings, Sweeping
+from app.storage import database
+from app.storage.models import budget_counters
+from app.storage.models import ledger as ledger_table
 from tests.conftest import ADMIN_TOKEN, empty_database, ledger_invariants
 from tests.fake_provider import API_KEY, TEXT
 from tests.gateway import KEY_ENV, Gateway

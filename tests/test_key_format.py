@@ -5,7 +5,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import key_format
+from app.access import key_format
 
 
 def test_generated_keys_are_well_formed_unique_and_url_safe():

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.metering import Price, Usage, cost_nanos, estimated_audio_tokens, usage_from_body, usd
+from app.billing.metering import (
+    Price,
+    Usage,
+    cost_nanos,
+    estimated_audio_tokens,
+    usage_from_body,
+    usd,
+)
 
 WHISPER = Price(per_audio_minute=Decimal("0.006"))
 GROQ = Price(per_audio_hour=Decimal("0.111"), minimum_seconds=Decimal(10))

@@ -10,9 +10,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from app import budgets, migrate
-from app.database import create_engine
-from app.models import Base
+from app.billing import budgets
+from app.storage import migrate
+from app.storage.database import create_engine
+from app.storage.models import Base
 from tests.conftest import create_postgres_database, drop_postgres_database
 
 pytestmark = pytest.mark.anyio

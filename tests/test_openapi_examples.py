@@ -19,7 +19,7 @@ from litestar import Litestar, Response
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
 
-from app import key_format
+from app.access import key_format
 from app.main import create_app
 from app.openapi_examples import EXAMPLES, OperationExample
 from app.settings import Settings

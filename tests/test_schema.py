@@ -75,7 +75,7 @@ def server(tmp_path_factory) -> Iterator[str]:
         admin_token=ADMIN_TOKEN,
         journal_dir=str(directory / "journal"),
     )
-    from app.migrate import upgrade
+    from app.storage.migrate import upgrade
 
     upgrade(settings.database_url)
     with ServerThread(create_app(settings)) as running:

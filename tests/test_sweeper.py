@@ -7,11 +7,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from app import database, keys, ledger, tenants
-from app.audit import Actor
-from app.models import budget_counters
-from app.models import ledger as ledger_table
+from app.access import keys, tenants
+from app.billing import ledger
+from app.ops.audit import Actor
 from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+from app.storage import database
+from app.storage.models import budget_counters
+from app.storage.models import ledger as ledger_table
 
 ACTOR = Actor("test")
 

@@ -9,8 +9,9 @@ import httpx
 import openai
 import pytest
 
-from app import database, ledger
-from app.database import create_engine
+from app.billing import ledger
+from app.storage import database
+from app.storage.database import create_engine
 from tests.fake_provider import TEXT
 from tests.gateway import FIXTURES
 from tests.processes import wav_of_size

@@ -22,13 +22,16 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
-from app import budgets, database, keys, tenants, webhooks
-from app.audit import Actor
-from app.metrics import Metrics
-from app.models import budget_counters, webhook_deliveries, webhook_events
+from app.access import keys, tenants
+from app.billing import budgets
+from app.ops import webhooks
+from app.ops.audit import Actor
+from app.ops.metrics import Metrics
+from app.ops.webhook_delivery import BATCH, Deliverer, RefusedTarget, _PublicOnly
 from app.schemas import BudgetCreate, KeyCreate, KeyUpdate, TenantCreate, WebhookCreate
 from app.settings import Webhooks
-from app.webhook_delivery import BATCH, Deliverer, RefusedTarget, _PublicOnly
+from app.storage import database
+from app.storage.models import budget_counters, webhook_deliveries, webhook_events
 from tests.conftest import ADMIN
 from tests.gateway import burst, process_env, scrape, serve_gateway, total
 from tests.processes import (

@@ -2,7 +2,7 @@
 
 Demuxing and decoding an arbitrary container is where a hostile file spends memory: a
 33 KB MP4 whose index claims 2**31 samples a chunk has FFmpeg allocate gigabytes while
-opening it. So that work runs in worker processes (``app.workers``), one per probe thread,
+opening it. So that work runs in worker processes (``app.runtime.workers``), one per probe thread,
 started at its first such upload and replaced when it dies or runs past its time; the
 gateway's own memory never holds what FFmpeg builds. The upload reaches the worker by
 value while it is in memory (at most a mebibyte) and by path once spooled to disk (this
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
 
 from app.audio.refusals import AudioRefused, not_audio, too_slow
-from app.workers import Worker
+from app.runtime.workers import Worker
 
 logger = logging.getLogger("earmark")
 T = TypeVar("T")

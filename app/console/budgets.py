@@ -7,7 +7,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect
 
-from app import budgets
+from app.billing import budgets
 from app.console import forms
 from app.console.gate import PREFIX, actor, render
 from app.errors import InvalidRequest

@@ -25,10 +25,10 @@ from litestar.response import Redirect
 from litestar.template import TemplateConfig
 from litestar.types import Message, Scope
 
-from app.audit import Actor
 from app.console import sessions
 from app.console.format import FILTERS
 from app.errors import EarmarkError
+from app.ops.audit import Actor
 from app.request_id import request_id
 
 PREFIX = "/console"

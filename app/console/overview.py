@@ -7,10 +7,11 @@ from decimal import Decimal
 
 from litestar import Request, Response, get
 
-from app import budgets, database, usage
+from app.billing import budgets, usage
 from app.console.format import used_percent
 from app.console.gate import render
 from app.console.usage import totals_by
+from app.storage import database
 
 TOP = 5
 

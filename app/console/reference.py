@@ -6,9 +6,9 @@ from __future__ import annotations
 from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 
-from app import audit, webhooks
 from app.console import forms
 from app.console.gate import next_page, render
+from app.ops import audit, webhooks
 from app.routes.params import PathId
 
 PAGE = 50

@@ -18,9 +18,9 @@ import msgspec
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import database
-from app.models import admin_users, console_sessions
 from app.settings import Console
+from app.storage import database
+from app.storage.models import admin_users, console_sessions
 
 MAX_TOKEN_LENGTH = 100  # a cookie longer than any token we issue is not looked up
 _TOUCH_EVERY = timedelta(seconds=60)  # ``seen_at`` is written at most once a minute

@@ -16,8 +16,9 @@ from litestar import Request, Response, get, post
 from litestar.params import FromQuery
 from litestar.response import Redirect
 
-from app import key_format
-from app.auth import admin_identity
+from app.access import key_format
+from app.access.auth import admin_identity
+from app.access.throttle import TooManyAttempts
 from app.console import sessions
 from app.console.forms import text
 from app.console.gate import (
@@ -29,7 +30,6 @@ from app.console.gate import (
     session_cookie,
     sign_in_cookie,
 )
-from app.throttle import TooManyAttempts
 
 _PUBLIC = {"public": True}
 

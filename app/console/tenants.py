@@ -7,11 +7,13 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
-from app import budgets, database, keys, tenants, usage
+from app.access import keys, tenants
+from app.billing import budgets, usage
 from app.console import forms
 from app.console.gate import PREFIX, actor, next_page, render
 from app.routes.params import PathId
 from app.schemas import TenantCreate, TenantUpdate
+from app.storage import database
 
 PAGE = 25
 _STATUSES = ("active", "inactive")

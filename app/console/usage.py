@@ -11,10 +11,10 @@ from typing import Annotated, Any
 from litestar import Request, Response, get
 from litestar.params import FromQuery, QueryParameter
 
-from app import usage
+from app.billing import usage
+from app.billing.usage import UsageReport
 from app.console.gate import render
 from app.errors import InvalidRequest
-from app.usage import UsageReport
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3 * 366  # a chart point a day: longer ranges are for the CSV of /admin/usage

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from app import budgets, cache, idempotency, ledger
 from app.audio.container import forwarded_filename
 from app.audio.measure import measure, measure_inline
+from app.billing import budgets, ledger
+from app.billing.metering import cost_nanos, expected_nanos, hold_nanos
+from app.billing.rate_limits import RateLimited
 from app.catalog import ModelRoute
 from app.errors import InvalidRequest
-from app.form import Form, Upload, read_form
-from app.metering import cost_nanos, expected_nanos, hold_nanos
-from app.rate_limits import RateLimited
+from app.gateway import cache, idempotency
+from app.gateway.form import Form, Upload, read_form
 
 if TYPE_CHECKING:
     from app.gateway.call import CallRequest, Gateway

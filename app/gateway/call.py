@@ -20,9 +20,11 @@ import msgspec
 from litestar import Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import cache, idempotency, ledger
+from app.access.auth import Principal
 from app.audio.sandbox import Sandbox
-from app.auth import Principal
+from app.billing import ledger
+from app.billing.metering import NO_USAGE, Usage, usage_from_body
+from app.billing.rate_limits import RecentRefusals
 from app.catalog import Catalog, ModelRoute
 from app.errors import (
     DATABASE_ERRORS,
@@ -30,16 +32,14 @@ from app.errors import (
     EarmarkError,
     database_unavailable,
 )
-from app.executors import Executors
-from app.gateway import forwarding, shaping, streaming
+from app.gateway import cache, forwarding, idempotency, shaping, streaming
 from app.gateway.admission import Admission, Admitted
 from app.gateway.forwarding import Forwarded
 from app.gateway.settlement import Settlement, reject
-from app.journal import Journal
-from app.metering import NO_USAGE, Usage, usage_from_body
-from app.metrics import Metrics
+from app.ops.journal import Journal
+from app.ops.metrics import Metrics
 from app.providers import AttemptFailed, Provider
-from app.rate_limits import RecentRefusals
+from app.runtime.executors import Executors
 
 logger = logging.getLogger("earmark")
 

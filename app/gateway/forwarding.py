@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from app import database, ledger
+from app.billing import ledger
+from app.billing.metering import NANOS_PER_USD
 from app.catalog import ModelRoute
 from app.errors import (
     DATABASE_ERRORS,
@@ -27,8 +28,8 @@ from app.errors import (
     ServiceUnavailable,
     database_unavailable,
 )
-from app.metering import NANOS_PER_USD
 from app.providers import AttemptFailed, Progress, UpstreamRequest, UpstreamResponse
+from app.storage import database
 
 if TYPE_CHECKING:
     from app.gateway.admission import Admitted

@@ -13,11 +13,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from app import ledger
-from app.budgets import BudgetExceeded
+from app.billing import ledger
+from app.billing.budgets import BudgetExceeded
+from app.billing.metering import NO_USAGE, Usage, meter
 from app.catalog import ModelRoute
 from app.errors import DATABASE_ERRORS, EarmarkError, database_unavailable
-from app.metering import NO_USAGE, Usage, meter
 
 if TYPE_CHECKING:
     from app.gateway.admission import Admitted

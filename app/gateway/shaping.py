@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Response
 
-from app import cache
+from app.billing.metering import NO_USAGE, Usage, usage_from_body, usd
 from app.catalog import ModelRoute
 from app.errors import EarmarkError
+from app.gateway import cache
 from app.gateway.forwarding import Forwarded, upstream_format
 from app.gateway.streaming import replay_stream
-from app.metering import NO_USAGE, Usage, usage_from_body, usd
 from app.providers import AttemptFailed, UpstreamResponse
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import anyio
 import msgspec
 from litestar.response import Stream
 
-from app.cache import HEADER
+from app.gateway.cache import HEADER
 from app.providers import AttemptFailed, UpstreamResponse
 
 # How a stream ended, and the done event's payload if one came.

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # worker processes import this package: keep it light
 
     from app.catalog import ModelRoute
     from app.config import Config
-    from app.executors import FairPool
-    from app.form import Upload
+    from app.gateway.form import Upload
+    from app.runtime.executors import FairPool
 
 
 @dataclass(slots=True)

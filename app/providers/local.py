@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 
 from app.config import ProviderConfig
-from app.executors import FairPool
 from app.providers import AttemptFailed, UpstreamRequest, UpstreamResponse, local_engine
-from app.workers import Worker
+from app.runtime.executors import FairPool
+from app.runtime.workers import Worker
 
 FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 TASKS = {"transcriptions": "transcribe", "translations": "translate"}

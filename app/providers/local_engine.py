@@ -5,7 +5,7 @@ to 16 kHz mono PCM as the recogniser reads it, so memory holds a few frames, not
 whole decoded file; it recognises with PocketSphinx (its English model ships inside the
 PyPI package: no download) or faster-whisper (the operator's model directory or name,
 which needs the whole signal). ``handle`` answers one job in a worker process
-(``app.workers``: a memory cap, dying with the gateway that started it).
+(``app.runtime.workers``: a memory cap, dying with the gateway that started it).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def transcribe(
 
 
 def handle(job: dict[str, Any]) -> tuple[str, Any]:
-    """A worker's answer to one job (``app.workers``): ("ok", transcript) or ("refused", a
+    """A worker's answer to one job (``app.runtime.workers``): ("ok", transcript) or ("refused", a
     message for the tenant)."""
     try:
         return ("ok", transcribe(**job))

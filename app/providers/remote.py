@@ -18,7 +18,7 @@ import aiohttp
 from app.catalog import ModelRoute
 from app.config import ProviderConfig
 from app.errors import EarmarkError
-from app.form import Upload
+from app.gateway.form import Upload
 from app.providers import AttemptFailed, Progress, UpstreamRequest, UpstreamResponse
 
 _CHUNK = 1 << 16

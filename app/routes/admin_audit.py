@@ -9,7 +9,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import audit, usage
+from app.billing import usage
+from app.ops import audit
 from app.pagination import DEFAULT_LIMIT
 from app.routes.params import ACTION_PATTERN, ACTOR_PATTERN, Cursor, From, Limit, QueryId, To
 from app.schemas import AuditPage

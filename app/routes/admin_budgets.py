@@ -7,8 +7,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets
-from app.audit import Actor
+from app.billing import budgets
+from app.ops.audit import Actor
 from app.routes.params import PathId, QueryId
 from app.schemas import (
     Budget,

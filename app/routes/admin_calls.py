@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import ledger
+from app.billing import ledger
 from app.pagination import DEFAULT_LIMIT
 from app.routes.params import Cursor, Limit, QueryId
 

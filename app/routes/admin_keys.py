@@ -7,8 +7,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import keys, ledger
-from app.audit import Actor
+from app.access import keys
+from app.billing import ledger
+from app.ops.audit import Actor
 from app.pagination import DEFAULT_LIMIT
 from app.routes.params import AllowUnknownModels, Cursor, Limit, PathId, QueryId
 from app.schemas import Key, KeyCreate, KeyPage, KeyRotate, KeyStatus, KeyUpdate, KeyWithSecret

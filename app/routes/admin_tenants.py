@@ -7,8 +7,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import tenants
-from app.audit import Actor
+from app.access import tenants
+from app.ops.audit import Actor
 from app.pagination import DEFAULT_LIMIT
 from app.routes.params import Cursor, Limit, PathId
 from app.schemas import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate

@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import usage
+from app.billing import usage
 from app.routes.params import From, To
 
 

@@ -9,10 +9,10 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 
-from app import idempotency
-from app.auth import Principal
-from app.form import body_chunks
+from app.access.auth import Principal
+from app.gateway import idempotency
 from app.gateway.call import CallRequest, Gateway, handle_call
+from app.gateway.form import body_chunks
 from app.openapi import AudioOperation
 from app.request_id import request_id
 
@@ -37,7 +37,7 @@ CacheDirective = Annotated[
 @post(
     ["/audio/transcriptions", "/audio/translations"],
     status_code=200,
-    # The form is read by app/form.py, which bounds it field by field (documented there).
+    # The form is read by app/gateway/form.py, which bounds it field by field (documented there).
     request_max_body_size=None,
     operation_class=AudioOperation,
     summary="Transcribe, or translate into English, audio (OpenAI-compatible), metered",

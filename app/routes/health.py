@@ -6,8 +6,8 @@ from litestar import Response, get
 from litestar.datastructures import State
 from sqlalchemy import exc
 
-from app import migrate
 from app.errors import error_response
+from app.storage import migrate
 
 
 @get("/healthz", tags=["ops"], summary="The process is alive")

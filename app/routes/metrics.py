@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.datastructures import State
 
-from app.metrics import CONTENT_TYPE, Metrics
+from app.ops.metrics import CONTENT_TYPE, Metrics
 
 
 @get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=True)

@@ -6,9 +6,10 @@ from litestar import get
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database, rate_limits, usage
-from app.auth import Principal
+from app.access.auth import Principal
+from app.billing import budgets, rate_limits, usage
 from app.schemas import Quota
+from app.storage import database
 
 
 @get("/quota", summary="This key's identity, models, budgets on its path, and rate limits")

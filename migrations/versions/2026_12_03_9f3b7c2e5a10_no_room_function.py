@@ -15,7 +15,7 @@ down_revision: str | None = "4c6e2a9d1f85"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The SQLSTATE app.ledger recognises; a class of its own, so no other error is mistaken
+# The SQLSTATE app.billing.ledger recognises; a class of its own, so no other error is mistaken
 # for a budget's refusal.
 NO_ROOM = "EM001"
 

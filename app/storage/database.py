@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Table, delete, event, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.driver import SQLITE_BUSY_TIMEOUT_MS, PostgresStore, SqliteStore, Store
+from app.storage.driver import SQLITE_BUSY_TIMEOUT_MS, PostgresStore, SqliteStore, Store
 
 _WRITE = "earmark_write"
 _sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -38,7 +38,7 @@ def utc_text(value: datetime) -> str:
 
 
 def store(engine: AsyncEngine) -> Store:
-    """The call path's bare-driver access to the engine's database (``app.driver``)."""
+    """The call path's bare-driver access to the engine's database (``app.storage.driver``)."""
     return _stores[engine]
 
 

@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.driver import Program, Statement, fetch, utc
 from app.errors import EarmarkError
-from app.models import OPEN_ROWS, UTCDateTime, api_keys, ledger
 from app.schemas import RateLimits, RateUse
+from app.storage.driver import Program, Statement, fetch, utc
+from app.storage.models import OPEN_ROWS, UTCDateTime, api_keys, ledger
 
 MINUTE = timedelta(minutes=1)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import ledger
+from app.billing import ledger
 from app.errors import DATABASE_ERRORS, database_unavailable
-from app.executors import FairPool
+from app.runtime.executors import FairPool
 
 logger = logging.getLogger("earmark")
 _PREFIX = "settlements-"

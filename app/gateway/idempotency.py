@@ -26,9 +26,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import cache, database
 from app.errors import EarmarkError, InvalidRequest, error_response
-from app.models import OPEN, idempotency_keys, ledger
+from app.gateway import cache
+from app.storage import database
+from app.storage.models import OPEN, idempotency_keys, ledger
 
 HEADER = "idempotency-key"
 REPLAYED_HEADER = "idempotent-replayed"

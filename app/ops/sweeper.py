@@ -15,9 +15,12 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from app import cache, database, idempotency, keys, ledger
+from app.access import keys
+from app.billing import ledger
 from app.catalog import Catalog
+from app.gateway import cache, idempotency
 from app.settings import Sweeping
+from app.storage import database
 
 if TYPE_CHECKING:
     from app.gateway.call import Gateway

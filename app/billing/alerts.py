@@ -17,11 +17,12 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
 
-from app import database, webhooks
-from app.budgets import ENSURE_COUNTER, THIS_PERIOD, period_bounds
-from app.driver import Program, Statement, execute, fetch, json, utc
-from app.metering import usd
-from app.models import api_keys, budget_counters, budgets, ledger, ledger_holds
+from app.billing.budgets import ENSURE_COUNTER, THIS_PERIOD, period_bounds
+from app.billing.metering import usd
+from app.ops import webhooks
+from app.storage import database
+from app.storage.driver import Program, Statement, execute, fetch, json, utc
+from app.storage.models import api_keys, budget_counters, budgets, ledger, ledger_holds
 
 _BUDGET_COLUMNS = (
     budgets.c.id,

@@ -33,10 +33,10 @@ import msgspec
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.form import MAX_FILE_BYTES
+from app.gateway.form import MAX_FILE_BYTES
 from app.settings import HttpLimits, load_settings
 
-PROTOCOL = "app.server:GuardedProtocol"
+PROTOCOL = "app.runtime.server:GuardedProtocol"
 _TICK_SECONDS = 1.0
 MAX_PIPELINED = 16  # requests waiting behind the one being answered
 LINGER_SECONDS = 5.0  # a closing connection drains what the client still sends ...

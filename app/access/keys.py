@@ -14,11 +14,13 @@ import msgspec
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import audit, budgets, database, key_format, webhooks
-from app.audit import Actor
+from app.access import key_format
+from app.access.tenants import fetch_tenant
+from app.billing import budgets
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
-from app.models import api_keys, key_secrets
+from app.ops import audit, webhooks
+from app.ops.audit import Actor
 from app.pagination import paginate, split_page
 from app.schemas import (
     Key,
@@ -30,7 +32,8 @@ from app.schemas import (
     RateLimits,
     provided,
 )
-from app.tenants import fetch_tenant
+from app.storage import database
+from app.storage.models import api_keys, key_secrets
 
 _visible = api_keys.c.deleted_at.is_(None)
 LATEST_EXPIRY = datetime(9000, 1, 1, tzinfo=UTC)

@@ -82,7 +82,7 @@ class ApiKey(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
     # NULL: every configured model.
     allowed_models: Mapped[list[str] | None] = mapped_column(sa.JSON)
-    # NULL: no rate limits. See app/rate_limits.py.
+    # NULL: no rate limits. See app/billing/rate_limits.py.
     rate_limits: Mapped[dict[str, Any] | None]
     # False: the key's calls bypass the transcription cache.
     cache: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
@@ -241,7 +241,7 @@ class Budget(Base):
     tenant_id: Mapped[str | None] = mapped_column(sa.ForeignKey("tenants.id"), index=True)
     limit_nanos: Mapped[int] = mapped_column(sa.BigInteger)
     period: Mapped[str] = mapped_column(sa.String(8))  # day | week | month | none
-    # Percents of the limit whose crossing sends budget.threshold (app/alerts.py).
+    # Percents of the limit whose crossing sends budget.threshold (app/billing/alerts.py).
     thresholds: Mapped[list[int] | None] = mapped_column(sa.JSON(none_as_null=True))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

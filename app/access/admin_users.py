@@ -16,13 +16,14 @@ from passlib.hash import argon2
 from sqlalchemy import delete, exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import audit, database
-from app.audit import Actor
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.executors import FairPool
 from app.ids import new_id
-from app.models import admin_users
+from app.ops import audit
+from app.ops.audit import Actor
+from app.runtime.executors import FairPool
 from app.schemas import AdminUserCreated
+from app.storage import database
+from app.storage.models import admin_users
 
 MIN_PASSWORD_LENGTH = 12
 # RFC 9106's second recommended setting: 64 MiB, 3 passes.

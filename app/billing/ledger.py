@@ -35,12 +35,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import alerts, budgets, database, rate_limits
-from app.driver import Program, Statement, execute, execute_many, fetch, run_on
-from app.metering import Usage, usd
-from app.models import OPEN_ROWS, ledger, ledger_holds, upstream_attempts
+from app.billing import alerts, budgets, rate_limits
+from app.billing.metering import Usage, usd
 from app.pagination import paginate, split_page
 from app.schemas import RateLimits
+from app.storage import database
+from app.storage.driver import Program, Statement, execute, execute_many, fetch, run_on
+from app.storage.models import OPEN_ROWS, ledger, ledger_holds, upstream_attempts
 
 
 class Opening(msgspec.Struct, kw_only=True):

@@ -7,13 +7,14 @@ from typing import Any
 from sqlalchemy import exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import audit, database, webhooks
-from app.audit import Actor
 from app.errors import Conflict, NotFound
 from app.ids import new_id
-from app.models import tenants
+from app.ops import audit, webhooks
+from app.ops.audit import Actor
 from app.pagination import paginate, split_page
 from app.schemas import Tenant, TenantCreate, TenantPage, TenantUpdate, provided
+from app.storage import database
+from app.storage.models import tenants
 
 
 def _to_api(row: Any) -> Tenant:

@@ -18,12 +18,11 @@ import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import audit, database
-from app.audit import Actor
-from app.driver import Program, Statement, execute, execute_many, fetch, json, run_on
 from app.errors import NotFound
 from app.ids import new_id
-from app.models import webhook_deliveries, webhook_endpoints, webhook_events
+from app.ops import audit
+from app.ops.audit import Actor
+from app.ops.webhook_delivery import check_url
 from app.pagination import paginate, split_page
 from app.schemas import (
     WebhookCreate,
@@ -35,7 +34,9 @@ from app.schemas import (
     WebhookWithSecret,
     provided,
 )
-from app.webhook_delivery import check_url
+from app.storage import database
+from app.storage.driver import Program, Statement, execute, execute_many, fetch, json, run_on
+from app.storage.models import webhook_deliveries, webhook_endpoints, webhook_events
 
 # Consecutive failed attempts after which an endpoint is shown as failing.
 FAILING_AFTER = 5
@@ -72,7 +73,7 @@ async def _fetch(conn: AsyncConnection, webhook_id: str) -> Any:
 
 
 async def _check_tenant(conn: AsyncConnection, tenant_id: str) -> None:
-    from app.tenants import fetch_tenant  # it imports this module
+    from app.access.tenants import fetch_tenant  # it imports this module
 
     await fetch_tenant(conn, tenant_id, param="tenant_id")
 

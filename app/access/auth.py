@@ -19,14 +19,16 @@ from litestar.handlers import BaseRouteHandler
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import budgets, database, key_format
-from app.admin_users import PasswordChecker
-from app.driver import Program, Statement, fetch, json, utc
+from app.access import key_format
+from app.access.admin_users import PasswordChecker
+from app.access.keys import stored_rate_limits
+from app.access.throttle import SignInThrottle
+from app.billing import budgets
 from app.errors import AuthenticationFailed, PermissionDenied
-from app.keys import stored_rate_limits
-from app.models import api_keys, key_secrets, tenants
 from app.schemas import RateLimits
-from app.throttle import SignInThrottle
+from app.storage import database
+from app.storage.driver import Program, Statement, fetch, json, utc
+from app.storage.models import api_keys, key_secrets, tenants
 
 _KEY_HEADERS = ("x-bf-vk", "x-api-key", "api-key")
 _ADMIN_CHALLENGE = {"www-authenticate": 'Basic realm="earmark-admin"'}

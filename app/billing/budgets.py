@@ -20,13 +20,11 @@ from sqlalchemy import and_, bindparam, case, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import audit, database
-from app.audit import Actor
-from app.driver import Program, Statement, execute, fetch
+from app.billing.metering import NANOS_PER_USD, usd
 from app.errors import EarmarkError, InvalidRequest, NotFound
 from app.ids import new_id
-from app.metering import NANOS_PER_USD, usd
-from app.models import UTCDateTime, budget_counters, budgets, ledger_holds
+from app.ops import audit
+from app.ops.audit import Actor
 from app.schemas import (
     Budget,
     BudgetCreate,
@@ -35,6 +33,9 @@ from app.schemas import (
     BudgetUpdate,
     provided,
 )
+from app.storage import database
+from app.storage.driver import Program, Statement, execute, fetch
+from app.storage.models import UTCDateTime, budget_counters, budgets, ledger_holds
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_USD = 1_000_000_000
@@ -321,7 +322,7 @@ def _period_start() -> Any:
 
 def alerting_on_path(key_id: Any, tenant_id: Any) -> Any:
     """A correlated EXISTS: a budget on the key's path has alert thresholds (its calls'
-    settles then look for crossings, app/alerts.py)."""
+    settles then look for crossings, app/billing/alerts.py)."""
     return (
         select(budgets.c.id)
         .where(
@@ -588,7 +589,7 @@ async def create_budget(
     tenant_id: str | None = None,
 ) -> Budget:
     """A budget on a key or a tenant (404 if it does not exist), as the API shows it."""
-    from app import keys, tenants  # they import this module
+    from app.access import keys, tenants  # they import this module
 
     if key_id is not None:
         await keys.get_key(engine, key_id)

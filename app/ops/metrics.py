@@ -30,9 +30,9 @@ from prometheus_client import (
 )
 
 from app import __version__
+from app.billing.metering import NANOS_PER_USD, Usage
 from app.catalog import ModelRoute
 from app.errors import BAD_INPUT, REFUSAL_REASONS
-from app.metering import NANOS_PER_USD, Usage
 from app.request_id import log_access
 from app.settings import MULTIPROC_ENV
 

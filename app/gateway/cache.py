@@ -20,13 +20,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import database
+from app.billing.metering import Usage
 from app.catalog import ModelRoute
 from app.config import CacheConfig
-from app.executors import FairPool
-from app.form import Upload
-from app.metering import Usage
-from app.models import transcription_cache
+from app.gateway.form import Upload
+from app.runtime.executors import FairPool
+from app.storage import database
+from app.storage.models import transcription_cache
 
 HEADER = "x-bf-cache"
 # Fields whose value changes the answer; others (stream, user, …) do not.

@@ -38,13 +38,13 @@ from aiohttp.resolver import ThreadedResolver
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import database
 from app.errors import InvalidRequest
-from app.models import webhook_deliveries, webhook_endpoints, webhook_events
 from app.settings import Webhooks
+from app.storage import database
+from app.storage.models import webhook_deliveries, webhook_endpoints, webhook_events
 
 if TYPE_CHECKING:  # prometheus_client is imported once serve has set its directory
-    from app.metrics import Metrics
+    from app.ops.metrics import Metrics
 
 logger = logging.getLogger("earmark")
 BATCH = 20  # deliveries claimed at once by a process

@@ -18,10 +18,10 @@ import msgspec
 from sqlalchemy import ColumnElement, Date, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import database
+from app.billing.metering import usd
 from app.errors import InvalidRequest
-from app.metering import usd
-from app.models import api_keys, ledger, tenants
+from app.storage import database
+from app.storage.models import api_keys, ledger, tenants
 
 GROUPS = ("tenant", "key", "model", "provider", "day", "month")
 _REFUSED = ("rejected", "released")  # never went upstream: no usage, no cost

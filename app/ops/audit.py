@@ -20,11 +20,11 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import database
 from app.ids import new_id
-from app.models import audit_log
 from app.pagination import MAX_LIMIT, paginate, split_page
 from app.schemas import AuditEntry, AuditPage
+from app.storage import database
+from app.storage.models import audit_log
 
 
 class Actor(msgspec.Struct, frozen=True):

@@ -1,0 +1,1 @@
+"""The process: uvicorn's guarded protocol, thread pools fair between tenants, worker processes."""
