@@ -16,13 +16,12 @@ from litestar.logging.config import LoggingConfig
 
 from app import console, openapi
 from app.access.admin_users import PasswordChecker
-from app.access.auth import require_admin, require_tenant
+from app.access.auth import require_tenant
 from app.access.throttle import SignInThrottle
 from app.audio.sandbox import Sandbox
 from app.catalog import Catalog
 from app.config import load_config, provider_api_keys
 from app.deps import (
-    provide_actor,
     provide_engine,
     provide_gateway,
     provide_principal,
@@ -38,25 +37,16 @@ from app.providers import build_providers
 from app.providers.remote import create_client
 from app.request_id import add_request_id_header
 from app.routes import (
-    admin_audit,
-    admin_budgets,
-    admin_calls,
-    admin_keys,
-    admin_tenants,
-    admin_usage,
-    admin_webhooks,
+    admin,
     audio,
     health,
     metrics,
     tenant,
 )
-from app.routes.params import strict_json_body
 from app.runtime.executors import Executors
 from app.settings import Settings, load_settings
 from app.storage import migrate
 from app.storage.database import create_engine
-
-ADMIN_MAX_BODY_BYTES = 1 << 20  # admin requests are small JSON documents
 
 
 @asynccontextmanager
@@ -115,27 +105,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app_metrics = Metrics(
         tenant_label=settings.metrics_tenant_label, access_log=settings.access_log
     )
-    admin = Router(
-        path="/admin",
-        route_handlers=openapi.with_errors(
-            [
-                *admin_tenants.ROUTES,
-                *admin_keys.ROUTES,
-                *admin_budgets.ROUTES,
-                *admin_usage.ROUTES,
-                *admin_calls.ROUTES,
-                *admin_audit.ROUTES,
-                *admin_webhooks.ROUTES,
-            ],
-            openapi.ADMIN_ERRORS,
-        ),
-        guards=[require_admin],
-        dependencies={"actor": Provide(provide_actor, sync_to_thread=False)},
-        before_request=strict_json_body,
-        request_max_body_size=ADMIN_MAX_BODY_BYTES,
-        tags=["admin"],
-        security=[{"adminToken": []}, {"adminUser": []}],
-    )
     v1 = Router(
         path="/v1",
         route_handlers=[
@@ -154,7 +123,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             *openapi.with_errors([health.healthz, metrics.metrics], ()),
             *openapi.with_errors([health.readyz], (503,)),
-            admin,
+            admin.router(),
             v1,
             openapi.assets_router(),
             *console.router(),
