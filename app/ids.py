@@ -13,7 +13,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # What an id may look like in a request: anything else (NUL bytes, spaces, 10 kB) is a 400
 # before it reaches a query. Loose enough that a mistyped id is still a 404.
 ID_PATTERN = r"^[a-z]{2,8}_[0-9A-Za-z]{1,32}$"
-ID_MAX_LENGTH = 40  # the width of every id column (String(40) in models.py)
+ID_MAX_LENGTH = 40  # the width of every id column (String(40) in storage/models.py)
 
 
 def new_id(prefix: str) -> str:

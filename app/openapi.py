@@ -1,7 +1,7 @@
 """The API as ``/schema/openapi.json`` documents it: what each route really takes and answers.
 
 Litestar documents a handler from its signature. What it cannot see is written here: the
-audio endpoints' multipart form (read by ``form.py``, not by Litestar), the error envelope
+audio endpoints' multipart form (read by ``gateway/form.py``, not by Litestar), the error envelope
 every refusal uses (``errors.py``) with the statuses each group of routes can answer, and
 the example request and answer of each operation (``openapi_examples.py``). ``/schema``
 is Swagger UI served from the ``swagger-ui-bundle-v2`` distribution (Apache-2.0), never
