@@ -127,14 +127,14 @@ def json(value: Any) -> Any:
     return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
 
-_PLAIN = frozenset((str, int, float, bool, bytes, type(None)))  # as sqlite3 takes them
+_PLAIN = frozenset((str, int, float, bool, bytes, type(None)))  # as both drivers take them
 
 
 def _sqlite_value(value: Any) -> Any:
-    if type(value) in _PLAIN:  # most of a call's ~90 values: checked first
-        return value
     if isinstance(value, datetime):  # as SQLAlchemy stores it: naive UTC text, microseconds
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
     if isinstance(value, dict | list):
         return msgspec.json.encode(value).decode()
     return value
@@ -146,18 +146,17 @@ def _postgres_value(value: Any) -> Any:
     return value
 
 
-def _arguments(op_params: Mapping[str, Any], names: list[str], defaults: dict[str, Any]) -> list:
-    return [op_params[name] if name in op_params else defaults.get(name) for name in names]
-
-
 def _bound(
-    store: Store, op: Op, value: Callable[[Any], Any]
+    store: Store, op: Op, convert: Callable[[Any], Any]
 ) -> tuple[str, list[Any] | list[list[Any]]]:
     """The operation's SQL for the store's dialect and its arguments in the driver's form
-    (a list of argument lists for ``execute_many``), traced if asked."""
+    (a list of argument lists for ``execute_many``), traced if asked. Most of a call's
+    ~90 values are plain and go as they are; ``convert`` gets the others."""
     sql, names, defaults = op.statement.compiled(store.dialect)
-    batch = op.params if op.kind == "many" else [op.params]
-    rows = [[value(v) for v in _arguments(params, names, defaults)] for params in batch]
+    rows = []
+    for params in op.params if op.kind == "many" else (op.params,):
+        args = [params[name] if name in params else defaults.get(name) for name in names]
+        rows.append([a if type(a) in _PLAIN else convert(a) for a in args])
     if store.trace:
         for args in rows:
             store.trace(sql, args)
