@@ -157,11 +157,15 @@ async def ledger_invariants(url: str) -> None:
 
 
 async def empty_database(url: str) -> None:
+    """Every row deleted: on a test's few rows a DELETE takes ~5 ms where a TRUNCATE, which
+    makes each table's files anew, takes ~80. As a replica would, so that no trigger runs
+    (the audit log's append-only guard, the foreign keys' checks)."""
     engine = create_engine(url)
     try:
-        names = ", ".join(table.name for table in Base.metadata.sorted_tables)
         async with write(engine) as conn:
-            await conn.execute(text(f"TRUNCATE {names} CASCADE"))
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            for table in Base.metadata.sorted_tables:
+                await conn.execute(table.delete())
     finally:
         await engine.dispose()
 
