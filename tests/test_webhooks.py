@@ -27,7 +27,8 @@ from app.billing import budgets
 from app.ops import webhooks
 from app.ops.audit import Actor
 from app.ops.metrics import Metrics
-from app.ops.webhook_delivery import BATCH, Deliverer, RefusedTarget, _PublicOnly
+from app.ops.webhook_delivery import BATCH, Deliverer, _PublicOnly
+from app.ops.webhook_targets import RefusedTarget
 from app.schemas import BudgetCreate, KeyCreate, KeyUpdate, TenantCreate, WebhookCreate
 from app.settings import Webhooks
 from app.storage import database

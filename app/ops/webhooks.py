@@ -22,7 +22,7 @@ from app.errors import NotFound
 from app.ids import new_id
 from app.ops import audit
 from app.ops.audit import Actor
-from app.ops.webhook_delivery import check_url
+from app.ops.webhook_targets import check_url
 from app.pagination import paginate, split_page
 from app.schemas import (
     WebhookCreate,
