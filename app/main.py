@@ -27,7 +27,7 @@ from app.deps import (
     provide_principal,
     provide_settings,
 )
-from app.errors import EXCEPTION_HANDLERS
+from app.envelope import EXCEPTION_HANDLERS
 from app.gateway.call import Gateway
 from app.ops.journal import Journal
 from app.ops.metrics import Metrics

@@ -2,7 +2,7 @@
 
 Litestar documents a handler from its signature. What it cannot see is written here: the
 audio endpoints' multipart form (read by ``gateway/form.py``, not by Litestar), the error envelope
-every refusal uses (``errors.py``) with the statuses each group of routes can answer, and
+every refusal uses (``envelope.py``) with the statuses each group of routes can answer, and
 the example request and answer of each operation (``openapi_examples.py``). ``/schema``
 is Swagger UI served from the ``swagger-ui-bundle-v2`` distribution (Apache-2.0), never
 from a CDN, so it renders on an air-gapped host.

@@ -26,7 +26,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.errors import EarmarkError, InvalidRequest, error_response
+from app.envelope import error_response
+from app.errors import EarmarkError, InvalidRequest
 from app.gateway import cache
 from app.storage import database
 from app.storage.models import OPEN, idempotency_keys, ledger

@@ -6,7 +6,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 from sqlalchemy import exc
 
-from app.errors import error_response
+from app.envelope import error_response
 from app.storage import migrate
 
 

@@ -9,7 +9,8 @@ import msgspec
 from litestar import Request
 from litestar.params import Parameter, QueryParameter
 
-from app.errors import InvalidRequest, body_param
+from app.envelope import body_param
+from app.errors import InvalidRequest
 from app.ids import ID_MAX_LENGTH, ID_PATTERN
 from app.pagination import MAX_LIMIT
 
