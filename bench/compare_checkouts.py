@@ -4,14 +4,16 @@ This machine's speed drifts by more than most changes move Earmark (the pass-thr
 CPU per call has measured 1.4 ms and 2.5 ms on one day), so two runs of
 ``bench.gateway_overhead`` minutes apart cannot compare two versions. This starts one
 fast provider and two `earmark serve` (one worker each, its own SQLite file, a key budget
-and a tenant budget on the path, metrics on), one from each checkout, then in every round
+and a tenant budget on the path, metrics on; with ``--postgres``, a fresh PostgreSQL
+database each, dropped after), one from each checkout, then in every round
 gives each a few seconds of 16 clients (which goes first alternates) and 100 sequential
 calls interleaved, and reports per round the other checkout's CPU per call, req/s and
 sequential p50 as ratios of this one's, with their medians.
 
     git worktree add /tmp/base HEAD~1
     (cd /tmp/base && python setup.py build_ext --inplace)
-    python -m bench.compare_checkouts /tmp/base [--rounds 8] [--seconds 3]
+    python -m bench.compare_checkouts /tmp/base [--rounds 8] [--seconds 3] \
+        [--postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
 
 A ratio under 1 means this checkout costs less than ``base``.
 """
@@ -19,6 +21,7 @@ A ratio under 1 means this checkout costs less than ``base``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import uvloop
 
+from app.storage.migrate import upgrade
 from bench import load
 from bench.gateway_overhead import (
     FORM,
@@ -41,6 +45,7 @@ from bench.gateway_overhead import (
     throughput,
     wait_ready,
 )
+from bench.reservation import drop, postgres_database
 from tests.processes import free_port
 
 HERE = Path(__file__).resolve().parent.parent
@@ -52,6 +57,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3, help="each throughput slice")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--postgres",
+        metavar="SERVER_URL",
+        help="a PostgreSQL server to create a database on for each checkout (dropped after)",
+    )
     args = parser.parse_args()
     checkouts = {"base": args.base.resolve(), "this": HERE}
 
@@ -70,7 +80,12 @@ def main() -> None:
         urls = {}
         for name, checkout in checkouts.items():
             port = free_port()
-            env = earmark_setup(work, provider, f"sqlite+aiosqlite:///{work / name}.db")
+            database_url = f"sqlite+aiosqlite:///{work / name}.db"
+            if args.postgres:
+                database, database_url = asyncio.run(postgres_database(args.postgres))
+                stack.callback(asyncio.run, drop(args.postgres, database))
+                upgrade(database_url)
+            env = earmark_setup(work, provider, database_url)
             # `python -m app` imports the package of the directory it runs in.
             processes[name] = start(serve_command(port), env, work / f"{name}.log", cwd=checkout)
             urls[name] = f"http://127.0.0.1:{port}"
@@ -101,7 +116,11 @@ def main() -> None:
             for name in checkouts:
                 p50[name].append(statistics.median(times[name]))
 
-    report: dict[str, object] = {"base": str(checkouts["base"]), "rounds": args.rounds}
+    report: dict[str, object] = {
+        "base": str(checkouts["base"]),
+        "database": "postgresql" if args.postgres else "sqlite",
+        "rounds": args.rounds,
+    }
     for label, values in (("cpu_per_call", cpu), ("rps", rps), ("sequential_p50", p50)):
         ratios = [this / base for this, base in zip(values["this"], values["base"], strict=True)]
         report[f"{label}_this_over_base"] = [round(r, 3) for r in ratios]

@@ -13,7 +13,7 @@ from sqlalchemy import exc as sql_errors
 from sqlalchemy import text
 
 from app.storage.database import create_engine, store, write
-from app.storage.driver import Statement, execute, fetch
+from app.storage.driver import POSTGRES_POOL_SIZE, Statement, execute, fetch
 
 pytestmark = pytest.mark.anyio
 
@@ -185,5 +185,87 @@ async def test_sqlite_store_write_that_cannot_open_the_database_fails(tmp_path):
         writes = [store(engine).write(lambda n=n: (yield execute(_INSERT, n=n))) for n in range(3)]
         results = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 10)
         assert all(isinstance(result, sql_errors.OperationalError) for result in results)
+    finally:
+        await engine.dispose()
+
+
+_BACKEND = Statement(
+    sa.text("SELECT pg_backend_pid() AS pid, pg_sleep(:seconds) IS NULL AS slept").columns(
+        pid=sa.Integer, slept=sa.Boolean
+    )
+)
+
+
+async def _backend(engine, seconds: float = 0) -> int:
+    ((pid, _),) = await store(engine).alone(lambda: (yield fetch(_BACKEND, seconds=seconds)))
+    return pid
+
+
+@pytest.mark.postgres
+async def test_postgres_store_lends_each_connection_to_one_operation_at_a_time(
+    migrated_postgres: str,
+):
+    """More operations at once than connections: each waits for one, none shares one, and
+    the process never holds more than its pool's size."""
+    engine = create_engine(migrated_postgres)
+    try:
+        pids = await asyncio.wait_for(
+            asyncio.gather(*(_backend(engine, 0.05) for _ in range(4 * POSTGRES_POOL_SIZE))), 30
+        )
+        assert len(set(pids)) == POSTGRES_POOL_SIZE
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_store_keeps_every_place_usable_through_cancels_and_dropped_connections(
+    migrated_postgres: str,
+):
+    """A statement cancelled mid-way, waiters cancelled in the queue and connections the
+    server closed leave every place usable; an error the server answered keeps its
+    connection."""
+    engine = create_engine(migrated_postgres)
+    try:
+        await _fresh_items(engine)
+        insert = lambda: (yield execute(_INSERT, n=1))  # noqa: E731
+        await store(engine).alone(insert)
+        first = await _backend(engine)
+        with pytest.raises(sql_errors.IntegrityError):
+            await store(engine).alone(insert)
+        assert await _backend(engine) == first  # the server answered: still usable
+
+        sleeping = asyncio.ensure_future(_backend(engine, 30))
+        await asyncio.sleep(0.3)
+        sleeping.cancel()
+        busy = [asyncio.ensure_future(_backend(engine, 0.3)) for _ in range(POSTGRES_POOL_SIZE)]
+        waiting = [asyncio.ensure_future(_backend(engine)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        for waiter in waiting[:2]:
+            waiter.cancel()
+        pids = await asyncio.wait_for(asyncio.gather(*busy, waiting[2]), 30)
+        assert len(set(pids[:-1])) == POSTGRES_POOL_SIZE
+
+        # A waiter cancelled just after it was handed a connection passes it on.
+        pool = store(engine)._pool()
+        lent = [await pool.acquire() for _ in range(POSTGRES_POOL_SIZE)]
+        late = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.05)
+        pool.release(lent.pop(), None)
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        lent.append(await asyncio.wait_for(pool.acquire(), 5))
+        for conn in lent:
+            pool.release(conn, None)
+
+        async with engine.connect() as conn:  # the server ends every connection the store has
+            await conn.execute(
+                text("SELECT pg_terminate_backend(p) FROM unnest(CAST(:pids AS int[])) AS p"),
+                {"pids": list(set(pids))},
+            )
+        await asyncio.sleep(0.3)
+        again = [_backend(engine, 0.05) for _ in range(2 * POSTGRES_POOL_SIZE)]
+        fresh = await asyncio.wait_for(asyncio.gather(*again), 30)
+        assert not set(fresh) & set(pids)
     finally:
         await engine.dispose()
