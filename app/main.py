@@ -119,12 +119,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         tags=["tenant"],
         security=[{"virtualKey": []}],
     )
+    uploads = Router(
+        path="/v1",
+        route_handlers=openapi.with_errors(audio.UPLOADS, openapi.AUDIO_ERRORS),
+        tags=["tenant"],
+        security=[{"virtualKey": []}],
+    )
     return Litestar(
         route_handlers=[
             *openapi.with_errors([health.healthz, metrics.metrics], ()),
             *openapi.with_errors([health.readyz], (503,)),
             admin.router(),
             v1,
+            uploads,
             openapi.assets_router(),
             *console.router(),
         ],
