@@ -156,6 +156,15 @@ def _counting_refusals(handler: Handler) -> Handler:
     return counted
 
 
+def response_for(request: Request, error: Exception) -> Response[dict[str, Any]]:
+    """The answer ``EXCEPTION_HANDLERS`` give ``error``, for a path Litestar does not route
+    (``routes.audio.lean_uploads``): the handler of its nearest class."""
+    for kind in type(error).__mro__:
+        if (handler := EXCEPTION_HANDLERS.get(kind)) is not None:
+            return handler(request, error)
+    raise error
+
+
 EXCEPTION_HANDLERS = {
     error: _counting_refusals(handler)
     for error, handler in [

@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         tags=["tenant"],
         security=[{"virtualKey": []}],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *openapi.with_errors([health.healthz, metrics.metrics], ()),
             *openapi.with_errors([health.readyz], (503,)),
@@ -155,3 +155,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi.config(),
         template_config=console.template_config(),
     )
+    app.asgi_handler = audio.lean_uploads(app.asgi_handler, app_metrics)
+    return app
