@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.conftest import ADMIN
+from app.routes import audio
+from tests.conftest import ADMIN, bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -72,3 +73,27 @@ async def test_openapi_documents_the_admin_and_tenant_api(client):
         key_create["properties"]
     )
     assert set(spec["components"]["securitySchemes"]) == {"virtualKey", "adminToken", "adminUser"}
+
+
+async def test_an_upload_that_fails_unexpectedly_is_a_500_envelope(client, key, monkeypatch):
+    """Uploads are answered below Litestar's routing (``routes.audio.lean_uploads``): a bug
+    there still gets the error envelope, the request id and its count in the metrics, and
+    says nothing of itself."""
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a secret detail of the bug")
+
+    monkeypatch.setattr(audio, "handle_call", broken)
+    response = await client.post(
+        "/v1/audio/transcriptions",
+        headers=bearer(key["secret"]),
+        data={"model": "whisper-1"},
+        files={"file": ("speech.wav", b"RIFF", "audio/wav")},
+    )
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "api_error"
+    assert "secret detail" not in response.text
+    assert response.headers["x-request-id"].startswith("req_")
+    metrics = (await client.get("/metrics")).text
+    counted = 'route="/v1/audio/transcriptions",status="500"} 1.0'
+    assert any(line.endswith(counted) for line in metrics.splitlines()), metrics

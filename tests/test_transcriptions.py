@@ -188,6 +188,28 @@ def test_translations(gateway, fmt):
     assert call["status"] == "succeeded"
 
 
+@pytest.mark.parametrize("operation", ["transcriptions", "translations"])
+def test_a_path_the_lean_handler_leaves_to_the_router_is_the_same_call(gateway, operation):
+    """Uploads are answered below Litestar's routing (``routes.audio.lean_uploads``); a
+    path it does not match exactly (a trailing slash) goes through the router to the same
+    call, forwarded, answered and billed alike."""
+    key = gateway.new_key()
+    for path in (f"/v1/audio/{operation}", f"/v1/audio/{operation}/"):
+        response = gateway.http.post(
+            path,
+            headers={"authorization": f"Bearer {key['secret']}"},
+            data={"model": "openai/whisper-1"},
+            files={"file": ("speech.wav", SPEECH.read_bytes(), "audio/wav")},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["text"] == TEXT
+        assert gateway.upstream_requests()[-1]["path"] == f"/v1/audio/{operation}"
+    first, second = gateway.calls(key)
+    for field in ("endpoint", "status", "audio_ms", "cost_usd"):
+        assert first[field] == second[field], field
+    assert first["endpoint"] == operation.removesuffix("s")
+
+
 @pytest.mark.parametrize("ext", ["flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm"])
 def test_every_audio_format_is_forwarded_and_probed(gateway, ext):
     key = gateway.new_key()

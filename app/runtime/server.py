@@ -98,7 +98,10 @@ class _Lingering:
         self._protocol._close()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        value = getattr(self._transport, name)
+        if callable(value):  # a method (write, is_closing...): looked up once a connection
+            setattr(self, name, value)
+        return value
 
 
 class GuardedProtocol(HttpToolsProtocol):
