@@ -64,13 +64,13 @@ async def sequential(targets: dict[str, tuple[str, bytes]], n: int) -> dict[str,
     times: dict[str, list[float]] = {name: [] for name in targets}
     for name, (_, request) in targets.items():  # warm up connections and caches
         for _ in range(5):
-            _check(await connections[name].post(request), name)
+            check(await connections[name].post(request), name)
     for _ in range(n):
         for name, (_, request) in targets.items():
             started = time.perf_counter()
             status = await connections[name].post(request)
             times[name].append((time.perf_counter() - started) * 1000)
-            _check(status, name)
+            check(status, name)
     for connection in connections.values():
         connection.close()
     return times
@@ -88,7 +88,7 @@ async def concurrent(url: str, request: bytes, clients: int, seconds: float) -> 
                 started = time.perf_counter()
                 status = await connection.post(request)
                 times.append((time.perf_counter() - started) * 1000)
-                _check(status, url)
+                check(status, url)
         finally:
             connection.close()
 
@@ -108,6 +108,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _check(status: int, target: str) -> None:
+def check(status: int, target: str) -> None:
     if status != 200:
         raise SystemExit(f"{target} answered {status}")

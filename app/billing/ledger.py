@@ -386,10 +386,7 @@ async def mark_sent(engine: AsyncEngine, call_id: str) -> bool:
     whole request (the sweeper then charges a lost call instead of releasing it). False if
     the row is no longer open: nothing more may be sent for it."""
     now = database.utcnow()
-    store = database.store(engine)
-    # On SQLite a commit costs more than the statement: it joins the loop turn's.
-    run = store.write if store.dialect.name == "sqlite" else store.alone
-    return bool(await run(lambda: _marking_sent(call_id, now)))
+    return bool(await database.store(engine).alone(lambda: _marking_sent(call_id, now)))
 
 
 def _marking_sent(call_id: str, now: datetime) -> Program[int]:
