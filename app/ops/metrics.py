@@ -53,6 +53,26 @@ UPSTREAM_ERROR_KINDS = (
 _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
 
 
+class _Pid:
+    """This process's id, kept: multiprocess mode asks for it on every increment, to
+    notice a fork, and ``os.getpid`` is a system call (20 of them a call, by strace)."""
+
+    value = os.getpid()
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.value = os.getpid()
+
+    @classmethod
+    def current(cls) -> int:
+        return cls.value
+
+
+os.register_at_fork(after_in_child=_Pid.forked)
+if getattr(values.ValueClass, "_multiprocess", False):
+    values.ValueClass = values.MultiProcessValue(process_identifier=_Pid.current)
+
+
 class Metrics:
     """The process's metrics. One per app; ``render()`` is what ``/metrics`` serves."""
 
