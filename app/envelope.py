@@ -128,12 +128,14 @@ def handle_database_error(request: Request, exc: Exception) -> Response[dict[str
     anything, that nothing was sent; an answer it got is settled from the journal.)"""
     if not database_unavailable(exc):
         return handle_unexpected(request, exc)
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    path = request.scope["path"]
+    logger.warning("database unavailable on %s %s: %s", request.method, path, exc)
     return handle_earmark_error(request, DatabaseUnavailable())
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    path = request.scope["path"]
+    logger.exception("unhandled error on %s %s", request.method, path, exc_info=exc)
     return error_response(
         500, "The gateway failed to process this request.", error_type="api_error"
     )
@@ -148,7 +150,7 @@ def _counting_refusals(handler: Handler) -> Handler:
 
     def counted(request: Request, exc: Any) -> Response[dict[str, Any]]:
         response = handler(request, exc)
-        if 400 <= response.status_code < 500 and request.url.path.startswith("/v1/"):
+        if 400 <= response.status_code < 500 and request.scope["path"].startswith("/v1/"):
             reason = REFUSAL_REASONS.get(response.status_code, BAD_INPUT)
             request.app.state.metrics.refusals.labels(reason).inc()
         return response

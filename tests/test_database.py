@@ -7,11 +7,13 @@ import sqlite3
 import subprocess
 import sys
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import exc as sql_errors
 from sqlalchemy import text
 
+from app.storage import driver
 from app.storage.database import create_engine, store, write
 from app.storage.driver import POSTGRES_POOL_SIZE, Statement, execute, fetch
 
@@ -269,3 +271,36 @@ async def test_postgres_store_keeps_every_place_usable_through_cancels_and_dropp
         assert not set(fresh) & set(pids)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_store_replaces_a_connection_left_idle_too_long(
+    migrated_postgres: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A firewall may drop an idle connection without a word: one idle past
+    ``IDLE_SECONDS`` is closed and a new one opened, not a statement left to time out."""
+    engine = create_engine(migrated_postgres)
+    try:
+        first = await _backend(engine)
+        assert await _backend(engine) == first
+        monkeypatch.setattr(driver._Connections, "IDLE_SECONDS", 0)
+        assert await _backend(engine) != first
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_closed_postgres_store_refuses_and_wakes_its_waiters(migrated_postgres: str):
+    engine = create_engine(migrated_postgres)
+    pool = store(engine)._pool()
+    lent = [await pool.acquire() for _ in range(POSTGRES_POOL_SIZE)]
+    waiting = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.05)
+    await engine.dispose()
+    with pytest.raises(asyncpg.InterfaceError):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(asyncpg.InterfaceError):
+        await pool.acquire()
+    for conn in lent:  # what was lent when it closed comes back closed, and stays so
+        pool.release(conn, None)
+        assert conn.is_closed()

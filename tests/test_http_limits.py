@@ -302,3 +302,24 @@ def test_a_client_still_uploading_reads_its_refusal(server, size):
         return [(answer.status_code, answer.headers.get("connection")) for answer in answers]
 
     assert asyncio.run(refused()) == [(401, "close")] * 20
+
+
+@pytest.mark.parametrize("host", [b"h:abc", b"h:99999", b"a b", b"[::1", b"h:80:80"])
+def test_a_host_header_no_url_can_carry_is_a_400(server, host):
+    """A request URL is built from the Host header: one with a port of ``abc`` made the
+    framework's URL parser raise, a bare 500 (and a traceback in the log) for anyone."""
+    for path in (b"/v1/audio/transcriptions", b"/v1/audio/transcriptions/", b"/v1/quota"):
+        with _connect(server) as sock:
+            sock.sendall(b"POST " + path + b" HTTP/1.1\r\nhost: " + host + b"\r\n\r\n")
+            data, _ = _answer(sock)
+        assert data.startswith(b"HTTP/1.1 400 "), (path, data)
+        assert b'"type":"invalid_request_error"' in data
+    _healthy_meanwhile(server)
+
+
+@pytest.mark.parametrize("host", [b"example.com:443", b"[::1]:8080", b"10.0.0.1", b"h:"])
+def test_a_host_header_a_url_can_carry_reaches_the_app(server, host):
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: " + host + b"\r\n\r\n")
+        data, _ = _answer(sock)
+    assert data.startswith(b"HTTP/1.1 401 "), data

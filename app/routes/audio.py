@@ -65,12 +65,12 @@ async def answer(request: Request) -> Response[Any]:
     principal = await authenticate_tenant(
         state.engine, state.settings.key_pepper, presented_key(headers)
     )
+    # transcriptions | translations, as OpenAI names them in the URL
+    operation = request.scope["path"].rstrip("/").rsplit("/", 1)[-1]
     call = CallRequest(
         request_id=request_id(request.scope),
         principal=principal,
-        operation=request.scope["path"]
-        .rstrip("/")
-        .rsplit("/", 1)[-1],  # transcriptions, translations
+        operation=operation,
         body=body_chunks(request.receive),
         content_type=headers.get("content-type"),
         content_length=headers.get("content-length"),
@@ -93,10 +93,10 @@ def lean_uploads(routed: ASGIApp, metrics: Metrics) -> ASGIApp:
     async def upload(scope: Scope, receive: Receive, send: Send) -> None:
         request: Request[Any, Any, Any] = Request(scope, receive, send)
         try:
-            response = await answer(request)
+            answered = (await answer(request)).to_asgi_response(None, request)
         except Exception as error:
-            response = response_for(request, error)
-        await response.to_asgi_response(None, request)(scope, receive, send)
+            answered = response_for(request, error).to_asgi_response(None, request)
+        await answered(scope, receive, send)
 
     measured = metrics.middleware(upload)
 

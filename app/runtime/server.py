@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import time
 from asyncio import TimerHandle, Transport
@@ -42,7 +43,16 @@ MAX_PIPELINED = 16  # requests waiting behind the one being answered
 LINGER_SECONDS = 5.0  # a closing connection drains what the client still sends ...
 LINGER_BYTES = MAX_FILE_BYTES + (1 << 20)  # ... up to a whole refused upload
 _HEAD_SLACK = 64 << 10  # raw bytes an unfinished head may span beyond the header cap
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Busy"}
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Busy",
+}
+# A Host header as a URL carries it: a name, an IPv4 or a bracketed IPv6 address, and a port
+# of at most five digits. A request URL built from any other (a port of `abc` or 99999)
+# raises in the framework's URL parser: a 500 for whoever sends it.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z!$&'()*+,;=\-._~%]*)(?::([0-9]{0,5}))?")
 # Its socket, a spooled upload, an upstream connection, and a refused one lingering.
 FILES_PER_CONNECTION = 4
 FILES_RESERVED = 64
@@ -86,6 +96,11 @@ def _raw_response(status: int, message: str) -> bytes:
         + ("retry-after: 1\r\n" if status == 503 else "")
         + f"\r\n{body}"
     ).encode()
+
+
+def _valid_host(value: bytes) -> bool:
+    match = _HOST.fullmatch(value)
+    return match is not None and int(match[1] or 0) <= 65535
 
 
 class _Lingering:
@@ -199,6 +214,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._refused or not self._within_header_limits(len(name) + len(value), 1):
+            return
+        if len(name) == 4 and name.lower() == b"host" and not _valid_host(value):
+            self._refuse(400, "The Host header is not a host name or address and a port.")
             return
         super().on_header(name, value)
 

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque, namedtuple
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -416,31 +417,40 @@ def _resolve(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None
 
 class _Connections:
     """One event loop's asyncpg connections for the call path, each lent to one operation
-    at a time. asyncpg's own pool costs ~45 µs of CPU per acquire and release (its
+    at a time. asyncpg's own pool costs ~40 µs of CPU per acquire and release (its
     holders, queue and reset), as much as half a statement's round trip; lending from a
     list costs almost nothing. A connection that a failure may have left mid-protocol
     (anything but an error the server answered, or still in a transaction) is closed, not
-    lent again, and its place is free for a new one."""
+    lent again, and its place is free for a new one; so is one left idle for
+    ``IDLE_SECONDS`` (a firewall may have dropped it without a word)."""
+
+    IDLE_SECONDS = 300
 
     def __init__(self, dsn: str, size: int) -> None:
         self.dsn, self.size = dsn, size
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []  # with when each was put back
         self._all: set[Any] = set()
         self._opening = 0
+        self._closed = False
         # Each waiter gets a connection, or None: a place is free, open one.
         self._waiters: deque[asyncio.Future[Any]] = deque()
 
     async def acquire(self) -> Any:
+        first = True
         while True:
+            if self._closed:
+                raise asyncpg.InterfaceError("the call path's connections are closed")
             while self._idle:
-                conn = self._idle.pop()
-                if not conn.is_closed():
+                conn, since = self._idle.pop()
+                if not conn.is_closed() and time.monotonic() - since < self.IDLE_SECONDS:
                     return conn
-                self._all.discard(conn)
+                self._drop(conn)
             if len(self._all) + self._opening < self.size:
                 return await self._open()
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            # One woken for a free place that another took meanwhile keeps its turn.
+            (self._waiters.append if first else self._waiters.appendleft)(waiter)
+            first = False
             try:
                 conn = await waiter
             except asyncio.CancelledError:
@@ -460,16 +470,22 @@ class _Connections:
             raise
         self._opening -= 1
         self._all.add(conn)
+        if self._closed:
+            self._drop(conn)
+            raise asyncpg.InterfaceError("the call path's connections are closed")
         return conn
 
     def release(self, conn: Any, error: BaseException | None) -> None:
         clean = error is None or isinstance(error, asyncpg.PostgresError)
-        if clean and not conn.is_closed() and not conn.is_in_transaction():
+        if clean and not self._closed and not conn.is_closed() and not conn.is_in_transaction():
             self._hand_on(conn)
             return
+        self._drop(conn)
+        self._hand_on(None)
+
+    def _drop(self, conn: Any) -> None:
         self._all.discard(conn)
         conn.terminate()
-        self._hand_on(None)
 
     def _hand_on(self, conn: Any) -> None:
         """To the first waiter still waiting, or back to the idle list."""
@@ -479,13 +495,19 @@ class _Connections:
                 waiter.set_result(conn)
                 return
         if conn is not None:
-            self._idle.append(conn)
+            self._idle.append((conn, time.monotonic()))
 
     def terminate(self) -> None:
+        """Close every connection, lent or not; waiting or later acquires fail."""
+        self._closed = True
         for conn in self._all:
             conn.terminate()
         self._all.clear()
         self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # it finds the pool closed
 
 
 class PostgresStore(Store):
@@ -532,11 +554,9 @@ class PostgresStore(Store):
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
             asyncpg.InternalClientError,  # a connection left mid-operation by a failure
-            OSError,
+            OSError,  # TimeoutError too: connecting, or a statement, took too long
         ) as error:
             raise _sqlalchemy_error(error) from error
-        except TimeoutError as error:  # connecting, or a statement, took too long
-            raise sql_errors.OperationalError("", None, error) from error  # type: ignore[arg-type]
 
     async def _steps(self, conn: Any, program: Program[T]) -> T:
         async def perform(op: Op) -> Any:
