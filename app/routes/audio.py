@@ -88,7 +88,9 @@ def lean_uploads(routed: ASGIApp, metrics: Metrics) -> ASGIApp:
     tenth of the gateway's CPU on a call (py-spy at 16 clients), and an upload needs none
     of them. What it does need is kept: the same metrics and access log
     (``Metrics.middleware``), the same error envelopes (``envelope.response_for``) and
-    Litestar's ``before_send`` hooks, which wrap this handler."""
+    Litestar's ``before_send`` hooks, which wrap this handler. Middleware or app-level
+    settings added later (CORS, allowed hosts, compression) do not see these two paths
+    unless they are added here too."""
 
     async def upload(scope: Scope, receive: Receive, send: Send) -> None:
         request: Request[Any, Any, Any] = Request(scope, receive, send)
