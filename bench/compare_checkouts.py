@@ -21,7 +21,6 @@ A ratio under 1 means this checkout costs less than ``base``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -32,11 +31,11 @@ from pathlib import Path
 
 import uvloop
 
-from app.storage.migrate import upgrade
 from bench import load
 from bench.gateway_overhead import (
     FORM,
     earmark_setup,
+    fresh_database,
     metered_key,
     multipart,
     serve_command,
@@ -45,7 +44,6 @@ from bench.gateway_overhead import (
     throughput,
     wait_ready,
 )
-from bench.reservation import drop, postgres_database
 from tests.processes import free_port
 
 HERE = Path(__file__).resolve().parent.parent
@@ -80,11 +78,7 @@ def main() -> None:
         urls = {}
         for name, checkout in checkouts.items():
             port = free_port()
-            database_url = f"sqlite+aiosqlite:///{work / name}.db"
-            if args.postgres:
-                database, database_url = asyncio.run(postgres_database(args.postgres))
-                stack.callback(asyncio.run, drop(args.postgres, database))
-                upgrade(database_url)
+            database_url = fresh_database(stack, work, name, args.postgres)
             env = earmark_setup(work, provider, database_url)
             # `python -m app` imports the package of the directory it runs in.
             processes[name] = start(serve_command(port), env, work / f"{name}.log", cwd=checkout)

@@ -92,6 +92,17 @@ def earmark_setup(work: Path, provider: str, database_url: str) -> dict[str, str
     )
 
 
+def fresh_database(stack: ExitStack, work: Path, name: str, postgres: str | None) -> str:
+    """A migrated database for one server: a new SQLite file in ``work``, or with
+    ``postgres`` a new database on that PostgreSQL server, dropped when ``stack`` closes."""
+    if not postgres:
+        return f"sqlite+aiosqlite:///{work / name}.db"
+    database, url = asyncio.run(postgres_database(postgres))
+    stack.callback(asyncio.run, drop(postgres, database))
+    upgrade(url)
+    return url
+
+
 def serve_command(port: int) -> list[str]:
     return [sys.executable, "-m", "app", "serve", "--port", str(port), "--log-level", "warning"]
 
@@ -224,13 +235,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="earmark-bench-"))
     provider_port, pass_port, earmark_port = free_port(), free_port(), free_port()
     provider = f"http://127.0.0.1:{provider_port}"
-    database_url = args.database_url or f"sqlite+aiosqlite:///{work / 'earmark.db'}"
     python = sys.executable
     with ExitStack() as stack:
-        if args.postgres:
-            database, database_url = asyncio.run(postgres_database(args.postgres))
-            stack.callback(asyncio.run, drop(args.postgres, database))
-            upgrade(database_url)
+        database_url = args.database_url or fresh_database(stack, work, "earmark", args.postgres)
         env = earmark_setup(work, provider, database_url)
         processes = {
             "provider": start(

@@ -28,16 +28,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Coroutine
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
-from app.storage.migrate import upgrade
 from bench import load
 from bench.gateway_overhead import (
     FORM,
     earmark_setup,
+    fresh_database,
     metered_key,
     multipart,
     serve_command,
@@ -45,7 +47,6 @@ from bench.gateway_overhead import (
     start,
     wait_ready,
 )
-from bench.reservation import drop, postgres_database
 from tests.processes import free_port
 
 HERE = Path(__file__).resolve().parent.parent
@@ -55,10 +56,10 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-def _counted(pid: int, out: Path, run: object) -> int:
+def _counted(pid: int, out: Path, run: Coroutine[Any, Any, None]) -> int:
     """Instructions the process executes while ``run`` (a coroutine) runs."""
     _control(pid, "--zero")
-    uvloop.run(run)  # type: ignore[arg-type]
+    uvloop.run(run)
     before = set(out.parent.glob(f"{out.name}*"))
     _control(pid, "--dump")
     (dump,) = set(out.parent.glob(f"{out.name}*")) - before
@@ -113,11 +114,7 @@ def main() -> None:
         wait_ready(provider, provider_process, work / "provider.log")
         for index, (name, checkout) in enumerate(checkouts.items()):
             port, out = free_port(), work / f"{index}.callgrind"
-            database_url = f"sqlite+aiosqlite:///{work / str(index)}.db"
-            if args.postgres:
-                database, database_url = asyncio.run(postgres_database(args.postgres))
-                stack.callback(asyncio.run, drop(args.postgres, database))
-                upgrade(database_url)
+            database_url = fresh_database(stack, work, str(index), args.postgres)
             env = earmark_setup(work, provider, database_url)
             valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
             command = [*valgrind, f"--callgrind-out-file={out}", *serve_command(port)]
