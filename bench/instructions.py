@@ -5,7 +5,7 @@ On this machine a server's CPU time per call drifts by more than most changes mo
 ±15%), and it has no hardware counters for ``perf``. Callgrind counts the instructions
 the gateway process executes in user space (Python, its C extensions, SQLite, asyncpg,
 libc; not the kernel's work in system calls, not waits), the same from run to run within
-a fraction of a percent. So this starts one fake provider and, for this checkout and
+about 1%. So this starts one fake provider and, for this checkout and
 optionally others, ``earmark serve`` under ``valgrind --tool=callgrind`` (counting off
 while it starts), a key budget and a tenant budget on the path, metrics on; then for
 each: warm-up calls, counters zeroed, ``--calls`` sequential calls of 100 KB of speech,
