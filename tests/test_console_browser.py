@@ -71,13 +71,23 @@ class Admin:
         """Click the button or link ``text`` names and, if it leads to another page, wait
         until that page has replaced this one: a click returns before the next page loads,
         and what is read of the old page meanwhile is stale (a busy machine showed it)."""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
         page = self.find("html")
-        self.browser.find_element(
-            self.by.XPATH, f"//button[normalize-space()={text!r}] | //a[normalize-space()={text!r}]"
-        ).click()
+        target = f"//button[normalize-space()={text!r}] | //a[normalize-space()={text!r}]"
+        for attempt in range(3):
+            try:
+                self.browser.find_element(self.by.XPATH, target).click()
+                break
+            except WebDriverException as error:
+                # Chromium lost the node between finding and clicking it (a busy machine
+                # showed "Node with given id does not belong to the document"): the
+                # click never happened, so find the button again.
+                lost = "does not belong to the document" in str(error) or "stale" in str(error)
+                if not lost or attempt == 2:
+                    raise
         if navigates:
             WebDriverWait(self.browser, 30).until(expected_conditions.staleness_of(page))
         self.check_page()
