@@ -75,10 +75,10 @@ class Admin:
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
-        page = self.find("html")
         target = f"//button[normalize-space()={text!r}] | //a[normalize-space()={text!r}]"
         for attempt in range(3):
             try:
+                page = self.find("html")  # the page the click leaves, once it lands
                 self.browser.find_element(self.by.XPATH, target).click()
                 break
             except WebDriverException as error:
