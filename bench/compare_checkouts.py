@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,10 +31,10 @@ import uvloop
 
 from bench import load
 from bench.gateway_overhead import (
-    FORM,
     earmark_setup,
+    fast_provider,
     fresh_database,
-    metered_key,
+    metered_request,
     multipart,
     serve_command,
     speech_wav,
@@ -64,17 +62,10 @@ def main() -> None:
     checkouts = {"base": args.base.resolve(), "this": HERE}
 
     work = Path(tempfile.mkdtemp(prefix="earmark-compare-"))
-    provider_port = free_port()
-    provider = f"http://127.0.0.1:{provider_port}"
     body = multipart(speech_wav(100_000), "whisper-1")
     with ExitStack() as stack:
-        processes = {
-            "provider": start(
-                [sys.executable, "-m", "bench.upstreams", "provider", str(provider_port)],
-                {**os.environ, "PYTHONPATH": str(HERE)},
-                work / "provider.log",
-            )
-        }
+        provider = fast_provider(stack, work)
+        processes = {}
         urls = {}
         for name, checkout in checkouts.items():
             port = free_port()
@@ -86,13 +77,10 @@ def main() -> None:
         for process in processes.values():
             stack.callback(process.wait, 15)
             stack.callback(process.terminate)
-        wait_ready(provider, processes["provider"], work / "provider.log")
         requests = {}
         for name, url in urls.items():
             wait_ready(f"{url}/healthz", processes[name], work / f"{name}.log")
-            target = f"{url}/v1/audio/transcriptions"
-            headers = {**FORM, "authorization": f"Bearer {metered_key(url)['secret']}"}
-            requests[name] = (target, load.request_bytes(target, headers, body))
+            requests[name] = metered_request(url, body)
             uvloop.run(load.concurrent(*requests[name], args.concurrency, 1))  # warm up
 
         cpu: dict[str, list[float]] = {name: [] for name in checkouts}

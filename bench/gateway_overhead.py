@@ -103,6 +103,28 @@ def fresh_database(stack: ExitStack, work: Path, name: str, postgres: str | None
     return url
 
 
+def fast_provider(stack: ExitStack, work: Path) -> str:
+    """The fake provider, answering at once, started and stopped with ``stack``: its URL."""
+    port = free_port()
+    process = start(
+        [sys.executable, "-m", "bench.upstreams", "provider", str(port)],
+        {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        work / "provider.log",
+    )
+    stack.callback(process.wait, 15)
+    stack.callback(process.terminate)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process, work / "provider.log")
+    return url
+
+
+def metered_request(earmark: str, body: bytes) -> tuple[str, bytes]:
+    """An upload of ``body`` with a new ``metered_key``, encoded once: (URL, request)."""
+    target = f"{earmark}/v1/audio/transcriptions"
+    headers = {**FORM, "authorization": f"Bearer {metered_key(earmark)['secret']}"}
+    return target, load.request_bytes(target, headers, body)
+
+
 def serve_command(port: int) -> list[str]:
     return [sys.executable, "-m", "app", "serve", "--port", str(port), "--log-level", "warning"]
 

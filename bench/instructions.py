@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Coroutine
 from contextlib import ExitStack
@@ -37,10 +35,10 @@ import uvloop
 
 from bench import load
 from bench.gateway_overhead import (
-    FORM,
     earmark_setup,
+    fast_provider,
     fresh_database,
-    metered_key,
+    metered_request,
     multipart,
     serve_command,
     speech_wav,
@@ -99,19 +97,10 @@ def main() -> None:
     checkouts = {"this": HERE, **{str(path): path.resolve() for path in args.others}}
 
     work = Path(tempfile.mkdtemp(prefix="earmark-instructions-"))
-    provider_port = free_port()
-    provider = f"http://127.0.0.1:{provider_port}"
     body = multipart(speech_wav(100_000), "whisper-1")
     report: dict[str, object] = {"database": "postgresql" if args.postgres else "sqlite"}
     with ExitStack() as stack:
-        provider_process = start(
-            [sys.executable, "-m", "bench.upstreams", "provider", str(provider_port)],
-            {**os.environ, "PYTHONPATH": str(HERE)},
-            work / "provider.log",
-        )
-        stack.callback(provider_process.wait, 15)
-        stack.callback(provider_process.terminate)
-        wait_ready(provider, provider_process, work / "provider.log")
+        provider = fast_provider(stack, work)
         for index, (name, checkout) in enumerate(checkouts.items()):
             port, out = free_port(), work / f"{index}.callgrind"
             database_url = fresh_database(stack, work, str(index), args.postgres)
@@ -124,9 +113,7 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(f"{url}/healthz", server, log, timeout=600)
-                target = f"{url}/v1/audio/transcriptions"
-                headers = {**FORM, "authorization": f"Bearer {metered_key(url)['secret']}"}
-                request = load.request_bytes(target, headers, body)
+                target, request = metered_request(url, body)
                 uvloop.run(_calls(target, request, 20, 1))
                 _control(server.pid, "--instr=on")
                 uvloop.run(_calls(target, request, 2 * args.clients, args.clients))
