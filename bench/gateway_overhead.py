@@ -8,7 +8,8 @@ processes on loopback, then measures in one run, with a raw-socket load generato
 1. added latency (p50/p95) over calling the provider directly, for 100 KB and 1 MB WAV
    uploads, sequentially, the three targets interleaved so noise hits them alike;
 2. requests/s (and p50/p99) at 16 concurrent clients for 100 KB uploads, and each
-   server's CPU time per call (steadier than requests/s on a busy machine);
+   server's CPU time per call (steadier than requests/s on a busy machine), and on
+   PostgreSQL its backends' CPU time per Earmark call (they share this machine's cores);
 3. Earmark's peak RSS while 32 clients upload 25 MiB each at once.
 
     python -m bench.gateway_overhead [--requests 300] [--seconds 10]
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -39,7 +41,9 @@ from pathlib import Path
 
 import httpx
 import uvloop
+from sqlalchemy import text
 
+from app.storage.database import create_engine
 from app.storage.migrate import upgrade
 from bench import load
 from bench.ledger_scale import fill_ledger
@@ -177,15 +181,53 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def backends_cpu(database_url: str) -> dict[int, float]:
+    """The CPU each PostgreSQL backend serving ``database_url`` (on this machine) has used,
+    by process id."""
+
+    async def backends() -> list[int]:
+        engine = create_engine(database_url)
+        async with engine.connect() as conn:
+            pids = await conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        await engine.dispose()
+        return list(pids.scalars())
+
+    cpu = {}
+    for pid in asyncio.run(backends()):
+        with contextlib.suppress(OSError):
+            cpu[pid] = cpu_seconds(pid)
+    return cpu
+
+
 def throughput(
-    server_pid: int, url: str, request: bytes, clients: int, seconds: float
+    server_pid: int,
+    url: str,
+    request: bytes,
+    clients: int,
+    seconds: float,
+    database_url: str | None = None,
 ) -> dict[str, float]:
     """``load.concurrent``'s figures, and the server's own CPU per call (ms): steadier than
-    requests/s on a busy machine."""
+    requests/s on a busy machine; with ``database_url`` on PostgreSQL, its backends' CPU per
+    call too (those opened during the run count whole; those closed during it are lost)."""
+    postgres = database_url if database_url and database_url.startswith("postgresql") else None
+    backends_before = backends_cpu(postgres) if postgres else {}
     before = cpu_seconds(server_pid)
     result = uvloop.run(load.concurrent(url, request, clients, seconds))
     cpu = cpu_seconds(server_pid) - before
-    return {**result, "cpu_ms_per_call": 1000 * cpu / max(result["requests"], 1)}
+    calls = max(result["requests"], 1)
+    figures = {**result, "cpu_ms_per_call": 1000 * cpu / calls}
+    if postgres:
+        backends = sum(
+            spent - backends_before.get(pid, 0.0) for pid, spent in backends_cpu(postgres).items()
+        )
+        figures["database_cpu_ms_per_call"] = 1000 * backends / calls
+    return figures
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -331,7 +373,8 @@ def main() -> None:
             if args.profile and name == "earmark":
                 spy = profiled(processes["earmark"].pid, args.seconds, args.profile)
             server = processes["provider" if name == "direct" else name].pid
-            result = throughput(server, url, request, c, args.seconds)
+            database = database_url if name == "earmark" else None
+            result = throughput(server, url, request, c, args.seconds, database)
             if spy is not None:
                 spy.wait()
                 print(hottest(args.profile), file=sys.stderr)
@@ -339,6 +382,10 @@ def main() -> None:
             report[f"p50_ms_100KB_c{c}_{name}"] = round(result["p50_ms"], 2)
             report[f"p99_ms_100KB_c{c}_{name}"] = round(result["p99_ms"], 2)
             report[f"cpu_ms_per_call_100KB_c{c}_{name}"] = round(result["cpu_ms_per_call"], 3)
+            if "database_cpu_ms_per_call" in result:
+                report[f"database_cpu_ms_per_call_100KB_c{c}_{name}"] = round(
+                    result["database_cpu_ms_per_call"], 3
+                )
         report["rps_ratio_earmark_over_passthrough"] = round(
             report[f"rps_100KB_c{c}_earmark"] / report[f"rps_100KB_c{c}_passthrough"], 2
         )

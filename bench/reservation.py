@@ -113,6 +113,8 @@ async def measure(url: str, sequential: int, seconds: float, concurrency: int) -
 
 
 async def postgres_database(server: str) -> tuple[str, str]:
+    if not server.startswith("postgresql+asyncpg://"):  # as EARMARK_DATABASE_URL takes it
+        raise SystemExit(f"--postgres takes a postgresql+asyncpg:// URL, not {server!r}")
     name = f"earmark_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
