@@ -67,9 +67,11 @@ def main() -> None:
         provider = fast_provider(stack, work)
         processes = {}
         urls = {}
+        databases = {}
         for name, checkout in checkouts.items():
             port = free_port()
-            database_url = fresh_database(stack, work, name, args.postgres)
+            database_url = fresh_database(stack, work, name, args.postgres, checkout)
+            databases[name] = database_url
             env = earmark_setup(work, provider, database_url)
             # `python -m app` imports the package of the directory it runs in.
             processes[name] = start(serve_command(port), env, work / f"{name}.log", cwd=checkout)
@@ -84,15 +86,22 @@ def main() -> None:
             uvloop.run(load.concurrent(*requests[name], args.concurrency, 1))  # warm up
 
         cpu: dict[str, list[float]] = {name: [] for name in checkouts}
+        database_cpu: dict[str, list[float]] = {name: [] for name in checkouts}
         rps: dict[str, list[float]] = {name: [] for name in checkouts}
         p50: dict[str, list[float]] = {name: [] for name in checkouts}
         for round_ in range(args.rounds):
             order = list(checkouts) if round_ % 2 == 0 else list(reversed(checkouts))
             for name in order:
                 result = throughput(
-                    processes[name].pid, *requests[name], args.concurrency, args.seconds
+                    processes[name].pid,
+                    *requests[name],
+                    args.concurrency,
+                    args.seconds,
+                    databases[name],
                 )
                 cpu[name].append(result["cpu_ms_per_call"])
+                if "database_cpu_ms_per_call" in result:
+                    database_cpu[name].append(result["database_cpu_ms_per_call"])
                 rps[name].append(result["rps"])
             times = uvloop.run(load.sequential(requests, 100))
             for name in checkouts:
@@ -103,13 +112,20 @@ def main() -> None:
         "database": "postgresql" if args.postgres else "sqlite",
         "rounds": args.rounds,
     }
-    for label, values in (("cpu_per_call", cpu), ("rps", rps), ("sequential_p50", p50)):
+    series = {"cpu_per_call": cpu, "rps": rps, "sequential_p50": p50}
+    if args.postgres:
+        series["database_cpu_per_call"] = database_cpu
+    for label, values in series.items():
         ratios = [this / base for this, base in zip(values["this"], values["base"], strict=True)]
         report[f"{label}_this_over_base"] = [round(r, 3) for r in ratios]
         report[f"{label}_this_over_base_median"] = round(statistics.median(ratios), 3)
     report["cpu_ms_per_call_median"] = {
         name: round(statistics.median(values), 3) for name, values in cpu.items()
     }
+    if args.postgres:
+        report["database_cpu_ms_per_call_median"] = {
+            name: round(statistics.median(values), 3) for name, values in database_cpu.items()
+        }
     print(json.dumps(report, indent=2))
 
 

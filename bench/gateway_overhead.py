@@ -96,14 +96,21 @@ def earmark_setup(work: Path, provider: str, database_url: str) -> dict[str, str
     )
 
 
-def fresh_database(stack: ExitStack, work: Path, name: str, postgres: str | None) -> str:
+def fresh_database(
+    stack: ExitStack, work: Path, name: str, postgres: str | None, checkout: Path | None = None
+) -> str:
     """A migrated database for one server: a new SQLite file in ``work``, or with
-    ``postgres`` a new database on that PostgreSQL server, dropped when ``stack`` closes."""
+    ``postgres`` a new database on that PostgreSQL server, dropped when ``stack`` closes,
+    migrated by ``checkout``'s migrations (another version's schema may differ)."""
     if not postgres:
         return f"sqlite+aiosqlite:///{work / name}.db"
     database, url = asyncio.run(postgres_database(postgres))
     stack.callback(asyncio.run, drop(postgres, database))
-    upgrade(url)
+    if checkout is None:
+        upgrade(url)
+    else:
+        migrate = "import sys; from app.storage.migrate import upgrade; upgrade(sys.argv[1])"
+        subprocess.run([sys.executable, "-c", migrate, url], cwd=checkout, check=True)
     return url
 
 

@@ -103,7 +103,7 @@ def main() -> None:
         provider = fast_provider(stack, work)
         for index, (name, checkout) in enumerate(checkouts.items()):
             port, out = free_port(), work / f"{index}.callgrind"
-            database_url = fresh_database(stack, work, str(index), args.postgres)
+            database_url = fresh_database(stack, work, str(index), args.postgres, checkout)
             env = earmark_setup(work, provider, database_url)
             valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
             command = [*valgrind, f"--callgrind-out-file={out}", *serve_command(port)]

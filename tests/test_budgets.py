@@ -7,6 +7,7 @@ import httpx
 import msgspec
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.billing import budgets
 from app.ops.audit import Actor
@@ -356,6 +357,115 @@ async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engin
     async with engine.connect() as conn:
         counters = (await conn.execute(select(budget_counters))).all()
     assert sorted((c.spent_nanos, c.held_nanos) for c in counters) == [(400 * 600, 0)] * 2
+
+
+async def _key_and_tenant_budgets(engine) -> tuple[str, str]:
+    """A tenant and a key, each with a month's budget of $1: (key id, tenant id)."""
+    from app.access import keys, tenants
+    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
+    monthly = BudgetCreate(limit_usd="1", period="month")
+    key = await keys.create_key(
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[monthly]), ACTOR
+    )
+    async with database.write(engine) as conn:
+        await budgets.add_budget(conn, monthly, ACTOR, tenant_id=tenant.id)
+    return key.id, tenant.id
+
+
+def _settlement(cost: int, provider: str | None = "p"):
+    from app.billing.ledger import AttemptRecord, Settlement
+
+    attempt = AttemptRecord(
+        n=1, provider=provider, model="m", started_at=database.utcnow(), outcome="answered",
+        http_status=200, error=None, bytes_sent=10, latency_ms=1, charged_nanos=cost,
+    )  # fmt: skip
+    return Settlement(
+        status="succeeded", http_status=200, provider="p", model="m", attempts=1,
+        cost_nanos=cost, latency_ms=1, attempt_records=[attempt],
+    )  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_calls_settled_while_one_is_in_flight_share_one_statement(engine):
+    """On PostgreSQL the settles a process asks for while one is in flight go together,
+    in one statement and one commit: each call gets its own answer, row and attempts, each
+    counter is charged their sum, a call asked twice is settled once, one settled before
+    is left alone, and one whose caller gave up before its statement ran stays open."""
+    from app.billing.ledger import Opening, open_call, settle_call
+
+    key_id, tenant_id = await _key_and_tenant_budgets(engine)
+    ids = [f"req_{n:02d}" for n in range(12)]
+    for call_id in ids:
+        opening = Opening(
+            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
+            model_requested="m", hold_nanos=1_000,
+        )  # fmt: skip
+        await open_call(engine, opening, "p", "m")
+    assert await settle_call(engine, ids[11], _settlement(11))  # settled before
+    statements: list[str] = []
+    database.store(engine).trace = lambda sql, args: statements.append(sql)
+    try:
+        tasks = [
+            asyncio.create_task(settle_call(engine, i, _settlement(n))) for n, i in enumerate(ids)
+        ]
+        tasks.append(asyncio.create_task(settle_call(engine, ids[3], _settlement(3))))  # twice
+        await asyncio.sleep(0)  # the first is in flight; the others wait for it
+        tasks[5].cancel()
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        database.store(engine).trace = None
+    assert isinstance(answers[5], asyncio.CancelledError)
+    assert answers[:5] + answers[6:11] == [True] * 10 and answers[11] is False
+    assert sorted([answers[3], answers[12]]) == [False, True]
+    if engine.dialect.name == "postgresql":
+        assert len(statements) == 2  # the first call's, then everyone else's
+    settled = [n for n in range(12) if n != 5]
+    async with engine.connect() as conn:
+        rows = dict(
+            (await conn.exec_driver_sql("SELECT id, status || ':' || cost_nanos FROM ledger")).all()
+        )
+        attempts = sorted(
+            (
+                await conn.exec_driver_sql("SELECT call_id, charged_nanos FROM upstream_attempts")
+            ).all()
+        )
+        counters = (await conn.execute(select(budget_counters))).all()
+    assert rows == {
+        **{ids[n]: f"succeeded:{n}" for n in settled},
+        ids[5]: "forwarded:0",
+    }
+    assert attempts == [(ids[n], n) for n in settled]
+    spent = sum(settled)
+    assert sorted((c.spent_nanos, c.held_nanos) for c in counters) == [(spent, 1_000)] * 2
+
+
+@pytest.mark.anyio
+async def test_a_settle_that_fails_fails_only_its_own_call(engine):
+    """A settlement the database refuses (an attempt without its provider) fails its own
+    caller, not the calls that shared its statement (on PostgreSQL they are settled again
+    on their own; SQLite runs each in a savepoint)."""
+    from app.billing.ledger import Opening, open_call, settle_call
+
+    key_id, tenant_id = await _key_and_tenant_budgets(engine)
+    for call_id in ("req_a", "req_b", "req_c"):
+        opening = Opening(
+            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
+            model_requested="m", hold_nanos=1_000,
+        )  # fmt: skip
+        await open_call(engine, opening, "p", "m")
+    answers = await asyncio.gather(
+        settle_call(engine, "req_a", _settlement(1)),
+        settle_call(engine, "req_b", _settlement(2, provider=None)),
+        settle_call(engine, "req_c", _settlement(3)),
+        return_exceptions=True,
+    )
+    assert answers[0] is True and answers[2] is True
+    assert isinstance(answers[1], IntegrityError), answers[1]
+    async with engine.connect() as conn:
+        counters = (await conn.execute(select(budget_counters))).all()
+    assert sorted((c.spent_nanos, c.held_nanos) for c in counters) == [(4, 1_000)] * 2
 
 
 @pytest.mark.parametrize(

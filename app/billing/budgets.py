@@ -405,15 +405,12 @@ def _held_by(call_id: Any) -> Any:
 # the holds the call recorded (UPDATE ... FROM). On PostgreSQL the same statement first
 # locks them in budget order (a materialized CTE of ``_LOCK_HELD``): no separate locking
 # round trip while other calls wait on those counters.
-def settle_counters(dialect: str, only_if: Any = None) -> Any:
-    """The UPDATE that settles call ``call_id``'s counters at ``actual`` (on PostgreSQL,
-    only if ``only_if``: ``ledger.settle_call`` makes the whole settlement one statement)."""
+def _settle_counters(dialect: str) -> Any:
+    """The UPDATE that settles call ``call_id``'s counters at ``actual``."""
     counter = budget_counters.c
     statement = update(budget_counters).where(_held_by(bindparam("call_id")))
     if dialect == "postgresql":
-        lock = _LOCK_HELD.for_dialect(dialect)
-        lock = lock.where(only_if) if only_if is not None else lock
-        locked = lock.cte("locked").prefix_with("MATERIALIZED")
+        locked = _LOCK_HELD.for_dialect(dialect).cte("locked").prefix_with("MATERIALIZED")
         statement = statement.where(counter.budget_id.in_(select(locked.c.budget_id)))
     return statement.values(
         held_nanos=counter.held_nanos - ledger_holds.c.amount_nanos,
@@ -421,7 +418,7 @@ def settle_counters(dialect: str, only_if: Any = None) -> Any:
     )
 
 
-_SETTLE = Statement({dialect: settle_counters(dialect) for dialect in ("postgresql", "sqlite")})
+_SETTLE = Statement({dialect: _settle_counters(dialect) for dialect in ("postgresql", "sqlite")})
 
 
 # Raise every hold of a call by ``extra``, on the counters where it still fits.

@@ -22,8 +22,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    column,
-    exists,
     func,
     insert,
     or_,
@@ -312,27 +310,36 @@ def _settling(call_id: str, settlement: Settlement, alerting: bool) -> Program[b
     return True
 
 
-def _settle_at_once() -> Any:
-    """PostgreSQL's settlement as one statement, so no BEGIN or COMMIT round trip: the row
-    (``settled``, empty if it was no longer open), its attempts from a JSON array, and its
-    counters locked in budget order and charged, each only if the row was settled; it
-    answers how many rows were (0 or 1)."""
-    settled = _SETTLE_ROW.statement.returning(ledger.c.id).cte("settled")
-    fields = list(AttemptRecord.__struct_fields__)
-    records = (
-        func.jsonb_to_recordset(bindparam("attempts", type_=postgresql.JSONB))
-        .table_valued(*(column(name, upstream_attempts.c[name].type) for name in fields))
-        .render_derived("record", with_types=True)
-    )
-    attempts = insert(upstream_attempts).from_select(
-        ["call_id", *fields], select(settled.c.id, *(records.c[name] for name in fields))
-    )
-    counters = budgets.settle_counters("postgresql", only_if=exists(select(settled.c.id)))
-    count = select(func.count()).select_from(settled).scalar_subquery()
-    return select(count.label("settled")).add_cte(attempts.cte("attempts"), counters.cte("charged"))
+# PostgreSQL's settlement of several calls in one statement (migration 6c1e8f3a2d95): each
+# row still open settled with its attempts, each counter they held charged once for all
+# of them; it answers the ids of the rows it settled.
+_SETTLE_TOGETHER = Statement(
+    {
+        "postgresql": select(
+            func.earmark_settle(bindparam("settlements", type_=postgresql.JSONB))
+            .table_valued("id")
+            .render_derived("settled")
+            .c.id
+        )
+    }
+)
 
 
-_SETTLE_AT_ONCE = Statement({"postgresql": _settle_at_once()})
+def _settling_together(calls: list[tuple[str, Settlement]]) -> Program[list[bool]]:
+    given = [
+        {
+            "call_id": call_id,
+            **_settled_columns(settlement),
+            "attempt_records": [msgspec.structs.asdict(r) for r in settlement.attempt_records],
+        }
+        for call_id, settlement in calls
+    ]
+    settled = {call_id for (call_id,) in (yield fetch(_SETTLE_TOGETHER, settlements=given))}
+    answers = []
+    for call_id, _ in calls:
+        answers.append(call_id in settled)
+        settled.discard(call_id)  # asked twice: settled once
+    return answers
 
 
 async def settle_call(
@@ -341,21 +348,14 @@ async def settle_call(
     """Settle an open call once, moving its holds to spent at the actual cost (a failed
     call's cost is 0, which releases them); False if it was already settled or swept.
     ``alerting`` (a budget on the path has thresholds): announce what the charge crossed,
-    in the same transaction, as a call for review is; without either PostgreSQL settles in
-    one statement."""
+    in the same transaction, as a call for review is. Without either, PostgreSQL settles
+    it in one statement, with the other calls this process asks to settle while one is in
+    flight (``Store.together``): under load, one commit and one lock of each budget's
+    counter for several calls."""
     store = database.store(engine)
     if alerting or settlement.review or store.dialect.name != "postgresql":
         return await store.write(lambda: _settling(call_id, settlement, alerting))
-
-    def at_once() -> Program[bool]:
-        attempts = [msgspec.structs.asdict(record) for record in settlement.attempt_records]
-        params = _settle_row_params(call_id, settlement)
-        ((settled,),) = yield fetch(
-            _SETTLE_AT_ONCE, **params, actual=settlement.cost_nanos, attempts=attempts
-        )
-        return settled == 1
-
-    return await store.alone(at_once)
+    return await store.together("settle", (call_id, settlement), _settling_together)
 
 
 _RAISE_ROW_HOLD = Statement(

@@ -18,6 +18,7 @@ would have been, so ``errors.database_unavailable`` reads both alike.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import threading
@@ -193,6 +194,7 @@ class Store:
     """The call path's database, beside the SQLAlchemy engine of the same URL."""
 
     dialect: Dialect
+    _together: dict[tuple[asyncio.AbstractEventLoop, str], _Together]  # by loop and kind
 
     # Called with each statement's SQL and arguments before it runs (tests read plans).
     trace: Callable[[str, Sequence[Any]], None] | None = None
@@ -204,6 +206,71 @@ class Store:
         """A program of one statement, run outside any transaction (one round trip): a
         read, or a write that is atomic on its own."""
         raise NotImplementedError
+
+    async def together(
+        self, kind: str, item: Any, make: Callable[[list[Any]], Program[list[T]]]
+    ) -> T:
+        """``item``'s result from ``make``'s program of one statement for a list of items
+        (one result per item, in order), run ``alone``: at once if no statement of this
+        ``kind`` is in flight on this event loop, else once it is done, with every other
+        item that came meanwhile. Under load several calls share a statement and its
+        commit; alone, a call waits for nothing. An item whose caller is cancelled before
+        its statement runs is left out of it. A database that cannot be reached fails
+        every item of the statement; any other error is taken for one item's, and each is
+        run again on its own, so one bad item fails only its own caller."""
+        loop = asyncio.get_running_loop()
+        key = (loop, kind)
+        queue = self._together.get(key)
+        if queue is not None:
+            future: asyncio.Future[T] = loop.create_future()
+            queue.waiting.append((item, future))
+            return await future
+        queue = self._together[key] = _Together()
+        try:
+            (result,) = await self.alone(functools.partial(make, [item]))
+            return result
+        finally:
+            if queue.waiting:
+                queue.task = loop.create_task(self._run_together(key, queue, make))
+            else:
+                del self._together[key]
+
+    async def _run_together(
+        self,
+        key: tuple[asyncio.AbstractEventLoop, str],
+        queue: _Together,
+        make: Callable[[list[Any]], Program[list[Any]]],
+    ) -> None:
+        batch: list[tuple[Any, asyncio.Future[Any]]] = []
+        try:
+            while batch := [(item, f) for item, f in queue.waiting if not f.done()]:
+                queue.waiting.clear()
+                outcomes = await self._outcomes(batch, make)
+                _resolve([outcome for outcome in outcomes if not outcome[0].done()])
+            del self._together[key]
+        except BaseException:  # cancelled with its event loop: nobody waits forever
+            for _, future in [*batch, *queue.waiting]:
+                future.cancel()
+            self._together.pop(key, None)
+            raise
+
+    async def _outcomes(
+        self,
+        batch: list[tuple[Any, asyncio.Future[Any]]],
+        make: Callable[[list[Any]], Program[list[Any]]],
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        try:
+            results = await self.alone(functools.partial(make, [item for item, _ in batch]))
+        except sql_errors.OperationalError as error:  # unreachable: the same for every item
+            return [(future, None, error) for _, future in batch]
+        except Exception as error:
+            if len(batch) == 1:
+                return [(batch[0][1], None, error)]
+            outcomes = []
+            for item, future in batch:
+                outcomes.extend(await self._outcomes([(item, future)], make))
+            return outcomes
+        return [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
 
     def close(self) -> None:
         raise NotImplementedError
@@ -227,6 +294,7 @@ class SqliteStore(Store):
 
     def __init__(self, path: str, dialect: Dialect) -> None:
         self.path, self.dialect = path, dialect
+        self._together = {}
         self._threads: dict[str, ThreadPoolExecutor] = {}
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -400,6 +468,15 @@ class _Batch:
     programs: list[tuple[Make[Any], asyncio.Future[Any]]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Together:
+    """``Store.together``'s items of one kind on one event loop, while a statement of that
+    kind is in flight: those waiting for the next, and the task that runs them."""
+
+    waiting: list[tuple[Any, asyncio.Future[Any]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
 def _converted(error: sqlite3.Error) -> Exception:
     converted = _sqlalchemy_error(error)
     converted.__cause__ = error
@@ -516,6 +593,7 @@ class PostgresStore(Store):
 
     def __init__(self, dsn: str, dialect: Dialect) -> None:
         self.dsn, self.dialect = dsn, dialect
+        self._together = {}
         self._pools: dict[asyncio.AbstractEventLoop, _Connections] = {}
 
     def _pool(self) -> _Connections:
