@@ -1,6 +1,7 @@
 """Budgets are hard caps: exact under concurrency, per period, released on failure."""
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -403,7 +404,7 @@ async def test_calls_settled_while_one_is_in_flight_share_one_statement(engine):
             model_requested="m", hold_nanos=1_000,
         )  # fmt: skip
         await open_call(engine, opening, "p", "m")
-    assert await settle_call(engine, ids[11], _settlement(11))  # settled before
+    assert await settle_call(engine, ids[11], _settlement(7))  # settled before, at 7
     statements: list[str] = []
     database.store(engine).trace = lambda sql, args: statements.append(sql)
     try:
@@ -421,7 +422,7 @@ async def test_calls_settled_while_one_is_in_flight_share_one_statement(engine):
     assert sorted([answers[3], answers[12]]) == [False, True]
     if engine.dialect.name == "postgresql":
         assert len(statements) == 2  # the first call's, then everyone else's
-    settled = [n for n in range(12) if n != 5]
+    costs = {n: n for n in range(11) if n != 5} | {11: 7}
     async with engine.connect() as conn:
         rows = dict(
             (await conn.exec_driver_sql("SELECT id, status || ':' || cost_nanos FROM ledger")).all()
@@ -433,11 +434,11 @@ async def test_calls_settled_while_one_is_in_flight_share_one_statement(engine):
         )
         counters = (await conn.execute(select(budget_counters))).all()
     assert rows == {
-        **{ids[n]: f"succeeded:{n}" for n in settled},
+        **{ids[n]: f"succeeded:{cost}" for n, cost in costs.items()},
         ids[5]: "forwarded:0",
     }
-    assert attempts == [(ids[n], n) for n in settled]
-    spent = sum(settled)
+    assert attempts == [(ids[n], cost) for n, cost in costs.items()]
+    spent = sum(costs.values())
     assert sorted((c.spent_nanos, c.held_nanos) for c in counters) == [(spent, 1_000)] * 2
 
 
@@ -455,17 +456,137 @@ async def test_a_settle_that_fails_fails_only_its_own_call(engine):
             model_requested="m", hold_nanos=1_000,
         )  # fmt: skip
         await open_call(engine, opening, "p", "m")
-    answers = await asyncio.gather(
-        settle_call(engine, "req_a", _settlement(1)),
-        settle_call(engine, "req_b", _settlement(2, provider=None)),
-        settle_call(engine, "req_c", _settlement(3)),
-        return_exceptions=True,
-    )
+    statements: list[str] = []
+    database.store(engine).trace = lambda sql, args: statements.append(sql)
+    try:
+        answers = await asyncio.gather(
+            settle_call(engine, "req_a", _settlement(1)),
+            settle_call(engine, "req_b", _settlement(2, provider=None)),
+            settle_call(engine, "req_c", _settlement(3)),
+            return_exceptions=True,
+        )
+    finally:
+        database.store(engine).trace = None
     assert answers[0] is True and answers[2] is True
     assert isinstance(answers[1], IntegrityError), answers[1]
+    if engine.dialect.name == "postgresql":  # a's; b's and c's together; each again alone
+        assert len(statements) == 4
     async with engine.connect() as conn:
         counters = (await conn.execute(select(budget_counters))).all()
     assert sorted((c.spent_nanos, c.held_nanos) for c in counters) == [(4, 1_000)] * 2
+
+
+@pytest.mark.anyio
+async def test_a_call_cancelled_while_its_settle_waits_is_still_settled(engine):
+    """A call whose task is cancelled (its client gone, the server stopping) while its
+    settle waits behind another's statement is settled all the same, not left open for the
+    sweeper to charge at a guess."""
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    from app.billing.ledger import Opening, open_call, settle_call
+    from app.gateway.settlement import Settlement as CallSettlement
+
+    key_id, tenant_id = await _key_and_tenant_budgets(engine)
+    openings = {
+        call_id: Opening(
+            id=call_id,
+            key_id=key_id,
+            tenant_id=tenant_id,
+            endpoint="transcription",
+            model_requested="m",
+            hold_nanos=1_000,
+        )
+        for call_id in ("req_first", "req_gone")
+    }
+    for opening in openings.values():
+        await open_call(engine, opening, "p", "m")
+    route = SimpleNamespace(name="m", provider_name="p", upstream_model="m")
+    gateway = SimpleNamespace(engine=engine, metrics=MagicMock(), observe_call=MagicMock())
+    call = SimpleNamespace(
+        request_id="req_gone",
+        started=time.perf_counter(),
+        principal=SimpleNamespace(tenant_id=tenant_id, budget_alerts=False),
+    )
+    admitted = SimpleNamespace(route=route, audio_ms=1_000)
+    gone = CallSettlement(gateway, call, openings["req_gone"], admitted)
+
+    first = asyncio.create_task(settle_call(engine, "req_first", _settlement(1)))
+    leaving = asyncio.create_task(gone.failed(502, "upstream_error", route))
+    await asyncio.sleep(0)  # the first is in flight; the other's settle waits for it
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert await first
+    status = "forwarded"
+    for _ in range(500):  # its settlement goes on without it
+        async with engine.connect() as conn:
+            status = (
+                await conn.exec_driver_sql("SELECT status FROM ledger WHERE id = 'req_gone'")
+            ).scalar()
+        if status != "forwarded":
+            break
+        await asyncio.sleep(0.01)
+    assert status == "failed"
+
+
+@pytest.mark.anyio
+async def test_a_settle_shared_with_others_writes_what_one_alone_writes(engine):
+    """Every column a settlement sets, and every field of its attempts, is written alike
+    whether the call settles in a shared statement (PostgreSQL's ``earmark_settle``) or in
+    a transaction of its own (as when a budget has alert thresholds)."""
+    from app.billing.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
+    from app.billing.metering import Usage
+
+    key_id, tenant_id = await _key_and_tenant_budgets(engine)
+    for call_id in ("req_shared", "req_alone"):
+        opening = Opening(
+            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
+            model_requested="m", hold_nanos=1_000,
+        )  # fmt: skip
+        await open_call(engine, opening, "p", "m")
+    started = datetime(2026, 12, 4, 12, 0, 0, 123_456, tzinfo=UTC)
+    attempts = [
+        AttemptRecord(
+            n=n,
+            provider=f"p{n}",
+            model=f"m{n}",
+            started_at=started + timedelta(seconds=n),
+            outcome=outcome,
+            http_status=status,
+            error=error,
+            bytes_sent=10 * n,
+            latency_ms=n,
+            charged_nanos=7 * n,
+        )
+        for n, outcome, status, error in (
+            (1, "failed", 503, "http_503"),
+            (2, "answered", 200, None),
+        )
+    ]
+    usage = Usage(audio_ms=5_848, input_text_tokens=3, input_audio_tokens=40, output_tokens=12)
+    settlement = Settlement(
+        status="succeeded", http_status=200, provider="p2", model="m2", attempts=2,
+        usage=usage, usage_source="provider", cost_nanos=900, latency_ms=31,
+        upstream_latency_ms=27, error_code="none", attempt_records=attempts,
+    )  # fmt: skip
+    assert await settle_call(engine, "req_shared", settlement)
+    assert await settle_call(engine, "req_alone", settlement, alerting=True)
+    async with engine.connect() as conn:
+        rows = {
+            row.id: row._asdict()
+            for row in (await conn.exec_driver_sql("SELECT * FROM ledger")).all()
+        }
+        tries = (await conn.exec_driver_sql("SELECT * FROM upstream_attempts")).all()
+    shared, alone = rows["req_shared"], rows["req_alone"]
+    for row in (shared, alone):
+        del row["id"], row["created_at"], row["completed_at"]
+    assert shared == alone and shared["input_audio_tokens"] == 40
+    by_call: dict[str, list] = {}
+    for attempt in tries:
+        by_call.setdefault(attempt.call_id, []).append(attempt[1:])
+    assert sorted(by_call["req_shared"]) == sorted(by_call["req_alone"])
+    assert len(by_call["req_shared"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ than it held, is marked for review and counted. A refused call is written once, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger("earmark")
+# Settlements whose callers were cancelled, being written: kept here until done.
+_FINISHING: set[asyncio.Future[None]] = set()
 
 
 def _elapsed_ms(since: float) -> int:
@@ -147,21 +150,15 @@ class Settlement:
             ],
         )
         try:
-            # If a sweeper took the row for lost meanwhile, it is corrected to the truth.
-            await ledger.apply_settlement(
-                gateway.engine,
-                self.call.request_id,
-                settlement,
-                alerting=self.call.principal.budget_alerts,
-            )
-        except DATABASE_ERRORS as error:
-            if not database_unavailable(error):
-                raise
-            # The tenant keeps the answer the provider gave (and billed): the settlement
-            # waits, durably, for the database to come back.
-            await gateway.journal.append(self.call.request_id, settlement)
-            gateway.metrics.journal_settlements.labels("kept").inc()
-            logger.warning("settlement of %s kept in the journal: %s", self.call.request_id, error)
+            await self._record(settlement)
+        except asyncio.CancelledError:
+            # This call's task is gone (its client, the server stopping), maybe while its
+            # settle waited for another's statement: it is written all the same, never left
+            # open to be swept at a guess. Settling twice writes once.
+            finishing = asyncio.ensure_future(self._record(settlement))
+            _FINISHING.add(finishing)
+            finishing.add_done_callback(_FINISHING.discard)
+            raise
         finally:
             # Counted even if the database failed: this process holds nothing any more.
             gateway.metrics.call_ended(
@@ -177,3 +174,22 @@ class Settlement:
                 hold_nanos=opening.hold_nanos,
             )
             gateway.observe_call(route, time.perf_counter() - self.call.started)
+
+    async def _record(self, settlement: ledger.Settlement) -> None:
+        gateway = self.gateway
+        try:
+            # If a sweeper took the row for lost meanwhile, it is corrected to the truth.
+            await ledger.apply_settlement(
+                gateway.engine,
+                self.call.request_id,
+                settlement,
+                alerting=self.call.principal.budget_alerts,
+            )
+        except DATABASE_ERRORS as error:
+            if not database_unavailable(error):
+                raise
+            # The tenant keeps the answer the provider gave (and billed): the settlement
+            # waits, durably, for the database to come back.
+            await gateway.journal.append(self.call.request_id, settlement)
+            gateway.metrics.journal_settlements.labels("kept").inc()
+            logger.warning("settlement of %s kept in the journal: %s", self.call.request_id, error)

@@ -37,6 +37,8 @@ from sqlalchemy import exc as sql_errors
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
+from app.errors import database_unavailable
+
 T = TypeVar("T")
 logger = logging.getLogger("earmark")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -198,6 +200,7 @@ class Store:
 
     # Called with each statement's SQL and arguments before it runs (tests read plans).
     trace: Callable[[str, Sequence[Any]], None] | None = None
+    TOGETHER_AT_MOST = 64
 
     async def write(self, make: Make[T]) -> T:
         raise NotImplementedError
@@ -217,7 +220,8 @@ class Store:
         commit; alone, a call waits for nothing. An item whose caller is cancelled before
         its statement runs is left out of it. A database that cannot be reached fails
         every item of the statement; any other error is taken for one item's, and each is
-        run again on its own, so one bad item fails only its own caller."""
+        run again on its own, so one bad item fails only its own caller. A statement takes
+        at most ``TOGETHER_AT_MOST`` items."""
         loop = asyncio.get_running_loop()
         key = (loop, kind)
         queue = self._together.get(key)
@@ -243,16 +247,24 @@ class Store:
     ) -> None:
         batch: list[tuple[Any, asyncio.Future[Any]]] = []
         try:
-            while batch := [(item, f) for item, f in queue.waiting if not f.done()]:
-                queue.waiting.clear()
-                outcomes = await self._outcomes(batch, make)
-                _resolve([outcome for outcome in outcomes if not outcome[0].done()])
+            while queue.waiting:
+                batch = queue.waiting[: self.TOGETHER_AT_MOST]
+                del queue.waiting[: self.TOGETHER_AT_MOST]
+                if batch := [(item, future) for item, future in batch if not future.done()]:
+                    outcomes = await self._outcomes(batch, make)
+                    _resolve([outcome for outcome in outcomes if not outcome[0].done()])
             del self._together[key]
-        except BaseException:  # cancelled with its event loop: nobody waits forever
-            for _, future in [*batch, *queue.waiting]:
-                future.cancel()
+        except BaseException as error:  # nobody is left waiting forever
             self._together.pop(key, None)
-            raise
+            for _, future in [*batch, *queue.waiting]:
+                if future.done():
+                    continue
+                if isinstance(error, asyncio.CancelledError):  # with its event loop
+                    future.cancel()
+                else:
+                    future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
 
     async def _outcomes(
         self,
@@ -261,11 +273,9 @@ class Store:
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         try:
             results = await self.alone(functools.partial(make, [item for item, _ in batch]))
-        except sql_errors.OperationalError as error:  # unreachable: the same for every item
-            return [(future, None, error) for _, future in batch]
         except Exception as error:
-            if len(batch) == 1:
-                return [(batch[0][1], None, error)]
+            if len(batch) == 1 or database_unavailable(error):  # the same for every item
+                return [(future, None, error) for _, future in batch]
             outcomes = []
             for item, future in batch:
                 outcomes.extend(await self._outcomes([(item, future)], make))
