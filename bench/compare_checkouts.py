@@ -31,6 +31,7 @@ import uvloop
 
 from bench import load
 from bench.gateway_overhead import (
+    HERE,
     earmark_setup,
     fast_provider,
     fresh_database,
@@ -43,8 +44,6 @@ from bench.gateway_overhead import (
     wait_ready,
 )
 from tests.processes import free_port
-
-HERE = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -44,12 +44,12 @@ import uvloop
 from sqlalchemy import text
 
 from app.storage.database import create_engine
-from app.storage.migrate import upgrade
 from bench import load
 from bench.ledger_scale import fill_ledger
 from bench.reservation import drop, postgres_database
 from tests.processes import earmark_env, free_port, wav_of_size
 
+HERE = Path(__file__).resolve().parent.parent  # the checkout this bench runs from
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 BOUNDARY = "earmarkbenchboundary"
 FORM = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -68,7 +68,7 @@ def multipart(audio: bytes, model: str) -> bytes:
 def speech_wav(size: int) -> bytes:
     """A 16 kHz mono WAV of ``size`` bytes whose samples are the speech fixture's, repeated:
     real audio, so the measure takes the path a real upload takes (not silence's)."""
-    fixture = (Path(__file__).parent.parent / "tests" / "fixtures" / "speech.wav").read_bytes()
+    fixture = (HERE / "tests" / "fixtures" / "speech.wav").read_bytes()
     samples = fixture[fixture.index(b"data") + 8 :]
     header = wav_of_size(44)
     pcm = (samples * (size // len(samples) + 1))[: size - 44]
@@ -97,7 +97,7 @@ def earmark_setup(work: Path, provider: str, database_url: str) -> dict[str, str
 
 
 def fresh_database(
-    stack: ExitStack, work: Path, name: str, postgres: str | None, checkout: Path | None = None
+    stack: ExitStack, work: Path, name: str, postgres: str | None, checkout: Path = HERE
 ) -> str:
     """A migrated database for one server: a new SQLite file in ``work``, or with
     ``postgres`` a new database on that PostgreSQL server, dropped when ``stack`` closes,
@@ -106,11 +106,8 @@ def fresh_database(
         return f"sqlite+aiosqlite:///{work / name}.db"
     database, url = asyncio.run(postgres_database(postgres))
     stack.callback(asyncio.run, drop(postgres, database))
-    if checkout is None:
-        upgrade(url)
-    else:
-        migrate = "import sys; from app.storage.migrate import upgrade; upgrade(sys.argv[1])"
-        subprocess.run([sys.executable, "-c", migrate, url], cwd=checkout, check=True)
+    migrate = "import sys; from app.storage.migrate import upgrade; upgrade(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", migrate, url], cwd=checkout, check=True)
     return url
 
 
@@ -119,7 +116,7 @@ def fast_provider(stack: ExitStack, work: Path) -> str:
     port = free_port()
     process = start(
         [sys.executable, "-m", "bench.upstreams", "provider", str(port)],
-        {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        {**os.environ, "PYTHONPATH": str(HERE)},
         work / "provider.log",
     )
     stack.callback(process.wait, 15)

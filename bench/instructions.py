@@ -35,6 +35,7 @@ import uvloop
 
 from bench import load
 from bench.gateway_overhead import (
+    HERE,
     earmark_setup,
     fast_provider,
     fresh_database,
@@ -46,8 +47,6 @@ from bench.gateway_overhead import (
     wait_ready,
 )
 from tests.processes import free_port
-
-HERE = Path(__file__).resolve().parent.parent
 
 
 def _control(pid: int, *args: str) -> None:

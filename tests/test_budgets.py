@@ -266,24 +266,48 @@ async def test_a_budget_that_refuses_for_good_answers_before_a_busy_one(engine):
     assert "tenant" in str(refused.value)
 
 
+async def _key_and_tenant_budgets(
+    engine, limit_usd: str = "1", period: str = "month"
+) -> tuple[str, str]:
+    """A tenant and a key, each with a budget of ``limit_usd`` a ``period``: (key id,
+    tenant id)."""
+    from app.access import keys, tenants
+    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
+
+    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
+    budget = BudgetCreate(limit_usd=limit_usd, period=period)
+    key = await keys.create_key(
+        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget]), ACTOR
+    )
+    async with database.write(engine) as conn:
+        await budgets.add_budget(conn, budget, ACTOR, tenant_id=tenant.id)
+    return key.id, tenant.id
+
+
+async def _open_calls(engine, key_id: str, tenant_id: str, *call_ids: str) -> dict:
+    """Open each call, holding 1,000 nanodollars on both budgets: their openings, by id."""
+    from app.billing.ledger import Opening, open_call
+
+    openings = {}
+    for call_id in call_ids:
+        openings[call_id] = Opening(
+            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
+            model_requested="m", hold_nanos=1_000,
+        )  # fmt: skip
+        await open_call(engine, openings[call_id], "p", "m")
+    return openings
+
+
 @pytest.mark.anyio
 async def test_on_postgresql_a_call_opens_and_settles_in_one_statement_each(engine):
     """No BEGIN or COMMIT round trip around either, with a key and a tenant budget on the
     path; a refusal alone goes the long way, to say which budget refused. (SQLite runs
     the steps in one thread hop; only the count of statements differs.)"""
-    from app.access import keys, tenants
     from app.billing.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
-    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
-    day = BudgetCreate(limit_usd="0.000002", period="day")
-    key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[day]), ACTOR
-    )
-    async with database.write(engine) as conn:
-        await budgets.add_budget(conn, day, ACTOR, tenant_id=tenant.id)
+    key_id, tenant_id = await _key_and_tenant_budgets(engine, "0.000002", "day")
     opening = Opening(
-        id="req_first", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
+        id="req_first", key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
         model_requested="m", expected_nanos=1_000, hold_nanos=1_000,
     )  # fmt: skip
     await open_call(engine, opening, "p", "m")  # makes this period's counters
@@ -329,17 +353,9 @@ async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engin
     and the counters add up. (Each settle locks its counters in budget order, as the
     reservation does; an UPDATE ... FROM in its plan's order deadlocked PostgreSQL under
     the benchmark's load, and a deadlock left is retried.)"""
-    from app.access import keys, tenants
     from app.billing.ledger import Opening, Settlement, open_call, settle_call
-    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
-    monthly = BudgetCreate(limit_usd="1", period="month")
-    key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[monthly]), ACTOR
-    )
-    async with database.write(engine) as conn:
-        await budgets.add_budget(conn, monthly, ACTOR, tenant_id=tenant.id)
+    key_id, tenant_id = await _key_and_tenant_budgets(engine)
     settled = Settlement(
         status="succeeded", http_status=200, provider="p", model="m", attempts=1,
         cost_nanos=600, latency_ms=1,
@@ -347,7 +363,7 @@ async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engin
 
     async def call(n: int) -> bool:
         opening = Opening(
-            id=f"req_{n:04d}", key_id=key.id, tenant_id=tenant.id, endpoint="transcription",
+            id=f"req_{n:04d}", key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
             model_requested="m", hold_nanos=700,
         )  # fmt: skip
         await open_call(engine, opening, "p", "m")
@@ -358,21 +374,6 @@ async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engin
     async with engine.connect() as conn:
         counters = (await conn.execute(select(budget_counters))).all()
     assert sorted((c.spent_nanos, c.held_nanos) for c in counters) == [(400 * 600, 0)] * 2
-
-
-async def _key_and_tenant_budgets(engine) -> tuple[str, str]:
-    """A tenant and a key, each with a month's budget of $1: (key id, tenant id)."""
-    from app.access import keys, tenants
-    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
-
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
-    monthly = BudgetCreate(limit_usd="1", period="month")
-    key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[monthly]), ACTOR
-    )
-    async with database.write(engine) as conn:
-        await budgets.add_budget(conn, monthly, ACTOR, tenant_id=tenant.id)
-    return key.id, tenant.id
 
 
 def _settlement(cost: int, provider: str | None = "p"):
@@ -394,16 +395,11 @@ async def test_calls_settled_while_one_is_in_flight_share_one_statement(engine):
     in one statement and one commit: each call gets its own answer, row and attempts, each
     counter is charged their sum, a call asked twice is settled once, one settled before
     is left alone, and one whose caller gave up before its statement ran stays open."""
-    from app.billing.ledger import Opening, open_call, settle_call
+    from app.billing.ledger import settle_call
 
     key_id, tenant_id = await _key_and_tenant_budgets(engine)
     ids = [f"req_{n:02d}" for n in range(12)]
-    for call_id in ids:
-        opening = Opening(
-            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
-            model_requested="m", hold_nanos=1_000,
-        )  # fmt: skip
-        await open_call(engine, opening, "p", "m")
+    await _open_calls(engine, key_id, tenant_id, *ids)
     assert await settle_call(engine, ids[11], _settlement(7))  # settled before, at 7
     statements: list[str] = []
     database.store(engine).trace = lambda sql, args: statements.append(sql)
@@ -447,15 +443,10 @@ async def test_a_settle_that_fails_fails_only_its_own_call(engine):
     """A settlement the database refuses (an attempt without its provider) fails its own
     caller, not the calls that shared its statement (on PostgreSQL they are settled again
     on their own; SQLite runs each in a savepoint)."""
-    from app.billing.ledger import Opening, open_call, settle_call
+    from app.billing.ledger import settle_call
 
     key_id, tenant_id = await _key_and_tenant_budgets(engine)
-    for call_id in ("req_a", "req_b", "req_c"):
-        opening = Opening(
-            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
-            model_requested="m", hold_nanos=1_000,
-        )  # fmt: skip
-        await open_call(engine, opening, "p", "m")
+    await _open_calls(engine, key_id, tenant_id, "req_a", "req_b", "req_c")
     statements: list[str] = []
     database.store(engine).trace = lambda sql, args: statements.append(sql)
     try:
@@ -484,23 +475,11 @@ async def test_a_call_cancelled_while_its_settle_waits_is_still_settled(engine):
     from types import SimpleNamespace
     from unittest.mock import MagicMock
 
-    from app.billing.ledger import Opening, open_call, settle_call
+    from app.billing.ledger import settle_call
     from app.gateway.settlement import Settlement as CallSettlement
 
     key_id, tenant_id = await _key_and_tenant_budgets(engine)
-    openings = {
-        call_id: Opening(
-            id=call_id,
-            key_id=key_id,
-            tenant_id=tenant_id,
-            endpoint="transcription",
-            model_requested="m",
-            hold_nanos=1_000,
-        )
-        for call_id in ("req_first", "req_gone")
-    }
-    for opening in openings.values():
-        await open_call(engine, opening, "p", "m")
+    openings = await _open_calls(engine, key_id, tenant_id, "req_first", "req_gone")
     route = SimpleNamespace(name="m", provider_name="p", upstream_model="m")
     gateway = SimpleNamespace(engine=engine, metrics=MagicMock(), observe_call=MagicMock())
     call = SimpleNamespace(
@@ -535,16 +514,11 @@ async def test_a_settle_shared_with_others_writes_what_one_alone_writes(engine):
     """Every column a settlement sets, and every field of its attempts, is written alike
     whether the call settles in a shared statement (PostgreSQL's ``earmark_settle``) or in
     a transaction of its own (as when a budget has alert thresholds)."""
-    from app.billing.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
+    from app.billing.ledger import AttemptRecord, Settlement, settle_call
     from app.billing.metering import Usage
 
     key_id, tenant_id = await _key_and_tenant_budgets(engine)
-    for call_id in ("req_shared", "req_alone"):
-        opening = Opening(
-            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
-            model_requested="m", hold_nanos=1_000,
-        )  # fmt: skip
-        await open_call(engine, opening, "p", "m")
+    await _open_calls(engine, key_id, tenant_id, "req_shared", "req_alone")
     started = datetime(2026, 12, 4, 12, 0, 0, 123_456, tzinfo=UTC)
     attempts = [
         AttemptRecord(

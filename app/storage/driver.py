@@ -195,12 +195,14 @@ async def run_on(conn: Any, program: Program[T]) -> T:
 class Store:
     """The call path's database, beside the SQLAlchemy engine of the same URL."""
 
-    dialect: Dialect
-    _together: dict[tuple[asyncio.AbstractEventLoop, str], _Together]  # by loop and kind
-
     # Called with each statement's SQL and arguments before it runs (tests read plans).
     trace: Callable[[str, Sequence[Any]], None] | None = None
     TOGETHER_AT_MOST = 64
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        # ``together``'s items, by event loop and kind of statement.
+        self._together: dict[tuple[asyncio.AbstractEventLoop, str], _Together] = {}
 
     async def write(self, make: Make[T]) -> T:
         raise NotImplementedError
@@ -251,8 +253,7 @@ class Store:
                 batch = queue.waiting[: self.TOGETHER_AT_MOST]
                 del queue.waiting[: self.TOGETHER_AT_MOST]
                 if batch := [(item, future) for item, future in batch if not future.done()]:
-                    outcomes = await self._outcomes(batch, make)
-                    _resolve([outcome for outcome in outcomes if not outcome[0].done()])
+                    _resolve(await self._outcomes(batch, make))
             del self._together[key]
         except BaseException as error:  # nobody is left waiting forever
             self._together.pop(key, None)
@@ -303,8 +304,8 @@ class SqliteStore(Store):
     CHECKPOINT_EVERY = 1_000
 
     def __init__(self, path: str, dialect: Dialect) -> None:
-        self.path, self.dialect = path, dialect
-        self._together = {}
+        super().__init__(dialect)
+        self.path = path
         self._threads: dict[str, ThreadPoolExecutor] = {}
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -494,8 +495,10 @@ def _converted(error: sqlite3.Error) -> Exception:
 
 
 def _resolve(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    """Answer each write of a batch (those cancelled before it ran were left out of it)."""
+    """Answer each write of a batch, but those whose callers were cancelled meanwhile."""
     for future, result, error in outcomes:
+        if future.done():
+            continue
         if error is None:
             future.set_result(result)
         else:
@@ -602,8 +605,8 @@ class PostgresStore(Store):
     it)."""
 
     def __init__(self, dsn: str, dialect: Dialect) -> None:
-        self.dsn, self.dialect = dsn, dialect
-        self._together = {}
+        super().__init__(dialect)
+        self.dsn = dsn
         self._pools: dict[asyncio.AbstractEventLoop, _Connections] = {}
 
     def _pool(self) -> _Connections:
