@@ -72,7 +72,6 @@ class Admin:
         until that page has replaced this one: a click returns before the next page loads,
         and what is read of the old page meanwhile is stale (a busy machine showed it)."""
         from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
         target = f"//button[normalize-space()={text!r}] | //a[normalize-space()={text!r}]"
@@ -82,14 +81,22 @@ class Admin:
                 self.browser.find_element(self.by.XPATH, target).click()
                 break
             except WebDriverException as error:
-                # Chromium lost the node between finding and clicking it (a busy machine
-                # showed "Node with given id does not belong to the document"): the
-                # click never happened, so find the button again.
-                lost = "does not belong to the document" in str(error) or "stale" in str(error)
-                if not lost or attempt == 2:
+                # Chromium lost the node between finding and clicking it: the click never
+                # happened, so find the button again.
+                if not _lost(error) or attempt == 2:
                     raise
+
+        def left(_driver: object) -> bool:
+            try:
+                page.is_enabled()
+            except WebDriverException as error:
+                if _lost(error):
+                    return True
+                raise
+            return False
+
         if navigates:
-            WebDriverWait(self.browser, 30).until(expected_conditions.staleness_of(page))
+            WebDriverWait(self.browser, 30).until(left)
         self.check_page()
 
     @property
@@ -119,6 +126,12 @@ class Admin:
         self.fill("Admin user", user)
         self.fill("Password", password)
         self.press("Sign in")
+
+
+def _lost(error: Exception) -> bool:
+    """A node of a page that is gone: selenium says "stale", and Chromium, on a busy
+    machine, "Node with given id does not belong to the document"."""
+    return "does not belong to the document" in str(error) or "stale" in str(error)
 
 
 def _a_page_refused(message: str) -> bool:
