@@ -5,15 +5,17 @@ cannot go upstream after a sweep."""
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.access import keys, tenants
 from app.billing import ledger
 from app.ops.audit import Actor
 from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 from app.storage import database
+from app.storage.driver import Statement, fetch
 from app.storage.models import budget_counters
 from app.storage.models import ledger as ledger_table
+from tests.conftest import empty_database
 
 ACTOR = Actor("test")
 
@@ -87,3 +89,29 @@ async def test_sweep_releases_unsent_calls_and_charges_sent_ones(engine):
         forwarded_before=now - timedelta(hours=1),
     )
     assert again == 0
+
+
+@pytest.mark.postgres
+async def test_the_sent_marks_relaxed_commit_stays_its_own(migrated_postgres):
+    """On PostgreSQL the mark's commit waits for no WAL flush (``synchronous_commit`` off
+    for its own transaction only): the pooled connection it ran on commits the next call's
+    open and settle durably, as every other statement of the call path."""
+    engine = database.create_engine(migrated_postgres)
+    try:
+        tenant, key = await _key(engine)
+        store = database.store(engine)
+        setting = Statement(select(func.current_setting("synchronous_commit").label("setting")))
+
+        def showing():
+            return (yield fetch(setting))
+
+        for n in range(3):  # one connection at a time: each time the same one, reused
+            await _open(engine, tenant, key, f"req_marked_{n}", timedelta(0))
+            assert await ledger.mark_sent(engine, f"req_marked_{n}")
+            assert await store.alone(showing) == [("on",)]
+        async with engine.connect() as conn:
+            marked = (await conn.execute(select(ledger_table.c.sent_at))).scalars().all()
+        assert len(marked) == 3 and None not in marked
+    finally:
+        await engine.dispose()
+        await empty_database(migrated_postgres)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -165,10 +166,24 @@ _SETTLE_ROW = Statement(
 )
 
 
-_MARK_SENT = Statement(
+_MARK_SENT_ROW = (
     update(ledger)
     .where(ledger.c.id == bindparam("call_id"), ledger.c.status == "forwarded")
     .values(sent_at=func.coalesce(ledger.c.sent_at, bindparam("now", type_=ledger.c.sent_at.type)))
+)
+# On PostgreSQL the mark's commit does not wait for its WAL to reach the disk (a fsync,
+# most of the mark's time): the server has the mark as soon as it answers, so the
+# gateway's death cannot lose it, and the WAL writer or the next commit that waits (the
+# call's own settle at the latest) flushes it. Only a crash of the database server
+# within that flush could lose it, and then the gateway still settles the call as it
+# happened; its row would be released unbilled only if the gateway died too.
+_MARK_SENT = Statement(
+    {
+        "postgresql": _MARK_SENT_ROW.where(
+            text("set_config('synchronous_commit', 'off', true) IS NOT NULL")
+        ),
+        "sqlite": _MARK_SENT_ROW,
+    }
 )
 
 
