@@ -1,13 +1,13 @@
-"""Chaos: gateways killed, a database stopped, a provider that fails every way it can,
+"""Chaos: gateways killed, a database crashed, a provider that fails every way it can,
 under load; then the ledger is checked against what the provider billed.
 
 Three `earmark serve` processes share one database (SQLite, or a PostgreSQL cluster of
-the run's own, on another port, stopped and started mid-run) and one journal directory,
-in front of the fake provider answering with latency, 5xx, resets during the upload and
-after the work, answers after the gateway's timeout and broken-off streams, and logging
-every call it billed. Clients call without pause; every few seconds a gateway is killed
-with SIGKILL and started again. At the end, once the journal is replayed and the sweep
-has run, the invariants are printed:
+the run's own, on another port, crashed mid-run by an immediate stop and started again)
+and one journal directory, in front of the fake provider answering with latency, 5xx,
+resets during the upload and after the work, answers after the gateway's timeout and
+broken-off streams, and logging every call it billed. Clients call without pause; every
+few seconds a gateway is killed with SIGKILL and started again. At the end, once the
+journal is replayed and the sweep has run, the invariants are printed:
 
 - every attempt the provider billed is charged, or listed for review;
 - every 200 a client saw is a settled row that was charged;
@@ -99,8 +99,10 @@ class OwnPostgres:
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l",
                   self.directory / "log", "-w", "start")  # fmt: skip
 
-    def stop(self) -> None:
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: a clean shutdown; ``immediate``: a crash (what was committed without
+        waiting for its WAL flush may be lost; the server recovers on the next start)."""
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
 
 
 @dataclass
@@ -241,7 +243,7 @@ async def _chaos(run: Run, gateways: Gateways, postgres: OwnPostgres | None, unt
         run.kills += 1
         await asyncio.to_thread(gateways.start, n)
         if postgres is not None and time.monotonic() > outage_at and not run.database_outages:
-            await asyncio.to_thread(postgres.stop)
+            await asyncio.to_thread(postgres.stop, "immediate")
             run.database_outages += 1
             await asyncio.sleep(3)
             await asyncio.to_thread(postgres.start)
