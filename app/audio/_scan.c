@@ -119,20 +119,23 @@ static int find_headers(const uint8_t *d, Py_ssize_t len, const int64_t *mpeg_si
     Py_ssize_t n = len - 7; /* a header starts at least 8 bytes before the end */
     uint8_t mark[BLOCK + 8];
     for (Py_ssize_t base = 0; base < n; base += BLOCK) {
-        Py_ssize_t m = n - base < BLOCK ? n - base : BLOCK;
+        /* Unsigned, so the compiler sees 0 <= m <= BLOCK (with -fwrapv it cannot rule out
+           a wrapped n - base, and warns that mark + m may be out of bounds). */
+        size_t m = (size_t)(n - base < BLOCK ? n - base : BLOCK);
         const uint8_t *x = d + base, *y = d + base + 1;
         /* FF or 56 then E0-FF (MPEG audio, ADTS, LOAS), 0B 77 or 77 0B (AC-3). */
-        for (Py_ssize_t i = 0; i < m; i++) {
+        for (size_t i = 0; i < m; i++) {
             mark[i] = (((x[i] == 0xFF) | (x[i] == 0x56)) & (y[i] >= 0xE0)) |
                       ((x[i] == 0x0B) & (y[i] == 0x77)) | ((x[i] == 0x77) & (y[i] == 0x0B));
         }
         memset(mark + m, 0, 8);
-        for (Py_ssize_t i = 0; i < m; i += 8) {
+        for (size_t i = 0; i < m; i += 8) {
             uint64_t any;
             memcpy(&any, mark + i, 8);
             if (!any) continue;
-            for (Py_ssize_t k = i; k < i + 8 && k < m; k++) {
-                if (mark[k] && read_header(x + k, base + k, mpeg_sizes, ac3_sizes, out)) return -1;
+            for (size_t k = i; k < i + 8 && k < m; k++) {
+                if (mark[k] && read_header(x + k, base + (Py_ssize_t)k, mpeg_sizes, ac3_sizes, out))
+                    return -1;
             }
         }
     }
