@@ -1,8 +1,9 @@
 """The short form of ``bench/chaos.py``: three gateways under load, killed with SIGKILL
 and restarted, a provider failing in every way it can (and, on PostgreSQL, a cluster of
-the test's own crashed mid-run and started again). Every invariant must hold: what the provider
-billed is charged or listed for review, every 200 is a settled and charged row, no cap is
-exceeded, counters equal the ledger, nothing stays open, no false "nothing was sent"."""
+the test's own crashed mid-run and started again). Every invariant must hold: what the
+provider billed is charged or listed for review, every 200 is a settled and charged row,
+no cap is exceeded, counters equal the ledger, nothing stays open, no false "nothing was
+sent"."""
 
 from __future__ import annotations
 
