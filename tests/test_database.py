@@ -304,3 +304,39 @@ async def test_a_closed_postgres_store_refuses_and_wakes_its_waiters(migrated_po
     for conn in lent:  # what was lent when it closed comes back closed, and stays so
         pool.release(conn, None)
         assert conn.is_closed()
+
+
+@pytest.mark.postgres
+async def test_a_call_under_way_is_lent_a_connection_before_new_calls(migrated_postgres: str):
+    """Every connection busy and a burst of new calls' work queued: the next connection
+    freed goes to the sent mark of a call already admitted, so the burst cannot hold up
+    a call a provider is working on (CI saw that mark wait 5 s behind 195 refusals)."""
+    from datetime import timedelta
+
+    from app.billing import ledger
+    from tests.conftest import empty_database
+    from tests.test_sweeper import _key, _open
+
+    engine = create_engine(migrated_postgres)
+    try:
+        tenant, key = await _key(engine)
+        await _open(engine, tenant, key, "req_under_way", timedelta(0))
+        busy = [asyncio.ensure_future(_backend(engine, 0.3)) for _ in range(POSTGRES_POOL_SIZE)]
+        await asyncio.sleep(0.1)
+        finished: list[str] = []
+
+        def tracked(label: str, work) -> asyncio.Future:
+            future = asyncio.ensure_future(work)
+            future.add_done_callback(lambda _: finished.append(label))
+            return future
+
+        new = [tracked("new", _backend(engine)) for _ in range(3 * POSTGRES_POOL_SIZE)]
+        await asyncio.sleep(0.05)
+        mark = tracked("mark", ledger.mark_sent(engine, "req_under_way"))
+        await asyncio.wait_for(asyncio.gather(*busy, *new, mark), 30)
+        assert mark.result()
+        # Lent the first connection freed; behind the burst it would finish last.
+        assert finished.index("mark") < POSTGRES_POOL_SIZE, finished
+    finally:
+        await engine.dispose()
+        await empty_database(migrated_postgres)

@@ -369,8 +369,8 @@ async def settle_call(
     counter for several calls."""
     store = database.store(engine)
     if alerting or settlement.review or store.dialect.name != "postgresql":
-        return await store.write(lambda: _settling(call_id, settlement, alerting))
-    return await store.together("settle", (call_id, settlement), _settling_together)
+        return await store.write(lambda: _settling(call_id, settlement, alerting), under_way=True)
+    return await store.together("settle", (call_id, settlement), _settling_together, under_way=True)
 
 
 _RAISE_ROW_HOLD = Statement(
@@ -390,7 +390,7 @@ async def raise_hold(engine: AsyncEngine, call_id: str, extra: int) -> bool:
         yield from budgets.raising(call_id, extra)
 
     try:
-        await database.store(engine).write(raising)
+        await database.store(engine).write(raising, under_way=True)
     except budgets.NoRoom:
         return False
     return True
@@ -401,7 +401,8 @@ async def mark_sent(engine: AsyncEngine, call_id: str) -> bool:
     whole request (the sweeper then charges a lost call instead of releasing it). False if
     the row is no longer open: nothing more may be sent for it."""
     now = database.utcnow()
-    return bool(await database.store(engine).alone(lambda: _marking_sent(call_id, now)))
+    store = database.store(engine)
+    return bool(await store.alone(lambda: _marking_sent(call_id, now), under_way=True))
 
 
 def _marking_sent(call_id: str, now: datetime) -> Program[int]:

@@ -204,16 +204,24 @@ class Store:
         # ``together``'s items, by event loop and kind of statement.
         self._together: dict[tuple[asyncio.AbstractEventLoop, str], _Together] = {}
 
-    async def write(self, make: Make[T]) -> T:
+    # ``under_way``, on each of these: the work of a call already admitted (the sent mark,
+    # its settle, a fallback's hold), which PostgreSQL lends the next free connection
+    # before new calls' work (``_Connections``). SQLite runs writes as they come.
+
+    async def write(self, make: Make[T], under_way: bool = False) -> T:
         raise NotImplementedError
 
-    async def alone(self, make: Make[T]) -> T:
+    async def alone(self, make: Make[T], under_way: bool = False) -> T:
         """A program of one statement, run outside any transaction (one round trip): a
         read, or a write that is atomic on its own."""
         raise NotImplementedError
 
     async def together(
-        self, kind: str, item: Any, make: Callable[[list[Any]], Program[list[T]]]
+        self,
+        kind: str,
+        item: Any,
+        make: Callable[[list[Any]], Program[list[T]]],
+        under_way: bool = False,
     ) -> T:
         """``item``'s result from ``make``'s program of one statement for a list of items
         (one result per item, in order), run ``alone``: at once if no statement of this
@@ -233,11 +241,11 @@ class Store:
             return await future
         queue = self._together[key] = _Together()
         try:
-            (result,) = await self.alone(functools.partial(make, [item]))
+            (result,) = await self.alone(functools.partial(make, [item]), under_way)
             return result
         finally:
             if queue.waiting:
-                queue.task = loop.create_task(self._run_together(key, queue, make))
+                queue.task = loop.create_task(self._run_together(key, queue, make, under_way))
             else:
                 del self._together[key]
 
@@ -246,6 +254,7 @@ class Store:
         key: tuple[asyncio.AbstractEventLoop, str],
         queue: _Together,
         make: Callable[[list[Any]], Program[list[Any]]],
+        under_way: bool,
     ) -> None:
         batch: list[tuple[Any, asyncio.Future[Any]]] = []
         try:
@@ -253,7 +262,7 @@ class Store:
                 batch = queue.waiting[: self.TOGETHER_AT_MOST]
                 del queue.waiting[: self.TOGETHER_AT_MOST]
                 if batch := [(item, future) for item, future in batch if not future.done()]:
-                    _resolve(await self._outcomes(batch, make))
+                    _resolve(await self._outcomes(batch, make, under_way))
             del self._together[key]
         except BaseException as error:  # nobody is left waiting forever
             self._together.pop(key, None)
@@ -271,15 +280,17 @@ class Store:
         self,
         batch: list[tuple[Any, asyncio.Future[Any]]],
         make: Callable[[list[Any]], Program[list[Any]]],
+        under_way: bool,
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        items = [item for item, _ in batch]
         try:
-            results = await self.alone(functools.partial(make, [item for item, _ in batch]))
+            results = await self.alone(functools.partial(make, items), under_way)
         except Exception as error:
             if len(batch) == 1 or database_unavailable(error):  # the same for every item
                 return [(future, None, error) for _, future in batch]
             outcomes = []
             for item, future in batch:
-                outcomes.extend(await self._outcomes([(item, future)], make))
+                outcomes.extend(await self._outcomes([(item, future)], make, under_way))
             return outcomes
         return [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
 
@@ -373,7 +384,7 @@ class SqliteStore(Store):
                 )
         return thread
 
-    async def write(self, make: Make[T]) -> T:
+    async def write(self, make: Make[T], under_way: bool = False) -> T:
         """Join the transactions this event loop commits at its next turn (group commit):
         each runs in a savepoint of its own, so a refusal undoes only its own work, and
         they reach the WAL in one append, the pages they share (the budget counters, the
@@ -436,7 +447,7 @@ class SqliteStore(Store):
                 self._thread("write").submit(self._checkpoint)
         _resolve(outcomes)
 
-    async def alone(self, make: Make[T]) -> T:
+    async def alone(self, make: Make[T], under_way: bool = False) -> T:
         """One statement, so no transaction around it."""
         try:
             return self._run(make(), None, inline=True)
@@ -512,7 +523,10 @@ class _Connections:
     list costs almost nothing. A connection that a failure may have left mid-protocol
     (anything but an error the server answered, or still in a transaction) is closed, not
     lent again, and its place is free for a new one; so is one left idle for
-    ``IDLE_SECONDS`` (a firewall may have dropped it without a word)."""
+    ``IDLE_SECONDS`` (a firewall may have dropped it without a word). The work of calls
+    under way is lent the next free connection before new calls' work: a burst of new
+    calls (each a key, an open, perhaps a refusal's row) cannot hold up, behind hundreds
+    of their statements, the sent mark or the settle of a call a provider is working on."""
 
     IDLE_SECONDS = 300
 
@@ -522,10 +536,13 @@ class _Connections:
         self._all: set[Any] = set()
         self._opening = 0
         self._closed = False
-        # Each waiter gets a connection, or None: a place is free, open one.
+        # Each waiter gets a connection, or None: a place is free, open one. Those of calls
+        # under way are served first.
+        self._under_way: deque[asyncio.Future[Any]] = deque()
         self._waiters: deque[asyncio.Future[Any]] = deque()
 
-    async def acquire(self) -> Any:
+    async def acquire(self, under_way: bool = False) -> Any:
+        waiters = self._under_way if under_way else self._waiters
         first = True
         while True:
             if self._closed:
@@ -539,7 +556,7 @@ class _Connections:
                 return await self._open()
             waiter = asyncio.get_running_loop().create_future()
             # One woken for a free place that another took meanwhile keeps its turn.
-            (self._waiters.append if first else self._waiters.appendleft)(waiter)
+            (waiters.append if first else waiters.appendleft)(waiter)
             first = False
             try:
                 conn = await waiter
@@ -578,12 +595,14 @@ class _Connections:
         conn.terminate()
 
     def _hand_on(self, conn: Any) -> None:
-        """To the first waiter still waiting, or back to the idle list."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
+        """To the first waiter still waiting (a call's under way first), or back to the
+        idle list."""
+        for waiters in (self._under_way, self._waiters):
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(conn)
+                    return
         if conn is not None:
             self._idle.append((conn, time.monotonic()))
 
@@ -594,10 +613,11 @@ class _Connections:
             conn.terminate()
         self._all.clear()
         self._idle.clear()
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # it finds the pool closed
+        for waiters in (self._under_way, self._waiters):
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # it finds the pool closed
 
 
 class PostgresStore(Store):
@@ -616,20 +636,20 @@ class PostgresStore(Store):
             pool = self._pools[loop] = _Connections(self.dsn, POSTGRES_POOL_SIZE)
         return pool
 
-    async def _run(self, make: Make[T], transaction: bool) -> T:
+    async def _run(self, make: Make[T], transaction: bool, under_way: bool) -> T:
         for attempt in range(_RETRIES):
             try:
-                return await self._attempt(make(), transaction)
+                return await self._attempt(make(), transaction, under_way)
             except sql_errors.DBAPIError as error:
                 sqlstate = getattr(error.orig, "sqlstate", None)
                 if sqlstate not in _RETRY_SQLSTATES or attempt == _RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
 
-    async def _attempt(self, program: Program[T], transaction: bool) -> T:
+    async def _attempt(self, program: Program[T], transaction: bool, under_way: bool) -> T:
         try:
             pool = self._pool()
-            conn = await pool.acquire()
+            conn = await pool.acquire(under_way)
             failure: BaseException | None = None
             try:
                 if not transaction:
@@ -662,12 +682,12 @@ class PostgresStore(Store):
 
         return await _drive(program, perform)
 
-    async def write(self, make: Make[T]) -> T:
-        return await self._run(make, transaction=True)
+    async def write(self, make: Make[T], under_way: bool = False) -> T:
+        return await self._run(make, True, under_way)
 
-    async def alone(self, make: Make[T]) -> T:
+    async def alone(self, make: Make[T], under_way: bool = False) -> T:
         """One statement, so no transaction around it: one round trip."""
-        return await self._run(make, transaction=False)
+        return await self._run(make, False, under_way)
 
     def close(self) -> None:
         for pool in self._pools.values():
