@@ -594,16 +594,20 @@ class _Connections:
         self._all.discard(conn)
         conn.terminate()
 
-    def _hand_on(self, conn: Any) -> None:
-        """To the first waiter still waiting (a call's under way first), or back to the
-        idle list."""
+    def _next_waiter(self) -> asyncio.Future[Any] | None:
+        """The first waiter still waiting, a call's under way before a new call's."""
         for waiters in (self._under_way, self._waiters):
             while waiters:
                 waiter = waiters.popleft()
                 if not waiter.done():
-                    waiter.set_result(conn)
-                    return
-        if conn is not None:
+                    return waiter
+        return None
+
+    def _hand_on(self, conn: Any) -> None:
+        """To the next waiter, or back to the idle list."""
+        if (waiter := self._next_waiter()) is not None:
+            waiter.set_result(conn)
+        elif conn is not None:
             self._idle.append((conn, time.monotonic()))
 
     def terminate(self) -> None:
@@ -613,11 +617,8 @@ class _Connections:
             conn.terminate()
         self._all.clear()
         self._idle.clear()
-        for waiters in (self._under_way, self._waiters):
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)  # it finds the pool closed
+        while (waiter := self._next_waiter()) is not None:
+            waiter.set_result(None)  # it finds the pool closed
 
 
 class PostgresStore(Store):
