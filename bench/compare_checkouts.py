@@ -118,12 +118,12 @@ def main() -> None:
         ratios = [this / base for this, base in zip(values["this"], values["base"], strict=True)]
         report[f"{label}_this_over_base"] = [round(r, 3) for r in ratios]
         report[f"{label}_this_over_base_median"] = round(statistics.median(ratios), 3)
-    report["cpu_ms_per_call_median"] = {
-        name: round(statistics.median(values), 3) for name, values in cpu.items()
-    }
+    medians = {"cpu_ms_per_call": cpu}
     if args.postgres:
-        report["database_cpu_ms_per_call_median"] = {
-            name: round(statistics.median(values), 3) for name, values in database_cpu.items()
+        medians["database_cpu_ms_per_call"] = database_cpu
+    for label, by_checkout in medians.items():
+        report[f"{label}_median"] = {
+            name: round(statistics.median(values), 3) for name, values in by_checkout.items()
         }
     print(json.dumps(report, indent=2))
 
