@@ -1,7 +1,8 @@
 """What the provider billed is what the ledger charges, whatever fails: a timeout or a
 reset after the provider did the work is charged its expected cost and listed for review;
-a reset during the upload is not charged; a fallback after an uncertain attempt is charged
-too; an overrun of the hold is charged and flagged; and the tenant is told which it was."""
+a reset during the upload is not charged, and sent once more; a fallback after an
+uncertain attempt is charged too; an overrun of the hold is charged and flagged; and the
+tenant is told which it was."""
 
 from __future__ import annotations
 
@@ -84,19 +85,44 @@ def test_an_sdk_does_not_retry_work_a_provider_may_have_billed(gateway: Gateway)
     assert len(gateway.calls(key)) == 1
 
 
-def test_a_reset_during_the_upload_is_not_charged(gateway: Gateway):
+def test_a_connection_dropped_during_the_upload_is_sent_once_more(gateway: Gateway):
+    """The provider closed the connection before it had the whole request (as it does to
+    a pooled keep-alive connection it let go idle): it cannot have done the work, so the
+    request goes once more, and the tenant gets its answer, billed once."""
     key = gateway.new_key()
     gateway.script({"reset": "during_upload"})
+    with SPEECH.open("rb") as audio:
+        result = gateway.sdk(key["secret"]).audio.transcriptions.create(
+            model="openai/whisper-1", file=audio
+        )
+    assert result.text
+    assert len(_billed(gateway)) == 1
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["cost_usd"], call["review"]) == ("succeeded", COST, None)
+    assert [(a["outcome"], a["error"], a["charged_nanos"]) for a in call["upstream_attempts"]] == [
+        ("failed", "dropped", 0),
+        ("answered", None, 0),
+    ]
+    samples = scrape(gateway.url)
+    assert total(samples, "earmark_upstream_errors_total", provider="openai", kind="dropped") == 1
+
+
+def test_a_reset_during_the_upload_is_not_charged(gateway: Gateway):
+    key = gateway.new_key()
+    gateway.script({"reset": "during_upload"}, {"reset": "during_upload"})  # and its retry
     big = wav_of_size(20_000_000)  # larger than the socket buffers: the upload is cut
     response = gateway.post_audio(key, "openai/whisper-1", big)
     assert response.status_code == 502, response.text
-    assert "nothing was charged" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "before it had the whole request" in message
+    assert "nothing was charged" in message
+    assert "x-should-retry" not in response.headers  # an SDK may send it again
     assert _billed(gateway) == []
     (call,) = gateway.calls(key)
     assert (call["cost_usd"], call["review"]) == ("0.000000000", None)
-    (attempt,) = call["upstream_attempts"]
-    assert attempt["outcome"] == "failed"
-    assert attempt["bytes_sent"] < 20_000_000
+    attempts = call["upstream_attempts"]
+    assert [(a["outcome"], a["error"]) for a in attempts] == [("failed", "dropped")] * 2
+    assert all(a["bytes_sent"] < 20_000_000 for a in attempts)
 
 
 def test_a_fallback_after_an_uncertain_attempt_is_charged_as_well(gateway: Gateway):

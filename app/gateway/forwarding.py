@@ -5,9 +5,10 @@ billed the usage it reports), ``refused`` (an error status: it billed nothing),
 ``failed`` (it never had the whole request, or is this machine: nothing billed), or
 ``uncertain`` (it had the whole request and no answer came: a timeout or a reset after
 sending; it may have done and billed the work, so the attempt is charged its expected
-cost and the call goes to review). A provider's own trouble (5xx, 429, a failure) moves
-on to the next fallback; an uncertain attempt stays charged when a fallback then answers,
-because both providers may bill.
+cost and the call goes to review). A connection the provider dropped before it had the
+whole request is tried once more on the same route; a provider's own trouble (5xx, 429, a
+failure) moves on to the next fallback; an uncertain attempt stays charged when a
+fallback then answers, because both providers may bill.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Attempt:
     started_at: datetime
     outcome: str = "failed"  # answered | refused | failed | uncertain
     http_status: int | None = None
-    error: str | None = None  # timeout, unreachable, reset, broken_stream, status_5xx, …
+    error: str | None = None  # timeout, unreachable, dropped, reset, status_5xx, …
     bytes_sent: int = 0
     latency_ms: int = 0
     charged_nanos: int = 0  # what this attempt adds to the call's cost beyond the answer's
@@ -152,7 +153,6 @@ async def forward(
     mid-attempt still knows what was sent) receives one record per attempt. A fallback is
     tried only if the call's budgets can hold what it may cost on top of what the attempts
     before it are charged (``opening.hold_nanos`` grows with it)."""
-    options = admitted.options
     before_last = _marking_sent(gateway, call)
     previous: Forwarded | None = None
     for n, route in enumerate(admitted.candidates, 1):
@@ -160,59 +160,76 @@ async def forward(
             gateway, call, admitted, opening, attempts, route
         ):
             return previous
+        previous = await _attempt(gateway, call, admitted, attempts, route, before_last)
+        if previous.failure is not None and previous.failure.kind == "dropped":
+            # Most often a pooled keep-alive connection the provider closed, idle, as this
+            # call took it. It never had the whole request, so it cannot have done the
+            # work: sent once more, on another connection (RFC 9112, 9.3.1.1).
+            previous = await _attempt(gateway, call, admitted, attempts, route, before_last)
+        response = previous.response
         last = n == len(admitted.candidates)
-        attempt = Attempt(n=n, route=route, started_at=database.utcnow())
-        attempts.append(attempt)
-        fields = {
-            **admitted.fields,
-            "model": [route.upstream_model],
-            "response_format": [upstream_format(route, options.response_format, options.stream)],
-        }
-        request = UpstreamRequest(
-            route=route,
-            operation=call.operation,
-            fields=fields,
-            upload=admitted.upload,
-            request_id=call.request_id,
-            owner=call.principal.tenant_id,
-            progress=Progress(before_last=before_last),
-        )
-        started = time.perf_counter()
-        try:
-            response = await gateway.providers[route.provider_name].send(request)
-        except AttemptFailed as failure:
-            attempt.bytes_sent = failure.bytes_sent
-            attempt.latency_ms = int((time.perf_counter() - started) * 1000)
-            if failure.reached:
-                attempt.uncertain(admitted.expected_on(route), failure.kind)
-            else:
-                attempt.error = failure.kind
-            gateway.metrics.upstream_attempt(
-                route.provider_name, route.name, time.perf_counter() - started, failure.kind
-            )
-            previous = Forwarded(attempts, route, None, failure)
-            if last:
-                return previous
-            continue
-        except BaseException:
-            # The caller left (or something broke) mid-attempt: a provider that had the
-            # whole request may do the work anyway.
-            attempt.bytes_sent = request.progress.bytes_sent
-            attempt.latency_ms = int((time.perf_counter() - started) * 1000)
-            if request.progress.reached:
-                attempt.uncertain(admitted.expected_on(route), "abandoned")
-            raise
-        attempt.latency_ms = int((time.perf_counter() - started) * 1000)
-        attempt.bytes_sent = request.progress.bytes_sent
-        attempt.http_status = response.status
-        attempt.outcome = "answered" if response.status < 400 else "refused"
-        attempt.error = _error_kind(response.status)
-        gateway.metrics.upstream_attempt(
-            route.provider_name, route.name, time.perf_counter() - started, attempt.error
-        )
-        previous = Forwarded(attempts, route, response, None)
-        if (response.status >= 500 or response.status == 429) and not last:
+        if last or (response is not None and response.status < 500 and response.status != 429):
+            return previous
+        if response is not None:
             await response.close()
-            continue
-        return previous
     raise AssertionError("a route has at least one candidate")
+
+
+async def _attempt(
+    gateway: Gateway,
+    call: CallRequest,
+    admitted: Admitted,
+    attempts: list[Attempt],
+    route: ModelRoute,
+    before_last: Callable[[], Awaitable[None]],
+) -> Forwarded:
+    """One attempt at ``route``, recorded: its answer, or how it failed."""
+    attempt = Attempt(n=len(attempts) + 1, route=route, started_at=database.utcnow())
+    attempts.append(attempt)
+    fields = {
+        **admitted.fields,
+        "model": [route.upstream_model],
+        "response_format": [
+            upstream_format(route, admitted.options.response_format, admitted.options.stream)
+        ],
+    }
+    request = UpstreamRequest(
+        route=route,
+        operation=call.operation,
+        fields=fields,
+        upload=admitted.upload,
+        request_id=call.request_id,
+        owner=call.principal.tenant_id,
+        progress=Progress(before_last=before_last),
+    )
+    started = time.perf_counter()
+    try:
+        response = await gateway.providers[route.provider_name].send(request)
+    except AttemptFailed as failure:
+        attempt.bytes_sent = failure.bytes_sent
+        attempt.latency_ms = int((time.perf_counter() - started) * 1000)
+        if failure.reached:
+            attempt.uncertain(admitted.expected_on(route), failure.kind)
+        else:
+            attempt.error = failure.kind
+        gateway.metrics.upstream_attempt(
+            route.provider_name, route.name, time.perf_counter() - started, failure.kind
+        )
+        return Forwarded(attempts, route, None, failure)
+    except BaseException:
+        # The caller left (or something broke) mid-attempt: a provider that had the
+        # whole request may do the work anyway.
+        attempt.bytes_sent = request.progress.bytes_sent
+        attempt.latency_ms = int((time.perf_counter() - started) * 1000)
+        if request.progress.reached:
+            attempt.uncertain(admitted.expected_on(route), "abandoned")
+        raise
+    attempt.latency_ms = int((time.perf_counter() - started) * 1000)
+    attempt.bytes_sent = request.progress.bytes_sent
+    attempt.http_status = response.status
+    attempt.outcome = "answered" if response.status < 400 else "refused"
+    attempt.error = _error_kind(response.status)
+    gateway.metrics.upstream_attempt(
+        route.provider_name, route.name, time.perf_counter() - started, attempt.error
+    )
+    return Forwarded(attempts, route, response, None)

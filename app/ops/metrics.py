@@ -46,7 +46,7 @@ NONE = "none"  # label value when a call never reached a model or provider
 ENDPOINTS = ("transcription", "translation")
 TOKEN_KINDS = ("input_text", "input_audio", "output")
 UPSTREAM_ERROR_KINDS = (
-    "timeout", "unreachable", "reset", "broken_stream", "abandoned", "worker_died",
+    "timeout", "unreachable", "dropped", "reset", "broken_stream", "abandoned", "worker_died",
     "status_5xx", "status_429", "status_4xx", "malformed",
 )  # fmt: skip
 

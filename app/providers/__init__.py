@@ -68,7 +68,8 @@ class AttemptFailed(Exception):
     def __init__(self, message: str, *, kind: str, reached: bool, bytes_sent: int = 0) -> None:
         super().__init__(message)
         self.message = message
-        self.kind = kind  # timeout | unreachable | reset | broken_stream | malformed | worker_died
+        # timeout | unreachable | dropped | reset | broken_stream | malformed | worker_died
+        self.kind = kind
         self.reached = reached
         self.bytes_sent = bytes_sent
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import select
 from collections.abc import AsyncIterator
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
 
 from app.catalog import ModelRoute
 from app.config import ProviderConfig
@@ -24,6 +26,23 @@ from app.providers import AttemptFailed, Progress, UpstreamRequest, UpstreamResp
 _CHUNK = 1 << 16
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _CONNECTING = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)  # never reached
+# The connection broke: the provider closed or reset it (before the last bytes: dropped).
+_BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
+_HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+
+
+def _closed_by_provider(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the provider has closed this connection already: a pooled keep-alive one
+    it closed, idle, just as this call took it. The event loop may not have read that end
+    yet (a busy loop, a mark that did not wait), so the socket itself is asked."""
+    if transport is None or transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _HUNG_UP)
+    return bool(poller.poll(0))
 
 
 def _closer(response: aiohttp.ClientResponse):
@@ -53,9 +72,10 @@ def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
-class _Body:
-    """The multipart form as a stream, counting what has gone out; ``upload_deadline`` is
-    lifted once the last bytes are handed over (the answer has its own timeout)."""
+class _Body(aiohttp.payload.Payload):
+    """The multipart form, written as a stream and counting what has gone out;
+    ``upload_deadline`` is lifted once the last bytes are handed over (the answer has its
+    own timeout)."""
 
     def __init__(
         self,
@@ -64,9 +84,10 @@ class _Body:
         progress: Progress,
         upload_deadline: asyncio.Timeout,
     ) -> None:
+        self.boundary = secrets.token_hex(16)
+        super().__init__(upload, content_type=f"multipart/form-data; boundary={self.boundary}")
         self.progress = progress
         self.upload_deadline = upload_deadline
-        self.boundary = secrets.token_hex(16)
         head = b"".join(
             f'--{self.boundary}\r\ncontent-disposition: form-data; name="{_quoted(name)}"'
             f"\r\n\r\n".encode()
@@ -85,25 +106,35 @@ class _Body:
         )
         self.tail = f"\r\n--{self.boundary}--\r\n".encode()
         self.upload = upload
-        self.length = len(self.head) + upload.size + len(self.tail)
+        self._size = len(self.head) + upload.size + len(self.tail)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("an upload is streamed, never decoded")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
         # Reads of the spool come from memory or from the page cache it was just written to.
         progress = self.progress
         self.upload.file.seek(0)
-        yield self.head
+        await writer.write(self.head)
         progress.bytes_sent = len(self.head)
         while chunk := self.upload.file.read(_CHUNK):
-            yield chunk
+            await writer.write(chunk)
             progress.bytes_sent += len(chunk)
         if progress.before_last is not None:
             await progress.before_last()
+        if _closed_by_provider(writer.transport):
+            raise ConnectionResetError("the provider closed the connection")
         # From here the provider gets the whole request even if the call is abandoned: a
         # closing connection still flushes what it was handed.
         progress.reached = True
         self.upload_deadline.reschedule(None)
-        yield self.tail
+        await writer.write(self.tail)
         progress.bytes_sent += len(self.tail)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        await self.write(writer)
 
 
 class RemoteProvider:
@@ -144,6 +175,9 @@ class RemoteProvider:
             message = f"{self.name} did not answer within {self.config.timeout_seconds:g} s"
         elif reached:
             kind, message = "reset", f"{self.name} closed the connection without an answer"
+        elif isinstance(error, _BROKEN) and not connecting:
+            kind = "dropped"
+            message = f"{self.name} closed the connection before it had the whole request"
         else:
             kind, message = "unreachable", f"could not reach {self.name} ({type(error).__name__})"
         return AttemptFailed(message, kind=kind, reached=reached, bytes_sent=progress.bytes_sent)
@@ -157,13 +191,8 @@ class RemoteProvider:
             async with upload_deadline:
                 response = await self.http.post(
                     self._url(request.route, request.operation),
-                    headers={
-                        **self.headers,
-                        "content-type": f"multipart/form-data; boundary={body.boundary}",
-                        "content-length": str(body.length),
-                        "x-client-request-id": request.request_id,
-                    },
-                    data=body.chunks(),
+                    headers={**self.headers, "x-client-request-id": request.request_id},
+                    data=body,
                     timeout=self.timeout,
                     allow_redirects=False,  # a redirect would re-send the tenant's audio elsewhere
                 )

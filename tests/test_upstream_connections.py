@@ -1,0 +1,151 @@
+"""The upstream connection a provider closed: a pooled keep-alive connection it closed,
+idle, just as a call took it. The request never reached it whole, so the attempt is
+``dropped`` (it cannot have done the work; sent again), never ``reset`` after the work
+(charged for review)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+import pytest
+
+from app.catalog import ModelRoute
+from app.config import ModelConfig, ProviderConfig
+from app.gateway.form import Upload
+from app.providers import AttemptFailed, Progress, UpstreamRequest
+from app.providers.remote import RemoteProvider, create_client
+from tests.processes import wav_of_size
+
+ANSWER = b'{"text":"ok","usage":{"type":"duration","seconds":1}}'
+
+
+class _KeepAliveServer:
+    """HTTP/1.1 on a blocking socket: each connection answers its requests and stays
+    open, until ``close_idle`` closes the idle ones (the provider's keep-alive timeout).
+    ``whole`` counts the requests it read to their last byte."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.whole = 0
+        self.idle: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        buffer = b""
+        with self.lock:
+            self.idle.append(connection)
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                try:
+                    data = connection.recv(1 << 16)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(buffer) < length:
+                data = connection.recv(1 << 16)
+                if not data:
+                    return
+                buffer += data
+            buffer = buffer[length:]
+            with self.lock:
+                self.whole += 1
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
+            )
+
+    def close_idle(self) -> None:
+        with self.lock:
+            for connection in self.idle:
+                connection.shutdown(socket.SHUT_RDWR)  # its FIN, now
+                connection.close()
+            self.idle.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.close_idle()
+
+
+@pytest.fixture
+def server():
+    server = _KeepAliveServer()
+    yield server
+    server.close()
+
+
+def _request(provider_url: str, marks: list[str]) -> tuple[RemoteProvider, UpstreamRequest]:
+    config = ProviderConfig(base_url=provider_url, timeout_seconds=5)
+    route = ModelRoute(
+        name="p/whisper-1", provider_name="p", provider=config, model="whisper-1",
+        config=ModelConfig(),
+    )  # fmt: skip
+    audio = wav_of_size(1_000)  # under a write buffer: nothing yields to the loop
+
+    async def before_last() -> None:
+        marks.append("sent")
+
+    upload = Upload(
+        filename="a.wav", content_type="audio/wav", file=io.BytesIO(audio), size=len(audio)
+    )
+    request = UpstreamRequest(
+        route=route,
+        operation="transcriptions",
+        fields={"model": ["whisper-1"]},
+        upload=upload,
+        request_id="req_1",
+        owner="tenant",
+        progress=Progress(before_last=before_last),
+    )
+    return route, request
+
+
+@pytest.mark.anyio
+async def test_a_pooled_connection_the_provider_closed_is_dropped_not_reached(server):
+    http = create_client()
+    try:
+        marks: list[str] = []
+        route, first = _request(f"http://127.0.0.1:{server.port}/v1", marks)
+        provider = RemoteProvider("p", route.provider, "sk-test", http)
+        answer = await provider.send(first)
+        assert (answer.status, answer.body) == (200, ANSWER)
+
+        # The provider closes the idle connection while this event loop is busy: its end
+        # is in this machine's socket, unread, as the next call takes the connection.
+        server.close_idle()
+        time.sleep(0.05)  # noqa: ASYNC251 (on purpose: the loop must not read that end)
+        _, stale = _request(f"http://127.0.0.1:{server.port}/v1", marks)
+        with pytest.raises(AttemptFailed) as failed:
+            await provider.send(stale)
+        assert (failed.value.kind, failed.value.reached) == ("dropped", False)
+        assert not stale.progress.reached
+        assert "closed the connection before it had the whole request" in failed.value.message
+        assert server.whole == 1
+
+        _, again = _request(f"http://127.0.0.1:{server.port}/v1", marks)
+        answer = await provider.send(again)  # a new connection
+        assert (answer.status, server.whole) == (200, 2)
+        assert again.progress.reached
+        assert stale.progress.bytes_sent < again.progress.bytes_sent  # all but the last bytes
+    finally:
+        await http.close()
