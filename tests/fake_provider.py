@@ -6,7 +6,7 @@ records what it was sent and what it billed (the seconds it decoded, for every r
 did the work of), and a test can script its next answers: a status, a delay (an answer
 after the gateway's timeout is still billed), no usage, a reset of the connection during
 the upload (not billed) or after doing the work (billed), a stream broken off after some
-events (billed).
+events (billed), an answer or an event that does not end (billed).
 """
 
 from __future__ import annotations
@@ -182,6 +182,24 @@ async def _events(
     yield f"data: {json.dumps(done)}\n\n".encode()
 
 
+def _runaway(size: int, how: str | None) -> Response | Stream:
+    """``size`` bytes of answer: whole with its length, chunked (``how="chunked"``), or as
+    one server-sent event that never ends (``how="event"``)."""
+    if how == "event":
+        head = b'data: {"type":"transcript.text.delta","delta":"'
+        return Stream(_pieces(head, size), media_type="text/event-stream")
+    head = b'{"text":"'
+    if how == "chunked":
+        return Stream(_pieces(head, size), media_type="application/json")
+    return Response(head + b"a" * (size - len(head) - 2) + b'"}', media_type="application/json")
+
+
+async def _pieces(head: bytes, size: int):
+    yield head
+    for _ in range((size - len(head)) // (1 << 20) + 1):
+        yield b"a" * (1 << 20)
+
+
 class Upload(msgspec.Struct):
     filename: str | None
     content_type: str | None
@@ -289,6 +307,8 @@ async def _serve(request: Request, endpoint: str, model_path: str | None) -> Res
         )
     usage = not behaviour.get("no_usage", False)
     record["billed_seconds"] = duration  # it did the work, whatever happens to the answer
+    if "answer_bytes" in behaviour:  # a runaway answer: a JSON text that never ends soon
+        return _runaway(behaviour["answer_bytes"], behaviour.get("as"))
     if fields.get("stream", ["false"])[0] == "true" and model in GPT4O:
         prompt = fields.get("prompt", [""])[0]
         events = _events(

@@ -91,14 +91,15 @@ def test_a_connection_dropped_during_the_upload_is_sent_once_more(gateway: Gatew
     request goes once more, and the tenant gets its answer, billed once."""
     key = gateway.new_key()
     gateway.script({"reset": "during_upload"})
-    with SPEECH.open("rb") as audio:
-        result = gateway.sdk(key["secret"]).audio.transcriptions.create(
-            model="openai/whisper-1", file=audio
-        )
+    big = wav_of_size(20_000_000)  # larger than the socket buffers: the upload is cut
+    result = gateway.sdk(key["secret"]).audio.transcriptions.create(
+        model="openai/whisper-1", file=("a.wav", big)
+    )
     assert result.text
     assert len(_billed(gateway)) == 1
     (call,) = gateway.calls(key)
-    assert (call["status"], call["cost_usd"], call["review"]) == ("succeeded", COST, None)
+    assert (call["status"], call["review"]) == ("succeeded", None)
+    assert Decimal(call["cost_usd"]) == Decimal(call["expected_usd"]) > 0
     assert [(a["outcome"], a["error"], a["charged_nanos"]) for a in call["upstream_attempts"]] == [
         ("failed", "dropped", 0),
         ("answered", None, 0),
@@ -159,6 +160,40 @@ def test_a_stream_broken_off_is_charged_its_expected_cost(gateway: Gateway):
     assert Decimal(call["cost_usd"]) == Decimal(call["expected_usd"]) > 0
     assert call["upstream_attempts"][0]["error"] == "broken_stream"
     assert total(scrape(gateway.url), "earmark_uncertain_attempts_total", provider="openai") == 1
+
+
+@pytest.mark.parametrize("how", ["whole", "chunked"])
+def test_an_answer_too_large_to_hold_is_charged_for_review(gateway: Gateway, how: str):
+    """A provider that did the work but answers more than a transcript can be (17 MiB)
+    does not take the gateway's memory: a 502, charged its expected cost for review."""
+    key = gateway.new_key()
+    gateway.script({"answer_bytes": 17 << 20, "as": how})
+    response = gateway.post_audio(key, "openai/whisper-1")
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_malformed"
+    assert "openai sent an answer larger than 16 MiB" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
+    assert len(_billed(gateway)) == 1
+    (call,) = gateway.calls(key)
+    assert (call["cost_usd"], call["review"]) == (COST, "uncertain")
+    assert call["error_code"] == "upstream_malformed"
+    assert call["upstream_attempts"][0]["error"] == "malformed"
+
+
+def test_a_stream_event_too_large_to_hold_ends_the_stream_charged(gateway: Gateway):
+    key = gateway.new_key()
+    gateway.script({"answer_bytes": 17 << 20, "as": "event"})
+    with SPEECH.open("rb") as audio:
+        stream = gateway.sdk(key["secret"]).audio.transcriptions.create(
+            model="openai/gpt-4o-transcribe", file=audio, stream=True
+        )
+        with pytest.raises(openai.APIError) as raised:
+            list(stream)
+    assert "openai sent an event larger than 16 MiB" in str(raised.value)
+    (call,) = gateway.calls(key)
+    assert (call["status"], call["review"]) == ("interrupted", "uncertain")
+    assert Decimal(call["cost_usd"]) == Decimal(call["expected_usd"]) > 0
 
 
 def test_a_relayed_refusal_after_an_uncertain_attempt_says_what_was_charged(gateway: Gateway):

@@ -167,9 +167,10 @@ async def _answer(
 ) -> Response[Any]:
     route, upstream = forwarded.route, forwarded.response
     if upstream is None:
-        timeout = forwarded.failure is not None and forwarded.failure.kind == "timeout"
-        code = "upstream_timeout" if timeout else "upstream_unreachable"
-        charged = await settlement.failed(504 if timeout else 502, code, route)
+        failure = forwarded.failure
+        assert failure is not None
+        status = 504 if failure.kind == "timeout" else 502
+        charged = await settlement.failed(status, shaping.failure_code(failure), route)
         raise shaping.no_answer(forwarded, charged)
     if upstream.status >= 400:
         response, status, code = shaping.refusal(route, upstream, forwarded.charged_nanos)
@@ -191,7 +192,7 @@ async def _answer(
                 final = msgspec.json.encode({k: v for k, v in done.items() if k != "type"})
                 await _keep(gateway, admitted, route, "application/json", final, usage)
 
-        return streaming.relay(upstream, finish)
+        return streaming.relay(upstream, finish, route.provider_name)
     try:
         shaped = shaping.answer(call, admitted, route, upstream, admitted.lookup is not None)
     except AttemptFailed as failure:  # answered, so billed: but not the answer it claimed

@@ -169,12 +169,14 @@ def no_answer(forwarded: Forwarded, charged: int) -> UpstreamError:
         outcome = " No provider can have billed it: nothing was charged."
     # An SDK retries a 5xx on its own: never when that may bill the work twice.
     headers = {"x-should-retry": "false"} if charged else None
-    if failure.kind == "timeout":
-        return UpstreamTimeout(
-            failure.message + "." + outcome, code="upstream_timeout", headers=headers
-        )
-    return UpstreamError(
-        failure.message + "." + outcome, code="upstream_unreachable", headers=headers
+    error = UpstreamTimeout if failure.kind == "timeout" else UpstreamError
+    return error(failure.message + "." + outcome, code=failure_code(failure), headers=headers)
+
+
+def failure_code(failure: AttemptFailed) -> str:
+    """The error code a call whose last attempt failed this way ends with."""
+    return {"timeout": "upstream_timeout", "malformed": "upstream_malformed"}.get(
+        failure.kind, "upstream_unreachable"
     )
 
 

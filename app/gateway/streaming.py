@@ -1,9 +1,9 @@
 """Server-sent event streams: a provider's relayed as it comes, a cached answer replayed.
 
-The relay passes the provider's bytes through unchanged while it watches for the
-``transcript.text.done`` event that carries the final text and usage; however the stream
-ends (finished, broken off by the provider, or left by the client) it says so once, and
-before the client has the event that ends it.
+The relay passes the provider's events through (their line ends as ``\n``) while it
+watches for the ``transcript.text.done`` event that carries the final text and usage;
+however the stream ends (finished, broken off by the provider, or left by the client) it
+says so once, and before the client has the event that ends it.
 """
 
 from __future__ import annotations
@@ -16,26 +16,31 @@ import msgspec
 from litestar.response import Stream
 
 from app.gateway.cache import HEADER
-from app.providers import AttemptFailed, UpstreamResponse
+from app.providers import MAX_ANSWER_BYTES, AttemptFailed, UpstreamResponse
 
 # How a stream ended, and the done event's payload if one came.
 Finish = Callable[[dict[str, Any] | None, str], Awaitable[None]]
 _EVENT_STREAM = {"media_type": "text/event-stream"}
 
 
-def relay(upstream: UpstreamResponse, finish: Finish) -> Stream:
+def relay(upstream: UpstreamResponse, finish: Finish, provider: str) -> Stream:
     return Stream(
-        _relayed(upstream, finish),
+        _relayed(upstream, finish, provider),
         **_EVENT_STREAM,
         status_code=200,
         headers={"cache-control": "no-cache", HEADER: "miss"},
     )
 
 
-async def _relayed(upstream: UpstreamResponse, finish: Finish) -> AsyncIterator[bytes]:
-    """The provider's bytes as they come. The call is settled before the client gets the
-    event that ends it for them (the done event, or the error event of a broken stream),
-    so a client that reads the ledger or its quota next sees the call settled."""
+async def _relayed(
+    upstream: UpstreamResponse, finish: Finish, provider: str
+) -> AsyncIterator[bytes]:
+    """The provider's events as they come, each once it is whole (so that a stream broken
+    off mid-event still ends with an error event the client can read, and an event
+    larger than ``MAX_ANSWER_BYTES`` is never held). The call is settled before the
+    client gets the event that ends it for them (the done event, or the error event of a
+    broken stream), so a client that reads the ledger or its quota next sees the call
+    settled."""
     assert upstream.events is not None
     done: dict[str, Any] | None = None
     pending = b""
@@ -51,13 +56,23 @@ async def _relayed(upstream: UpstreamResponse, finish: Finish) -> AsyncIterator[
         async for chunk in upstream.events:
             pending = (pending + chunk).replace(b"\r\n", b"\n")
             *events, pending = pending.split(b"\n\n")
+            if len(pending) > MAX_ANSWER_BYTES:  # one event cannot be that large
+                raise AttemptFailed(
+                    f"{provider} sent an event larger than {MAX_ANSWER_BYTES >> 20} MiB",
+                    kind="malformed",
+                    reached=True,
+                )
+            if not events:
+                continue
             for event in events:
                 done = done_event(event) or done
             if done is not None and ended is None:
                 await end("finished")
-            yield chunk
+            yield b"".join(event + b"\n\n" for event in events)
         if ended is None:
             await end("finished")
+        if pending:  # after the last event: what the provider sent, unchanged
+            yield pending
     except AttemptFailed as failure:
         if ended is None:  # broken before its done event: as OpenAI signals it mid-stream
             await end("broken")

@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # worker processes import this package: keep it light
     from app.runtime.executors import FairPool
 
 
+# The most of an answer a call holds: a transcript, and a three-hour file's verbose JSON
+# with word timestamps is a few MiB. A provider sending more (a whole answer, or one
+# event of a stream) cannot take this process's memory with it: its attempt fails.
+MAX_ANSWER_BYTES = 16 << 20
+
+
 @dataclass(slots=True)
 class Progress:
     """How much of a request has gone out, kept by the provider as it sends: whether the

@@ -21,7 +21,13 @@ from app.catalog import ModelRoute
 from app.config import ProviderConfig
 from app.errors import EarmarkError
 from app.gateway.form import Upload
-from app.providers import AttemptFailed, Progress, UpstreamRequest, UpstreamResponse
+from app.providers import (
+    MAX_ANSWER_BYTES,
+    AttemptFailed,
+    Progress,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 _CHUNK = 1 << 16
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -209,12 +215,34 @@ class RemoteProvider:
                 close=_closer(response),
             )
         try:
-            data = await response.read()
+            data = await self._whole(response, request.progress)
         except _TRANSPORT_ERRORS as error:
             raise self._failed(error, request.progress) from None
         finally:
-            response.release()
+            response.release()  # closes the connection if the answer was not read to its end
         return UpstreamResponse(response.status, content_type, body=data)
+
+    async def _whole(self, response: aiohttp.ClientResponse, progress: Progress) -> bytes:
+        """The answer, unless it is larger than ``MAX_ANSWER_BYTES``: then the provider
+        had the request and answered (so it billed), but not with a transcript."""
+        length = response.content_length
+        if length is not None and length <= MAX_ANSWER_BYTES:
+            return await response.read()
+        chunks, size = [], 0
+        if length is None:  # chunked: read as it comes, within the bound
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        raise AttemptFailed(
+            f"{self.name} sent an answer larger than {MAX_ANSWER_BYTES >> 20} MiB",
+            kind="malformed",
+            reached=True,
+            bytes_sent=progress.bytes_sent,
+        )
 
     async def _events(
         self, response: aiohttp.ClientResponse, progress: Progress
