@@ -17,6 +17,7 @@ from app.storage.database import create_engine
 from app.storage.models import budget_counters
 from tests.conftest import ADMIN, ledger_invariants
 from tests.gateway import FIXTURES, burst, process_env
+from tests.ledger_calls import key_with_budgets, open_calls
 from tests.processes import serving_many
 
 ACTOR = Actor("test")
@@ -266,38 +267,6 @@ async def test_a_budget_that_refuses_for_good_answers_before_a_busy_one(engine):
     assert "tenant" in str(refused.value)
 
 
-async def _key_and_tenant_budgets(
-    engine, limit_usd: str = "1", period: str = "month"
-) -> tuple[str, str]:
-    """A tenant and a key, each with a budget of ``limit_usd`` a ``period``: (key id,
-    tenant id)."""
-    from app.access import keys, tenants
-    from app.schemas import BudgetCreate, KeyCreate, TenantCreate
-
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
-    budget = BudgetCreate(limit_usd=limit_usd, period=period)
-    key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget]), ACTOR
-    )
-    async with database.write(engine) as conn:
-        await budgets.add_budget(conn, budget, ACTOR, tenant_id=tenant.id)
-    return key.id, tenant.id
-
-
-async def _open_calls(engine, key_id: str, tenant_id: str, *call_ids: str) -> dict:
-    """Open each call, holding 1,000 nanodollars on both budgets: their openings, by id."""
-    from app.billing.ledger import Opening, open_call
-
-    openings = {}
-    for call_id in call_ids:
-        openings[call_id] = Opening(
-            id=call_id, key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
-            model_requested="m", hold_nanos=1_000,
-        )  # fmt: skip
-        await open_call(engine, openings[call_id], "p", "m")
-    return openings
-
-
 @pytest.mark.anyio
 async def test_on_postgresql_a_call_opens_and_settles_in_one_statement_each(engine):
     """No BEGIN or COMMIT round trip around either, with a key and a tenant budget on the
@@ -305,7 +274,7 @@ async def test_on_postgresql_a_call_opens_and_settles_in_one_statement_each(engi
     the steps in one thread hop; only the count of statements differs.)"""
     from app.billing.ledger import AttemptRecord, Opening, Settlement, open_call, settle_call
 
-    key_id, tenant_id = await _key_and_tenant_budgets(engine, "0.000002", "day")
+    key_id, tenant_id = await key_with_budgets(engine, "0.000002", "day")
     opening = Opening(
         id="req_first", key_id=key_id, tenant_id=tenant_id, endpoint="transcription",
         model_requested="m", expected_nanos=1_000, hold_nanos=1_000,
@@ -355,7 +324,7 @@ async def test_calls_holding_a_key_and_a_tenant_budget_settle_concurrently(engin
     the benchmark's load, and a deadlock left is retried.)"""
     from app.billing.ledger import Opening, Settlement, open_call, settle_call
 
-    key_id, tenant_id = await _key_and_tenant_budgets(engine)
+    key_id, tenant_id = await key_with_budgets(engine)
     settled = Settlement(
         status="succeeded", http_status=200, provider="p", model="m", attempts=1,
         cost_nanos=600, latency_ms=1,
@@ -397,9 +366,9 @@ async def test_calls_settled_while_one_is_in_flight_share_one_statement(engine):
     is left alone, and one whose caller gave up before its statement ran stays open."""
     from app.billing.ledger import settle_call
 
-    key_id, tenant_id = await _key_and_tenant_budgets(engine)
+    key_id, tenant_id = await key_with_budgets(engine)
     ids = [f"req_{n:02d}" for n in range(12)]
-    await _open_calls(engine, key_id, tenant_id, *ids)
+    await open_calls(engine, key_id, tenant_id, *ids)
     assert await settle_call(engine, ids[11], _settlement(7))  # settled before, at 7
     statements: list[str] = []
     database.store(engine).trace = lambda sql, args: statements.append(sql)
@@ -445,8 +414,8 @@ async def test_a_settle_that_fails_fails_only_its_own_call(engine):
     on their own; SQLite runs each in a savepoint)."""
     from app.billing.ledger import settle_call
 
-    key_id, tenant_id = await _key_and_tenant_budgets(engine)
-    await _open_calls(engine, key_id, tenant_id, "req_a", "req_b", "req_c")
+    key_id, tenant_id = await key_with_budgets(engine)
+    await open_calls(engine, key_id, tenant_id, "req_a", "req_b", "req_c")
     statements: list[str] = []
     database.store(engine).trace = lambda sql, args: statements.append(sql)
     try:
@@ -478,8 +447,8 @@ async def test_a_call_cancelled_while_its_settle_waits_is_still_settled(engine):
     from app.billing.ledger import settle_call
     from app.gateway.settlement import Settlement as CallSettlement
 
-    key_id, tenant_id = await _key_and_tenant_budgets(engine)
-    openings = await _open_calls(engine, key_id, tenant_id, "req_first", "req_gone")
+    key_id, tenant_id = await key_with_budgets(engine)
+    openings = await open_calls(engine, key_id, tenant_id, "req_first", "req_gone")
     route = SimpleNamespace(name="m", provider_name="p", upstream_model="m")
     gateway = SimpleNamespace(engine=engine, metrics=MagicMock(), observe_call=MagicMock())
     call = SimpleNamespace(
@@ -517,8 +486,8 @@ async def test_a_settle_shared_with_others_writes_what_one_alone_writes(engine):
     from app.billing.ledger import AttemptRecord, Settlement, settle_call
     from app.billing.metering import Usage
 
-    key_id, tenant_id = await _key_and_tenant_budgets(engine)
-    await _open_calls(engine, key_id, tenant_id, "req_shared", "req_alone")
+    key_id, tenant_id = await key_with_budgets(engine)
+    await open_calls(engine, key_id, tenant_id, "req_shared", "req_alone")
     started = datetime(2026, 12, 4, 12, 0, 0, 123_456, tzinfo=UTC)
     attempts = [
         AttemptRecord(

@@ -7,53 +7,31 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.access import keys, tenants
 from app.billing import ledger
-from app.ops.audit import Actor
-from app.schemas import BudgetCreate, KeyCreate, TenantCreate
 from app.storage import database
 from app.storage.driver import Statement, fetch
 from app.storage.models import budget_counters
 from app.storage.models import ledger as ledger_table
 from tests.conftest import empty_database
-
-ACTOR = Actor("test")
+from tests.ledger_calls import key_with_budgets, open_calls
 
 pytestmark = pytest.mark.anyio
 
 
-async def _key(engine):
-    tenant = await tenants.create_tenant(engine, TenantCreate(name="t"), ACTOR)
-    budget = BudgetCreate(limit_usd="1", period="none")
-    key = await keys.create_key(
-        engine, "", KeyCreate(tenant_id=tenant.id, name="k", budgets=[budget]), ACTOR
+async def _open(engine, key_id, tenant_id, call_id, age: timedelta, status="forwarded"):
+    await open_calls(
+        engine, key_id, tenant_id, call_id, hold=700, expected=600, age=age, status=status
     )
-    return tenant, key
-
-
-async def _open(
-    engine, tenant, key, call_id, age: timedelta, hold=700, expected=600, status="forwarded"
-):
-    opening = ledger.Opening(
-        id=call_id,
-        key_id=key.id,
-        tenant_id=tenant.id,
-        endpoint="transcription",
-        model_requested="m",
-        expected_nanos=expected,
-        hold_nanos=hold,
-    )
-    await ledger.open_call(engine, opening, "p", "m", now=database.utcnow() - age, status=status)
 
 
 async def test_sweep_releases_unsent_calls_and_charges_sent_ones(engine):
-    tenant, key = await _key(engine)
+    key_id, tenant_id = await key_with_budgets(engine, period="none", tenant_budget=False)
     old = timedelta(hours=2)
-    await _open(engine, tenant, key, "req_never_sent", old, status="reserved")
-    await _open(engine, tenant, key, "req_lost_mid_upload", old)  # forwarded, never whole
-    await _open(engine, tenant, key, "req_sent_then_lost", old)
+    await _open(engine, key_id, tenant_id, "req_never_sent", old, status="reserved")
+    await _open(engine, key_id, tenant_id, "req_lost_mid_upload", old)  # forwarded, never whole
+    await _open(engine, key_id, tenant_id, "req_sent_then_lost", old)
     assert await ledger.mark_sent(engine, "req_sent_then_lost")
-    await _open(engine, tenant, key, "req_in_flight", timedelta(seconds=1), status="reserved")
+    await _open(engine, key_id, tenant_id, "req_in_flight", timedelta(seconds=1), status="reserved")
 
     now = database.utcnow()
     swept = await ledger.sweep(
@@ -98,7 +76,7 @@ async def test_the_sent_marks_relaxed_commit_stays_its_own(migrated_postgres):
     open and settle durably, as every other statement of the call path."""
     engine = database.create_engine(migrated_postgres)
     try:
-        tenant, key = await _key(engine)
+        key_id, tenant_id = await key_with_budgets(engine, period="none", tenant_budget=False)
         store = database.store(engine)
         setting = Statement(select(func.current_setting("synchronous_commit").label("setting")))
 
@@ -106,7 +84,7 @@ async def test_the_sent_marks_relaxed_commit_stays_its_own(migrated_postgres):
             return (yield fetch(setting))
 
         for n in range(3):  # one connection at a time: each time the same one, reused
-            await _open(engine, tenant, key, f"req_marked_{n}", timedelta(0))
+            await _open(engine, key_id, tenant_id, f"req_marked_{n}", timedelta(0))
             assert await ledger.mark_sent(engine, f"req_marked_{n}")
             assert await store.alone(showing) == [("on",)]
         async with engine.connect() as conn:
