@@ -311,16 +311,14 @@ async def test_a_call_under_way_is_lent_a_connection_before_new_calls(migrated_p
     """Every connection busy and a burst of new calls' work queued: the next connection
     freed goes to the sent mark of a call already admitted, so the burst cannot hold up
     a call a provider is working on (CI saw that mark wait 5 s behind 195 refusals)."""
-    from datetime import timedelta
-
     from app.billing import ledger
     from tests.conftest import empty_database
-    from tests.test_sweeper import _key, _open
+    from tests.ledger_calls import key_with_budgets, open_calls
 
     engine = create_engine(migrated_postgres)
     try:
-        tenant, key = await _key(engine)
-        await _open(engine, tenant, key, "req_under_way", timedelta(0))
+        key_id, tenant_id = await key_with_budgets(engine)
+        await open_calls(engine, key_id, tenant_id, "req_under_way")
         busy = [asyncio.ensure_future(_backend(engine, 0.3)) for _ in range(POSTGRES_POOL_SIZE)]
         await asyncio.sleep(0.1)
         finished: list[str] = []

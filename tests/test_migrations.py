@@ -118,3 +118,21 @@ async def test_budget_events_move_into_the_audit_trail_and_back(empty_url: str):
         ]
     finally:
         await engine.dispose()
+
+
+def test_the_open_function_writes_every_column_an_opening_does():
+    """``earmark_open`` names the ledger columns it writes: a column added to an opening
+    and not to the function would be dropped silently on PostgreSQL's batched path."""
+    import importlib.util
+
+    from app.billing import ledger
+
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    revision = script.get_revision("d4a7e9b1c3f6")
+    assert revision is not None and revision.path is not None
+    spec = importlib.util.spec_from_file_location("open_function", revision.path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = [name.strip() for name in module.ROW.split(",")]
+    assert written == ledger._ROW_COLUMNS

@@ -207,44 +207,6 @@ def on_path(key_id: str, tenant_id: str, amount: int, now: datetime) -> Program[
     ]
 
 
-def held_on_path() -> tuple[Any, Any]:
-    """PostgreSQL's reservation as two CTEs of one statement (``ledger.open_call``): the
-    budgets on the path of ``key_id``/``tenant_id`` with the start of their period (bound
-    as ``period_starts``), and the UPDATE that adds ``amount`` to each counter that has
-    room, locked first in budget id order. Every budget held, or the caller's statement
-    ends itself (``earmark_no_room``) and ``holding`` is asked why not."""
-    path = (
-        select(budgets.c.id, _period_start().label("period_start"), budgets.c.limit_nanos)
-        .where(_on_path(bindparam("key_id"), bindparam("tenant_id")))
-        .cte("path")
-        .prefix_with("MATERIALIZED")
-    )
-    counter = budget_counters.c
-    this_period = and_(counter.budget_id == path.c.id, counter.period_start == path.c.period_start)
-    locked = (
-        select(counter.budget_id)
-        .join_from(budget_counters, path, this_period)
-        .order_by(counter.budget_id)
-        .with_for_update(of=budget_counters)
-        .cte("locked")
-        .prefix_with("MATERIALIZED")
-    )
-    amount = bindparam("amount", type_=counter.held_nanos.type)
-    held = (
-        update(budget_counters)
-        .where(
-            this_period,
-            counter.budget_id.in_(select(locked.c.budget_id)),
-            counter.spent_nanos + counter.held_nanos + amount
-            <= path.c.limit_nanos + counter.top_up_nanos,
-        )
-        .values(held_nanos=counter.held_nanos + amount)
-        .returning(counter.budget_id)
-        .cte("held")
-    )
-    return path, held
-
-
 def holding(holds: list[Hold], *, expected: int | None = None) -> Program[None]:
     """Add each hold to its budget's counter, or raise ``NoRoom``: not busy when what is
     spent alone leaves no room on some budget, busy when every budget that refuses would

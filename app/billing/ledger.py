@@ -18,16 +18,13 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import (
-    BigInteger,
     and_,
     bindparam,
-    case,
     func,
     insert,
     or_,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -221,35 +218,25 @@ def _opening(
         )
 
 
-def _open_at_once() -> Any:
-    """PostgreSQL's opening without rate limits as one statement: every budget on the
-    path held (``budgets.held_on_path``) and the row written with its holds, or, if a
-    budget had no room, an ``EM001`` error that undoes all of it."""
-    path, held = budgets.held_on_path()
-    all_held = select(func.count()).select_from(held).scalar_subquery() == (
-        select(func.count()).select_from(path).scalar_subquery()
-    )
-    values = select(*(bindparam(name, type_=ledger.c[name].type) for name in _ROW_COLUMNS))
-    row = (
-        insert(ledger)
-        .from_select(_ROW_COLUMNS, values.where(all_held))
-        .returning(ledger.c.id)
-        .cte("opened")
-    )
-    holds = insert(ledger_holds).from_select(
-        ["ledger_id", "budget_id", "period_start", "amount_nanos"],
-        select(row.c.id, path.c.id, path.c.period_start, bindparam("amount", type_=BigInteger))
-        .select_from(row)
-        .join(path, true()),
-    )
-    count = select(func.count()).select_from(row).scalar_subquery()
-    # A budget without room ends the statement with an error, so the holds the others
-    # took are undone with it: one statement, no BEGIN or COMMIT round trips.
-    opened = case((all_held, count), else_=func.earmark_no_room())
-    return select(opened.label("opened")).add_cte(holds.cte("holds"))
+# PostgreSQL's opening without rate limits, for the calls this process opens while one
+# opening is in flight (``Store.together``): ``earmark_open`` (migration d4a7e9b1c3f6)
+# holds every budget on each call's path and writes the rows with their holds, in one
+# statement and one commit, or, if a budget had no room, ends with an ``EM001`` error
+# that undoes all of it.
+_OPEN_TOGETHER = Statement(
+    {
+        "postgresql": select(
+            func.earmark_open(bindparam("openings", type_=postgresql.JSONB)).label("opened")
+        )
+    }
+)
 
 
-_OPEN_AT_ONCE = Statement({"postgresql": _open_at_once()})
+def _opening_together(openings: list[dict[str, Any]]) -> Program[list[None]]:
+    yield fetch(_OPEN_TOGETHER, openings=openings)
+    return [None] * len(openings)
+
+
 _NO_ROOM = "EM001"  # earmark_no_room()'s SQLSTATE (migration 9f3b7c2e5a10)
 
 
@@ -272,13 +259,9 @@ async def open_call(
     store = database.store(engine)
     row = _row(opening, status=status, provider=provider, model=model, created_at=now)
     if limits is None and store.dialect.name == "postgresql":
-
-        def at_once() -> Program[None]:
-            params = {**row, **budgets.period_starts(now), "amount": opening.hold_nanos}
-            yield fetch(_OPEN_AT_ONCE, **params)
-
+        given = {**row, **budgets.period_starts(now)}
         try:
-            return await store.alone(at_once)
+            return await store.together("open", given, _opening_together)
         except DBAPIError as error:
             if getattr(error.orig, "sqlstate", None) != _NO_ROOM:
                 raise
