@@ -182,16 +182,17 @@ async def _events(
     yield f"data: {json.dumps(done)}\n\n".encode()
 
 
-def _runaway(size: int, how: str | None) -> Response | Stream:
+def _runaway(size: int, how: str | None, status: int = 200) -> Response | Stream:
     """``size`` bytes of answer: whole with its length, chunked (``how="chunked"``), or as
     one server-sent event that never ends (``how="event"``)."""
     if how == "event":
         head = b'data: {"type":"transcript.text.delta","delta":"'
-        return Stream(_pieces(head, size), media_type="text/event-stream")
+        return Stream(_pieces(head, size), media_type="text/event-stream", status_code=status)
     head = b'{"text":"'
     if how == "chunked":
-        return Stream(_pieces(head, size), media_type="application/json")
-    return Response(head + b"a" * (size - len(head) - 2) + b'"}', media_type="application/json")
+        return Stream(_pieces(head, size), media_type="application/json", status_code=status)
+    body = head + b"a" * (size - len(head) - 2) + b'"}'
+    return Response(body, media_type="application/json", status_code=status)
 
 
 async def _pieces(head: bytes, size: int):
@@ -259,6 +260,8 @@ async def _serve(request: Request, endpoint: str, model_path: str | None) -> Res
     script.requests.append(record)
     await asyncio.sleep(behaviour.get("delay", script.latency))
     if "status" in behaviour:
+        if "answer_bytes" in behaviour:  # a refusal whose body does not end soon
+            return _runaway(behaviour["answer_bytes"], behaviour.get("as"), behaviour["status"])
         return Response(
             behaviour.get(
                 "body",

@@ -146,16 +146,20 @@ def test_a_fallback_after_an_uncertain_attempt_is_charged_as_well(gateway: Gatew
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "says"),
+    ("behaviour", "says", "kind"),
     [
-        ({"break_stream_after": 3}, "broke off the stream"),
+        ({"break_stream_after": 3}, "broke off the stream", "broken_stream"),
         # An event larger than a transcript can be is not held: the stream ends there.
-        ({"answer_bytes": 17 << 20, "as": "event"}, "openai sent an event larger than 16 MiB"),
+        (
+            {"answer_bytes": 17 << 20, "as": "event"},
+            "openai sent an event larger than 16 MiB",
+            "malformed",
+        ),
     ],
     ids=["broken-off", "event-too-large"],
 )
 def test_a_stream_broken_off_is_charged_its_expected_cost(
-    gateway: Gateway, behaviour: dict, says: str
+    gateway: Gateway, behaviour: dict, says: str, kind: str
 ):
     key = gateway.new_key()
     gateway.script(behaviour)
@@ -169,7 +173,7 @@ def test_a_stream_broken_off_is_charged_its_expected_cost(
     (call,) = gateway.calls(key)
     assert (call["status"], call["review"]) == ("interrupted", "uncertain")
     assert Decimal(call["cost_usd"]) == Decimal(call["expected_usd"]) > 0
-    assert call["upstream_attempts"][0]["error"] == "broken_stream"
+    assert (call["error_code"], call["upstream_attempts"][0]["error"]) == (kind, kind)
     assert total(scrape(gateway.url), "earmark_uncertain_attempts_total", provider="openai") == 1
 
 
@@ -190,6 +194,17 @@ def test_an_answer_too_large_to_hold_is_charged_for_review(gateway: Gateway, how
     assert (call["cost_usd"], call["review"]) == (COST, "uncertain")
     assert call["error_code"] == "upstream_malformed"
     assert call["upstream_attempts"][0]["error"] == "malformed"
+
+
+def test_a_refusal_with_a_body_too_large_is_still_a_refusal(gateway: Gateway):
+    """Only its first 16 MiB are read; a refusal billed nothing, so nothing is charged."""
+    key = gateway.new_key()
+    gateway.script({"status": 429, "answer_bytes": 17 << 20})
+    response = gateway.post_audio(key, "openai/whisper-1")
+    assert response.status_code == 429, response.text[:200]
+    (call,) = gateway.calls(key)
+    assert (call["cost_usd"], call["review"]) == ("0.000000000", None)
+    assert call["upstream_attempts"][0]["outcome"] == "refused"
 
 
 def test_a_relayed_refusal_after_an_uncertain_attempt_says_what_was_charged(gateway: Gateway):

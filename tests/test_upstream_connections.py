@@ -5,10 +5,12 @@ idle, just as a call took it. The request never reached it whole, so the attempt
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +22,7 @@ from app.providers.remote import RemoteProvider, create_client
 from tests.processes import wav_of_size
 
 ANSWER = b'{"text":"ok","usage":{"type":"duration","seconds":1}}'
+BUSY = b'{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}'
 
 
 class _KeepAliveServer:
@@ -28,6 +31,7 @@ class _KeepAliveServer:
     ``whole`` counts the requests it read to their last byte."""
 
     def __init__(self) -> None:
+        self.refuse_early = False  # answer 429 on a request's headers, then close
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.whole = 0
@@ -44,19 +48,28 @@ class _KeepAliveServer:
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # closed under it by ``close_idle``
+            self._answer(connection)
+
+    def _answer(self, connection: socket.socket) -> None:
         buffer = b""
         with self.lock:
             self.idle.append(connection)
         while True:
             while b"\r\n\r\n" not in buffer:
-                try:
-                    data = connection.recv(1 << 16)
-                except OSError:
-                    return
+                data = connection.recv(1 << 16)
                 if not data:
                     return
                 buffer += data
             head, _, buffer = buffer.partition(b"\r\n\r\n")
+            if self.refuse_early:
+                connection.sendall(
+                    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(BUSY), BUSY)
+                )
+                connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+                return
             length = next(
                 int(line.split(b":")[1])
                 for line in head.split(b"\r\n")
@@ -78,7 +91,8 @@ class _KeepAliveServer:
     def close_idle(self) -> None:
         with self.lock:
             for connection in self.idle:
-                connection.shutdown(socket.SHUT_RDWR)  # its FIN, now
+                with contextlib.suppress(OSError):  # closed already (a refusal)
+                    connection.shutdown(socket.SHUT_RDWR)  # its FIN, now
                 connection.close()
             self.idle.clear()
 
@@ -94,7 +108,9 @@ def server():
     server.close()
 
 
-def _request(provider_url: str, marks: list[str]) -> tuple[RemoteProvider, UpstreamRequest]:
+def _request(
+    provider_url: str, before_last: Callable[[], None] = lambda: None
+) -> tuple[ModelRoute, UpstreamRequest]:
     config = ProviderConfig(base_url=provider_url, timeout_seconds=5)
     route = ModelRoute(
         name="p/whisper-1", provider_name="p", provider=config, model="whisper-1",
@@ -102,8 +118,8 @@ def _request(provider_url: str, marks: list[str]) -> tuple[RemoteProvider, Upstr
     )  # fmt: skip
     audio = wav_of_size(1_000)  # under a write buffer: nothing yields to the loop
 
-    async def before_last() -> None:
-        marks.append("sent")
+    async def marking_sent() -> None:  # as the call path's mark, then ``before_last``
+        before_last()
 
     upload = Upload(
         filename="a.wav", content_type="audio/wav", file=io.BytesIO(audio), size=len(audio)
@@ -115,26 +131,32 @@ def _request(provider_url: str, marks: list[str]) -> tuple[RemoteProvider, Upstr
         upload=upload,
         request_id="req_1",
         owner="tenant",
-        progress=Progress(before_last=before_last),
+        progress=Progress(before_last=marking_sent),
     )
     return route, request
+
+
+def _closing(server: _KeepAliveServer) -> Callable[[], None]:
+    def close() -> None:
+        # The provider closes the connection as the last bytes are about to go, and this
+        # event loop is busy: its end is in this machine's socket, unread.
+        server.close_idle()
+        time.sleep(0.05)
+
+    return close
 
 
 @pytest.mark.anyio
 async def test_a_pooled_connection_the_provider_closed_is_dropped_not_reached(server):
     http = create_client()
+    url = f"http://127.0.0.1:{server.port}/v1"
     try:
-        marks: list[str] = []
-        route, first = _request(f"http://127.0.0.1:{server.port}/v1", marks)
+        route, first = _request(url)
         provider = RemoteProvider("p", route.provider, "sk-test", http)
         answer = await provider.send(first)
         assert (answer.status, answer.body) == (200, ANSWER)
 
-        # The provider closes the idle connection while this event loop is busy: its end
-        # is in this machine's socket, unread, as the next call takes the connection.
-        server.close_idle()
-        time.sleep(0.05)  # noqa: ASYNC251 (on purpose: the loop must not read that end)
-        _, stale = _request(f"http://127.0.0.1:{server.port}/v1", marks)
+        _, stale = _request(url, before_last=_closing(server))
         with pytest.raises(AttemptFailed) as failed:
             await provider.send(stale)
         assert (failed.value.kind, failed.value.reached) == ("dropped", False)
@@ -142,10 +164,26 @@ async def test_a_pooled_connection_the_provider_closed_is_dropped_not_reached(se
         assert "closed the connection before it had the whole request" in failed.value.message
         assert server.whole == 1
 
-        _, again = _request(f"http://127.0.0.1:{server.port}/v1", marks)
+        _, again = _request(url)
         answer = await provider.send(again)  # a new connection
         assert (answer.status, server.whole) == (200, 2)
         assert again.progress.reached
         assert stale.progress.bytes_sent < again.progress.bytes_sent  # all but the last bytes
+    finally:
+        await http.close()
+
+
+@pytest.mark.anyio
+async def test_a_refusal_before_the_upload_ends_is_read_not_dropped(server):
+    """A provider (or its edge) may refuse on the headers and close: that answer is the
+    attempt's, a refusal that billed nothing, not a dropped connection to try again."""
+    server.refuse_early = True
+    http = create_client()
+    try:
+        route, request = _request(
+            f"http://127.0.0.1:{server.port}/v1", before_last=lambda: time.sleep(0.05)
+        )
+        answer = await RemoteProvider("p", route.provider, "sk-test", http).send(request)
+        assert (answer.status, answer.body) == (429, BUSY)
     finally:
         await http.close()

@@ -179,9 +179,10 @@ async def _answer(
     if upstream.events is not None:
 
         async def finish(done: dict[str, Any] | None, ended: str) -> None:
-            if ended == "broken":  # the provider did the work: charged as uncertain, once
-                forwarded.attempts[-1].uncertain(admitted.expected_on(route), "broken_stream")
-                await settlement.settle("interrupted", 200, route, error_code="broken_stream")
+            if ended not in ("finished", "left"):  # broken off, after the provider's work:
+                # charged as uncertain, once
+                forwarded.attempts[-1].uncertain(admitted.expected_on(route), ended)
+                await settlement.settle("interrupted", 200, route, error_code=ended)
                 return
             reported = usage_from_body(done) if done else NO_USAGE
             status = "succeeded" if ended == "finished" else "interrupted"

@@ -1,7 +1,7 @@
 """Server-sent event streams: a provider's relayed as it comes, a cached answer replayed.
 
-The relay passes the provider's events through (their line ends as ``\n``) while it
-watches for the ``transcript.text.done`` event that carries the final text and usage;
+The relay passes the provider's events through unchanged, each once it is whole, while
+it watches for the ``transcript.text.done`` event that carries the final text and usage;
 however the stream ends (finished, broken off by the provider, or left by the client) it
 says so once, and before the client has the event that ends it.
 """
@@ -18,7 +18,8 @@ from litestar.response import Stream
 from app.gateway.cache import HEADER
 from app.providers import MAX_ANSWER_BYTES, AttemptFailed, UpstreamResponse
 
-# How a stream ended, and the done event's payload if one came.
+# How a stream ended (finished, left by the client, or the failure's kind when it broke
+# off: broken_stream, malformed), and the done event's payload if one came.
 Finish = Callable[[dict[str, Any] | None, str], Awaitable[None]]
 _EVENT_STREAM = {"media_type": "text/event-stream"}
 
@@ -43,7 +44,7 @@ async def _relayed(
     settled."""
     assert upstream.events is not None
     done: dict[str, Any] | None = None
-    pending = b""
+    pending = bytearray()
     ended: str | None = None  # how it ended, once finish has been told
 
     async def end(how: str) -> None:
@@ -54,34 +55,45 @@ async def _relayed(
 
     try:
         async for chunk in upstream.events:
-            pending = (pending + chunk).replace(b"\r\n", b"\n")
-            *events, pending = pending.split(b"\n\n")
+            searched = max(len(pending) - 2, 0)  # a blank line may straddle two chunks
+            pending += chunk
+            whole = _events_end(pending, searched)
+            if whole:
+                events = bytes(pending[:whole])
+                del pending[:whole]
+                for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
+                    done = done_event(event) or done
+                if done is not None and ended is None:
+                    await end("finished")
+                yield events
             if len(pending) > MAX_ANSWER_BYTES:  # one event cannot be that large
                 raise AttemptFailed(
                     f"{provider} sent an event larger than {MAX_ANSWER_BYTES >> 20} MiB",
                     kind="malformed",
                     reached=True,
                 )
-            if not events:
-                continue
-            for event in events:
-                done = done_event(event) or done
-            if done is not None and ended is None:
-                await end("finished")
-            yield b"".join(event + b"\n\n" for event in events)
+        rest = bytes(pending)  # after the last blank line: a client may still read an event
+        done = done_event(rest.replace(b"\r\n", b"\n")) or done
         if ended is None:
             await end("finished")
-        if pending:  # after the last event: what the provider sent, unchanged
-            yield pending
+        if rest:
+            yield rest
     except AttemptFailed as failure:
         if ended is None:  # broken before its done event: as OpenAI signals it mid-stream
-            await end("broken")
+            await end(failure.kind)
             yield _error_event(failure)  # the SDKs raise on it
     finally:
         with anyio.CancelScope(shield=True):
             await upstream.close()
             if ended is None:
                 await finish(done, "left")  # the client went away
+
+
+def _events_end(buffer: bytearray, start: int) -> int:
+    """Where the last whole event in ``buffer`` ends (past its blank line), looking from
+    ``start`` on; 0 if none ends there. Lines end with LF or CRLF."""
+    lf, crlf = buffer.rfind(b"\n\n", start), buffer.rfind(b"\n\r\n", start)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
 
 
 def _error_event(failure: AttemptFailed) -> bytes:

@@ -34,13 +34,14 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _CONNECTING = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)  # never reached
 # The connection broke: the provider closed or reset it (before the last bytes: dropped).
 _BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
-_HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR  # RDHUP: Linux
 
 
 def _closed_by_provider(transport: asyncio.BaseTransport | None) -> bool:
-    """Whether the provider has closed this connection already: a pooled keep-alive one
-    it closed, idle, just as this call took it. The event loop may not have read that end
-    yet (a busy loop, a mark that did not wait), so the socket itself is asked."""
+    """Whether the provider has closed this connection: a pooled keep-alive one it
+    closed, idle, just as this call took it, or a refusal it answered on the headers. The
+    event loop may not have read that end yet (a busy loop, a mark that did not wait), so
+    the socket itself is asked."""
     if transport is None or transport.is_closing():
         return True
     sock = transport.get_extra_info("socket")
@@ -129,11 +130,15 @@ class _Body(aiohttp.payload.Payload):
         if progress.before_last is not None:
             await progress.before_last()
         if _closed_by_provider(writer.transport):
-            raise ConnectionResetError("the provider closed the connection")
+            # Not the last bytes, then: they could only reset the connection, and with
+            # it an answer waiting to be read (a refusal), which is read instead. With no
+            # answer the attempt is ``dropped``: the provider never had the request whole.
+            return
+        # Lifted first: a deadline expiring now ends the attempt before its last bytes.
+        self.upload_deadline.reschedule(None)
         # From here the provider gets the whole request even if the call is abandoned: a
         # closing connection still flushes what it was handed.
         progress.reached = True
-        self.upload_deadline.reschedule(None)
         await writer.write(self.tail)
         progress.bytes_sent += len(self.tail)
 
@@ -223,20 +228,24 @@ class RemoteProvider:
         return UpstreamResponse(response.status, content_type, body=data)
 
     async def _whole(self, response: aiohttp.ClientResponse, progress: Progress) -> bytes:
-        """The answer, unless it is larger than ``MAX_ANSWER_BYTES``: then the provider
-        had the request and answered (so it billed), but not with a transcript."""
+        """The answer, within ``MAX_ANSWER_BYTES``. More is not a transcript: from a 2xx
+        the attempt fails (the provider had the request and answered, so it billed); a
+        refusal's body is cut there (it only words the refusal)."""
+        refusal = response.status >= 400
         length = response.content_length
         if length is not None and length <= MAX_ANSWER_BYTES:
             return await response.read()
-        chunks, size = [], 0
-        if length is None:  # chunked: read as it comes, within the bound
+        if length is None or refusal:  # read as it comes, within the bound
+            chunks, size = [], 0
             async for chunk in response.content.iter_any():
+                chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_ANSWER_BYTES:
                     break
-                chunks.append(chunk)
             else:
                 return b"".join(chunks)
+            if refusal:
+                return b"".join(chunks)[:MAX_ANSWER_BYTES]
         raise AttemptFailed(
             f"{self.name} sent an answer larger than {MAX_ANSWER_BYTES >> 20} MiB",
             kind="malformed",
