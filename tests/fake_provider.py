@@ -238,6 +238,9 @@ async def _serve(request: Request, endpoint: str, model_path: str | None) -> Res
         )
         _reset(request)
         return Response(b"", status_code=500)  # never sent: the connection is gone
+    if behaviour.get("early"):  # refused on the headers, the upload left unread: billed nothing
+        script.requests.append({"path": request.url.path, "refused": behaviour["status"]})
+        return _error(behaviour["status"], "Rate limit reached", code="rate_limit_exceeded")
     # A provider that takes the connection and does not read: the upload stalls.
     await asyncio.sleep(behaviour.get("stall_upload", 0))
     try:

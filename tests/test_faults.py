@@ -126,6 +126,32 @@ def test_a_reset_during_the_upload_is_not_charged(gateway: Gateway):
     assert all(a["bytes_sent"] < 20_000_000 for a in attempts)
 
 
+def test_a_refusal_while_the_upload_is_still_going_reaches_the_tenant(gateway: Gateway):
+    """A provider (or its edge) may refuse on the headers, with most of a large upload
+    still to come: its 429 is what the tenant gets, not a 502 for a lost connection, and
+    the upload is neither finished nor sent again."""
+    key = gateway.new_key()
+    gateway.script({"status": 429, "early": True})
+    big = wav_of_size(20_000_000)  # far more than the socket buffers hold
+    with pytest.raises(openai.RateLimitError) as raised:
+        gateway.sdk(key["secret"]).audio.transcriptions.create(
+            model="openai/whisper-1", file=("a.wav", big)
+        )
+    assert raised.value.body["code"] == "rate_limit_exceeded"
+    assert _billed(gateway) == []
+    (call,) = gateway.calls(key)
+    assert (call["http_status"], call["cost_usd"], call["review"]) == (429, "0.000000000", None)
+    (attempt,) = call["upstream_attempts"]
+    assert (attempt["outcome"], attempt["http_status"]) == ("refused", 429)
+    assert attempt["bytes_sent"] < 20_000_000
+    # The connection it refused on was left unfinished, so it is not used again.
+    assert (
+        gateway.sdk(key["secret"])
+        .audio.transcriptions.create(model="openai/whisper-1", file=("a.wav", wav_of_size(100_000)))
+        .text
+    )
+
+
 def test_a_fallback_after_an_uncertain_attempt_is_charged_as_well(gateway: Gateway):
     """Both providers may bill: the ledger shows both attempts and charges both."""
     key = gateway.new_key()

@@ -32,6 +32,9 @@ class _KeepAliveServer:
 
     def __init__(self) -> None:
         self.refuse_early = False  # answer 429 on a request's headers, then close
+        self.keep_after_refusal = False  # … or read the rest of the request and keep it
+        self.interim = False  # send a 100 Continue on the headers, unasked (RFC 9110 allows)
+        self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.whole = 0
@@ -45,6 +48,8 @@ class _KeepAliveServer:
                 connection, _ = self.listener.accept()
             except OSError:
                 return
+            with self.lock:
+                self.connections += 1
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
@@ -62,25 +67,35 @@ class _KeepAliveServer:
                     return
                 buffer += data
             head, _, buffer = buffer.partition(b"\r\n\r\n")
-            if self.refuse_early:
-                connection.sendall(
-                    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
-                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(BUSY), BUSY)
-                )
-                connection.shutdown(socket.SHUT_RDWR)
-                connection.close()
-                return
             length = next(
                 int(line.split(b":")[1])
                 for line in head.split(b"\r\n")
                 if line.lower().startswith(b"content-length:")
             )
+            if self.interim:
+                connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self.refuse_early:
+                closing = b"" if self.keep_after_refusal else b"connection: close\r\n"
+                connection.sendall(
+                    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+                    b"%scontent-length: %d\r\n\r\n%s" % (closing, len(BUSY), BUSY)
+                )
+                if not self.keep_after_refusal:
+                    # The upload unread: the close resets the connection (RST, not FIN).
+                    # A moment after the answer: a reset that overtakes it fails the
+                    # client's next write, and its event loop drops the connection unread.
+                    time.sleep(0.02)
+                    connection.shutdown(socket.SHUT_RDWR)
+                    connection.close()
+                    return
             while len(buffer) < length:
                 data = connection.recv(1 << 16)
                 if not data:
                     return
                 buffer += data
             buffer = buffer[length:]
+            if self.refuse_early:
+                continue
             with self.lock:
                 self.whole += 1
             connection.sendall(
@@ -109,14 +124,14 @@ def server():
 
 
 def _request(
-    provider_url: str, before_last: Callable[[], None] = lambda: None
+    provider_url: str, before_last: Callable[[], None] = lambda: None, size: int = 1_000
 ) -> tuple[ModelRoute, UpstreamRequest]:
     config = ProviderConfig(base_url=provider_url, timeout_seconds=5)
     route = ModelRoute(
         name="p/whisper-1", provider_name="p", provider=config, model="whisper-1",
         config=ModelConfig(),
     )  # fmt: skip
-    audio = wav_of_size(1_000)  # under a write buffer: nothing yields to the loop
+    audio = wav_of_size(size)  # 1,000: under a write buffer, nothing yields to the loop
 
     async def marking_sent() -> None:  # as the call path's mark, then ``before_last``
         before_last()
@@ -185,5 +200,44 @@ async def test_a_refusal_before_the_upload_ends_is_read_not_dropped(server):
         )
         answer = await RemoteProvider("p", route.provider, "sk-test", http).send(request)
         assert (answer.status, answer.body) == (429, BUSY)
+    finally:
+        await http.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("keep", [False, True], ids=["reset", "kept"])
+async def test_a_refusal_while_a_large_upload_is_going_is_read_and_the_upload_stops(server, keep):
+    """The refusal comes with megabytes still to send. Closed at once, the provider's end
+    resets the connection at the next write, which would throw the refusal away unread:
+    the socket is asked before every chunk. Kept open, the request on it is unfinished,
+    so the connection is not used again."""
+    server.refuse_early, server.keep_after_refusal = True, keep
+    http = create_client()
+    url = f"http://127.0.0.1:{server.port}/v1"
+    try:
+        route, request = _request(url, size=8_000_000)
+        provider = RemoteProvider("p", route.provider, "sk-test", http)
+        answer = await provider.send(request)
+        assert (answer.status, answer.body) == (429, BUSY)
+        assert not request.progress.reached
+        assert request.progress.bytes_sent < 8_000_000
+        server.refuse_early = False
+        _, after = _request(url)
+        assert (await provider.send(after)).status == 200
+        assert (server.whole, server.connections) == (1, 2)
+    finally:
+        await http.close()
+
+
+@pytest.mark.anyio
+async def test_an_interim_answer_is_not_taken_for_an_early_one(server):
+    """A 100 Continue nobody asked for (HTTP allows it) does not stop the upload."""
+    server.interim = True
+    http = create_client()
+    try:
+        route, request = _request(f"http://127.0.0.1:{server.port}/v1", size=2_000_000)
+        answer = await RemoteProvider("p", route.provider, "sk-test", http).send(request)
+        assert (answer.status, answer.body, server.whole) == (200, ANSWER, 1)
+        assert request.progress.reached
     finally:
         await http.close()

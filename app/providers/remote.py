@@ -10,12 +10,16 @@ headers never go upstream; the provider's key never comes back.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import select
+import socket
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import StreamWriter
 
 from app.catalog import ModelRoute
 from app.config import ProviderConfig
@@ -35,21 +39,42 @@ _CONNECTING = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)  # 
 # The connection broke: the provider closed or reset it (before the last bytes: dropped).
 _BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
 _HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR  # RDHUP: Linux
+_INTERIM = re.compile(rb"HTTP/1\.[01] 1\d\d ")  # 100 Continue and the like: not an answer
 
 
-def _closed_by_provider(transport: asyncio.BaseTransport | None) -> bool:
-    """Whether the provider has closed this connection: a pooled keep-alive one it
-    closed, idle, just as this call took it, or a refusal it answered on the headers. The
-    event loop may not have read that end yet (a busy loop, a mark that did not wait), so
-    the socket itself is asked."""
+def _provider_spoke(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the provider, before it has the whole request, has answered (a refusal on
+    the headers, often followed by a close) or closed the connection (a pooled keep-alive
+    one it closed, idle, just as this call took it). The event loop may not have read
+    that yet (it is busy writing the upload; a mark that did not wait), so the socket
+    itself is asked. Once the provider has closed, a write would reset the connection
+    and throw its answer away, unread."""
     if transport is None or transport.is_closing():
         return True
     sock = transport.get_extra_info("socket")
     if sock is None:
         return False
     poller = select.poll()
-    poller.register(sock.fileno(), _HUNG_UP)
-    return bool(poller.poll(0))
+    poller.register(sock.fileno(), _HUNG_UP | select.POLLIN)
+    events = poller.poll(0)
+    if not events:
+        return False
+    if events[0][1] & _HUNG_UP:
+        return True
+    try:  # the loop's socket object cannot read; a duplicate of it can
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
+            start = peek.recv(13, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return True  # reset: what is left in the socket is read as the answer
+    return not _INTERIM.match(start)
+
+
+def _unfinished(writer: AbstractStreamWriter) -> None:
+    """The request stops short of its end, the provider having spoken: more bytes could
+    only reset the connection, and with it an answer waiting to be read (a refusal), which
+    is read instead; with no answer the attempt is ``dropped`` (the provider never had the
+    request whole). The connection is not used again: its request is unfinished."""
+    cast(StreamWriter, writer).protocol.force_close()
 
 
 def _closer(response: aiohttp.ClientResponse):
@@ -125,15 +150,14 @@ class _Body(aiohttp.payload.Payload):
         await writer.write(self.head)
         progress.bytes_sent = len(self.head)
         while chunk := self.upload.file.read(_CHUNK):
+            if _provider_spoke(writer.transport):
+                return _unfinished(writer)
             await writer.write(chunk)
             progress.bytes_sent += len(chunk)
         if progress.before_last is not None:
             await progress.before_last()
-        if _closed_by_provider(writer.transport):
-            # Not the last bytes, then: they could only reset the connection, and with
-            # it an answer waiting to be read (a refusal), which is read instead. With no
-            # answer the attempt is ``dropped``: the provider never had the request whole.
-            return
+        if _provider_spoke(writer.transport):
+            return _unfinished(writer)  # not even the last bytes
         # Lifted first: a deadline expiring now ends the attempt before its last bytes.
         self.upload_deadline.reschedule(None)
         # From here the provider gets the whole request even if the call is abandoned: a
