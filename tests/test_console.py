@@ -194,6 +194,22 @@ async def test_the_sign_in_form_needs_its_own_token(client):
     assert "earmark_console=" not in str(forged.headers.get_list("set-cookie"))
 
 
+async def test_a_token_or_cookie_that_is_not_ascii_is_refused_not_a_500(client):
+    """Constant-time comparison of text takes ASCII only; these come from anyone."""
+    form = await client.get("/console/sign-in")
+    token = _field(form.text, "sign_in_token")
+    for data, cookie in (({"sign_in_token": "é"}, token), ({"sign_in_token": token}, "%C3%A9")):
+        client.cookies.set("earmark_console_sign_in", cookie)
+        refused = await submit(client, "/console/sign-in", {**data, "password": ADMIN_TOKEN})
+        assert refused.status_code == 403, refused.text
+        assert "This sign-in form is out of date" in refused.text
+    client.cookies.clear()
+    csrf = await signed_in(client)
+    refused = await submit(client, "/console/tenants", {"name": "evil", "csrf": "é" + csrf})
+    assert refused.status_code == 403
+    assert (await client.get("/admin/tenants", headers=ADMIN)).json()["data"] == []
+
+
 async def test_a_form_without_the_session_csrf_token_changes_nothing(client):
     csrf = await signed_in(client)
     for data in (

@@ -141,6 +141,15 @@ def cookie(request: Request, name: str) -> str | None:
     return request.cookies.get(f"__Host-{name}" if request.url.scheme == "https" else name)
 
 
+def same_token(sent: object, expected: str | None) -> bool:
+    """Whether a form sent the token it was given, in constant time. As bytes: a string
+    comparison refuses non-ASCII text with a TypeError, and anyone can send that."""
+    if not (expected and isinstance(sent, str)):
+        return False
+    raw = sent.encode(errors="surrogatepass"), expected.encode(errors="surrogatepass")
+    return hmac.compare_digest(*raw)
+
+
 def sign_in_cookie(request: Request, token: str) -> Cookie:
     return _cookie(request, SIGN_IN_COOKIE, token)
 
@@ -164,7 +173,7 @@ async def gate(request: Request) -> Response | None:
     request.state.console = session
     if request.method not in _SAFE_METHODS:
         sent = (await request.form()).get("csrf")
-        if not isinstance(sent, str) or not hmac.compare_digest(sent, session.csrf):
+        if not same_token(sent, session.csrf):
             return error_page(
                 request, 403, "This form is out of date or was not sent from the console."
             )

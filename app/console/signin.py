@@ -8,7 +8,6 @@ argon2 hash. A tenant key never opens the console.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from urllib.parse import unquote
 
@@ -27,6 +26,7 @@ from app.console.gate import (
     cookie,
     error_page,
     render,
+    same_token,
     session_cookie,
     sign_in_cookie,
 )
@@ -65,7 +65,7 @@ async def sign_in_page(request: Request, next: FromQuery[str | None] = None) -> 
 async def sign_in(request: Request) -> Response:
     fields = await request.form()
     sent, expected = fields.get("sign_in_token"), cookie(request, SIGN_IN_COOKIE)
-    if not (expected and isinstance(sent, str) and hmac.compare_digest(sent, expected)):
+    if not same_token(sent, expected):
         return error_page(request, 403, "This sign-in form is out of date: reload it.")
     target = _local(text(fields, "next"))
     user = text(fields, "user")
