@@ -145,6 +145,27 @@ def test_stream_is_relayed_event_by_event_with_usage(gateway):
     assert call["usage_source"] == "provider"
 
 
+def test_stream_goes_upstream_as_it_was_read(gateway):
+    """`True` is read as true, so the provider is sent `true`: one told `True` could
+    answer plain text without usage, and the call would be billed an estimate."""
+    key = gateway.new_key()
+    response = gateway.http.post(
+        "/v1/audio/transcriptions",
+        headers={"authorization": f"Bearer {key['secret']}"},
+        data={"model": "gpt-4o-transcribe", "stream": "True", "response_format": "text"},
+        files={"file": ("speech.wav", SPEECH.read_bytes(), "audio/wav")},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert gateway.upstream_requests()[-1]["fields"]["stream"] == ["true"]
+    call = _only(gateway.calls(key))
+    assert (call["usage_source"], call["input_audio_tokens"], call["output_tokens"]) == (
+        "provider",
+        47,
+        16,
+    )
+
+
 def test_whisper_ignores_stream_as_openai_does(gateway):
     key = gateway.new_key()
     response = gateway.http.post(

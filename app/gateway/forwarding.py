@@ -186,13 +186,14 @@ async def _attempt(
     """One attempt at ``route``, recorded: its answer, or how it failed."""
     attempt = Attempt(n=len(attempts) + 1, route=route, started_at=database.utcnow())
     attempts.append(attempt)
+    options = admitted.options
     fields = {
         **admitted.fields,
         "model": [route.upstream_model],
-        "response_format": [
-            upstream_format(route, admitted.options.response_format, admitted.options.stream)
-        ],
+        "response_format": [upstream_format(route, options.response_format, options.stream)],
     }
+    if "stream" in fields:  # as it was read (`True` is true), not as a provider might read it
+        fields["stream"] = ["true" if options.stream else "false"]
     request = UpstreamRequest(
         route=route,
         operation=call.operation,
