@@ -132,7 +132,9 @@ class Admission:
             gateway.rate_limited.check(
                 principal.key_id, principal.rate_limits
             )  # told to wait: not worth a read yet
-        form = self.form = await read_form(call.body, call.content_type, call.content_length)
+        form = self.form = await read_form(
+            call.body, call.content_type, call.content_length, principal.tenant_id
+        )
         assert form.upload is not None
         opening.upload_bytes = form.upload.size
         options = read_options(form.fields, call.operation)

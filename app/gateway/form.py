@@ -30,8 +30,11 @@ MAX_BODY_BYTES = MAX_FILE_BYTES + MAX_TEXT_BYTES + (1 << 20)  # and the parts' h
 SPOOL_MEMORY_BYTES = 1 << 20
 # What the forms in flight may hold in this process's memory together (text fields, and
 # spools not yet on disk): past it a spool goes to disk at once, and a large text field
-# is refused (503), so a thousand connections each sending 5 MiB cannot take 5 GiB.
+# is refused (503), so a thousand connections each sending 5 MiB cannot take 5 GiB. One
+# tenant's forms may hold a quarter of it (past that, its own text is a 429), so no
+# tenant, however many uploads it keeps open, leaves the others without room.
 MAX_BUFFERED_BYTES = 256 << 20
+TENANT_SHARE = 4
 _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 NOT_MULTIPART = "The request body must be multipart/form-data with the audio in a `file` field."
 
@@ -40,21 +43,47 @@ class PayloadTooLarge(EarmarkError):
     status_code = 413
 
 
+class TooMuchInFlight(EarmarkError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This tenant's uploads in flight hold as much request data as one tenant may; "
+            "retry once some have finished.",
+            code="too_much_in_flight",
+            headers={"retry-after": "1"},
+        )
+
+
 class _Buffered:
-    """Bytes held in memory by the forms in flight (one event loop: no lock needed)."""
+    """Bytes held in memory by the forms in flight, in all and by tenant (one event loop:
+    no lock needed)."""
 
     used = 0
+    by_tenant: dict[str, int] = {}
 
     @classmethod
-    def take(cls, count: int) -> bool:
+    def take(cls, tenant: str, count: int) -> EarmarkError | None:
+        """Count ``count`` more bytes of ``tenant``'s, or the error for why they do not
+        fit: the process's budget is full (503), or the tenant's share is (429)."""
+        held = cls.by_tenant.get(tenant, 0)
         if cls.used + count > MAX_BUFFERED_BYTES:
-            return False
+            return Busy("The gateway holds as much request data as it can; retry shortly.")
+        if held + count > MAX_BUFFERED_BYTES // TENANT_SHARE:
+            return TooMuchInFlight()
         cls.used += count
-        return True
+        cls.by_tenant[tenant] = held + count
+        return None
 
     @classmethod
-    def give(cls, count: int) -> None:
+    def give(cls, tenant: str, count: int) -> None:
+        if not count:
+            return
         cls.used -= count
+        held = cls.by_tenant.pop(tenant) - count
+        if held:
+            cls.by_tenant[tenant] = held
 
 
 class ClientGone(EarmarkError):
@@ -85,6 +114,7 @@ class Upload:
 
 @dataclass(slots=True)
 class Form:
+    tenant: str  # whose share of _Buffered it holds
     fields: dict[str, list[str]] = field(default_factory=dict)
     upload: Upload | None = None
     buffered: int = 0  # bytes of it counted in _Buffered
@@ -92,7 +122,7 @@ class Form:
     def close(self) -> None:
         if self.upload is not None:
             self.upload.file.close()
-        _Buffered.give(self.buffered)
+        _Buffered.give(self.tenant, self.buffered)
         self.buffered = 0
 
 
@@ -169,9 +199,10 @@ def _text(name: str, data: bytearray) -> str:
 
 
 async def read_form(
-    chunks: AsyncIterator[bytes], content_type: str | None, content_length: str | None
+    chunks: AsyncIterator[bytes], content_type: str | None, content_length: str | None, tenant: str
 ) -> Form:
-    """Parse the body into text fields and the one ``file``; the caller closes the form."""
+    """Parse ``tenant``'s body into text fields and the one ``file``; the caller closes
+    the form."""
     boundary = _boundary(content_type)
     if content_length is not None and (
         not content_length.isdigit() or int(content_length) > MAX_BODY_BYTES
@@ -181,7 +212,7 @@ async def read_form(
             f"bytes (a 25 MiB file and the other fields).",
             code="request_too_large",
         )
-    form = Form()
+    form = Form(tenant)
     try:
         await _parse(chunks, boundary, form)
     except BaseException:
@@ -240,8 +271,9 @@ class _Reader:
             self.spool.write(chunk)
             return
         assert self.text is not None
-        if not _Buffered.take(len(chunk)):
-            raise Busy("The gateway holds as much request data as it can; retry shortly.")
+        refused = _Buffered.take(self.form.tenant, len(chunk))
+        if refused is not None:
+            raise refused
         self.form.buffered += len(chunk)
         self.text += chunk
         self.text_total += len(chunk)
@@ -261,16 +293,17 @@ class _Reader:
 
     def _hold_spooled(self, count: int) -> None:
         """Count a chunk the spool keeps in memory; once it is past its memory size, or the
-        process is past its budget, the spool is on disk and counts for nothing."""
+        process or the tenant is past its budget, the spool is on disk and counts for
+        nothing."""
         assert self.spool is not None
         if self.spooled_in_memory is None:
             return  # on disk already
-        if self.size <= SPOOL_MEMORY_BYTES and _Buffered.take(count):
+        if self.size <= SPOOL_MEMORY_BYTES and _Buffered.take(self.form.tenant, count) is None:
             self.spooled_in_memory += count
             self.form.buffered += count
             return
         self.spool.rollover()  # type: ignore[attr-defined]
-        _Buffered.give(self.spooled_in_memory)
+        _Buffered.give(self.form.tenant, self.spooled_in_memory)
         self.form.buffered -= self.spooled_in_memory
         self.spooled_in_memory = None
 
