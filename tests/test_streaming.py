@@ -60,3 +60,37 @@ async def test_a_done_event_without_its_blank_line_still_settles_the_call():
     sent, told = await _relay([body])
     assert b"".join(sent) == body
     assert [(done, how) for done, how, _ in told] == [(DONE, "finished")]
+
+
+@pytest.mark.anyio
+async def test_a_client_leaving_mid_read_does_not_lose_the_rest_of_the_stream():
+    """The client goes while the relay waits for the provider (its task cancelled): the
+    read under way is not lost, and the rest is read for the done event's usage."""
+    import asyncio
+
+    body = _stream(b"\n")
+    first, rest = body[:40], body[40:]
+
+    async def events():
+        yield first
+        await asyncio.sleep(0.2)  # the provider still working
+        yield rest
+
+    told: list[tuple] = []
+
+    async def finish(done, how) -> None:
+        told.append((done, how))
+
+    upstream = UpstreamResponse(200, "text/event-stream", events=events())
+    relay = streaming._relayed(upstream, finish, "p")
+
+    async def client() -> None:
+        async for _ in relay:
+            pass
+
+    task = asyncio.ensure_future(client())
+    await asyncio.sleep(0.05)  # waiting for the provider's next chunk
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert told == [(DONE, "left")]

@@ -362,11 +362,22 @@ def test_models_lists_what_the_key_may_use(gateway):
     assert ids == {"openai/whisper-1", "groq/whisper-large-v3"}
 
 
-def test_stream_client_disconnect_settles_the_row(gateway):
+@pytest.mark.parametrize(
+    "behaviour, settled",
+    [
+        ({"chunk_delay": 0.3}, ("interrupted", "provider", None)),
+        ({"chunk_delay": 0.3, "break_stream_after": 3}, ("interrupted", "expected", "uncertain")),
+    ],
+    ids=["provider-finishes", "provider-breaks-off"],
+)
+def test_a_stream_its_client_leaves_is_billed_what_the_provider_billed(gateway, behaviour, settled):
+    """The provider goes on when the client leaves (a client may read every delta and
+    leave just before the done event): the rest of its stream is read for the usage it
+    billed. Broken off before that, the call is charged its expected cost, for review."""
     import time
 
     key = gateway.new_key()
-    gateway.script({"chunk_delay": 0.3})
+    gateway.script(behaviour)
     with (
         httpx.Client(base_url=gateway.url, timeout=10) as client,
         client.stream(
@@ -383,9 +394,12 @@ def test_stream_client_disconnect_settles_the_row(gateway):
     while (call := _only(gateway.calls(key)))["status"] == "forwarded":
         assert time.monotonic() < deadline, "the row was never settled"
         time.sleep(0.1)
-    assert call["status"] == "interrupted"
-    assert call["usage_source"] == "estimate"
-    assert call["cost_usd"] != "0.000000000"
+    assert (call["status"], call["usage_source"], call["review"]) == settled
+    if call["review"] is None:  # as the same call read to its end is billed
+        assert (call["input_audio_tokens"], call["output_tokens"]) == (47, 16)
+        assert call["cost_usd"] == "0.000442000"
+    else:
+        assert call["cost_usd"] == call["expected_usd"] != "0.000000000"
 
 
 def test_sdk_sees_provider_errors_as_openai_errors(gateway):

@@ -8,6 +8,7 @@ says so once, and before the client has the event that ends it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,9 @@ from app.providers import MAX_ANSWER_BYTES, AttemptFailed, UpstreamResponse
 # off: broken_stream, malformed), and the done event's payload if one came.
 Finish = Callable[[dict[str, Any] | None, str], Awaitable[None]]
 _EVENT_STREAM = {"media_type": "text/event-stream"}
+# How long the rest of a stream its client left is read for its usage (each read is timed
+# by the provider's own timeout too); past it the call is charged as uncertain.
+READ_OUT_SECONDS = 300
 
 
 def relay(upstream: UpstreamResponse, finish: Finish, provider: str) -> Stream:
@@ -41,39 +45,26 @@ async def _relayed(
     larger than ``MAX_ANSWER_BYTES`` is never held). The call is settled before the
     client gets the event that ends it for them (the done event, or the error event of a
     broken stream), so a client that reads the ledger or its quota next sees the call
-    settled."""
+    settled. A client that leaves before the done event does not stop the provider's
+    work: the rest of the stream is read, unrelayed, for the usage the provider billed."""
     assert upstream.events is not None
-    done: dict[str, Any] | None = None
-    pending = bytearray()
+    reads, parser = _Reads(upstream.events), _Parser(provider)
     ended: str | None = None  # how it ended, once finish has been told
 
     async def end(how: str) -> None:
         nonlocal ended
         ended = how
         with anyio.CancelScope(shield=True):
-            await finish(done, how)
+            await finish(parser.done, how)
 
     try:
-        async for chunk in upstream.events:
-            searched = max(len(pending) - 2, 0)  # a blank line may straddle two chunks
-            pending += chunk
-            whole = _events_end(pending, searched)
-            if whole:
-                events = bytes(pending[:whole])
-                del pending[:whole]
-                for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-                    done = done_event(event) or done
-                if done is not None and ended is None:
-                    await end("finished")
+        while (chunk := await reads.next()) is not None:
+            events = parser.feed(chunk)
+            if parser.done is not None and ended is None:
+                await end("finished")
+            if events:
                 yield events
-            if len(pending) > MAX_ANSWER_BYTES:  # one event cannot be that large
-                raise AttemptFailed(
-                    f"{provider} sent an event larger than {MAX_ANSWER_BYTES >> 20} MiB",
-                    kind="malformed",
-                    reached=True,
-                )
-        rest = bytes(pending)  # after the last blank line: a client may still read an event
-        done = done_event(rest.replace(b"\r\n", b"\n")) or done
+        rest = parser.rest()  # after the last blank line: a client may still read an event
         if ended is None:
             await end("finished")
         if rest:
@@ -84,9 +75,84 @@ async def _relayed(
             yield _error_event(failure)  # the SDKs raise on it
     finally:
         with anyio.CancelScope(shield=True):
+            if ended is None:  # the client went away
+                await end(await _read_out(reads, parser))
+            reads.close()
             await upstream.close()
-            if ended is None:
-                await finish(done, "left")  # the client went away
+
+
+async def _read_out(reads: _Reads, parser: _Parser) -> str:
+    """The rest of a stream its client left, for its done event: ``left``, or the
+    failure's kind if it broke off (then the call is charged as uncertain)."""
+    with anyio.move_on_after(READ_OUT_SECONDS):
+        try:
+            while (chunk := await reads.next()) is not None:
+                parser.feed(chunk)
+                if parser.done is not None:
+                    return "left"
+            parser.rest()
+            return "left"
+        except AttemptFailed as failure:
+            return failure.kind
+    return "timeout"
+
+
+class _Reads:
+    """The upstream's chunks, each read in a task of its own: a read under way when the
+    client leaves (and the relay is cancelled) goes on, and the rest can still be read."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks = chunks
+        self.reading: asyncio.Future[bytes | None] | None = None
+
+    async def next(self) -> bytes | None:
+        if self.reading is None:
+            self.reading = asyncio.ensure_future(anext(self.chunks, None))
+        try:
+            return await asyncio.shield(self.reading)
+        finally:
+            if self.reading.done():
+                self.reading = None
+
+    def close(self) -> None:
+        """Stop a read still under way: nobody wants what it brings."""
+        reading, self.reading = self.reading, None
+        if reading is not None and not reading.cancel() and not reading.cancelled():
+            reading.exception()  # it ended already: its error, if any, counts as seen
+
+
+class _Parser:
+    """Whole events out of a provider's chunks, and the done event's payload once seen."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.pending = bytearray()
+        self.done: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The events this chunk completes, as they came (empty if none)."""
+        searched = max(len(self.pending) - 2, 0)  # a blank line may straddle two chunks
+        self.pending += chunk
+        whole = _events_end(self.pending, searched)
+        events = bytes(self.pending[:whole])
+        if whole:
+            del self.pending[:whole]
+            for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
+                self.done = done_event(event) or self.done
+        if len(self.pending) > MAX_ANSWER_BYTES:  # one event cannot be that large
+            raise AttemptFailed(
+                f"{self.provider} sent an event larger than {MAX_ANSWER_BYTES >> 20} MiB",
+                kind="malformed",
+                reached=True,
+            )
+        return events
+
+    def rest(self) -> bytes:
+        """What is left after the last blank line (a done event there counts)."""
+        rest = bytes(self.pending)
+        self.pending.clear()
+        self.done = done_event(rest.replace(b"\r\n", b"\n")) or self.done
+        return rest
 
 
 def _events_end(buffer: bytearray, start: int) -> int:
