@@ -4,8 +4,9 @@ Audio probing, password hashing and reads of spooled uploads each get their own 
 one kind cannot starve another (in Python's shared default pool, sixteen failing sign-ins
 delayed every tenant's audio). Within a pool, each owner (a tenant, or a source address)
 queues on its own and threads take owners in turn; an owner may run at most all threads
-but one at once while others wait, and a pool whose queue is full refuses at once
-instead of growing without bound.
+but one at once, so the next owner's work never waits for the end of one owner's (a
+tenant's files built to take the whole probe deadline each), and a pool whose queue is
+full refuses at once instead of growing without bound.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class FairPool:
         self._queued = 0
         self._running: dict[str, int] = {}
         self._free = threads
-        # While others wait, one owner keeps at most this many threads busy.
+        # One owner keeps at most this many threads busy: one is left for the others.
         self._per_owner = max(1, threads - 1)
 
     async def run(self, owner: str, work: Callable[..., T], *args: Any) -> T:
@@ -65,11 +66,11 @@ class FairPool:
             )
 
     def _next_job(self) -> _Job | None:
-        """The next job of the owner who has waited longest, skipping owners at their cap
-        (unless nobody else is waiting: a lone owner may use every thread)."""
-        crowded = len(self._queues) > 1
+        """The next job of the owner who has waited longest, skipping owners at their cap.
+        Even a lone owner leaves a thread free: whoever comes next would otherwise wait
+        for one of its jobs to end, and a tenant can make each take the whole deadline."""
         for owner, queue in self._queues.items():
-            if crowded and self._running.get(owner, 0) >= self._per_owner:
+            if self._running.get(owner, 0) >= self._per_owner:
                 continue
             job = queue.popleft()
             self._queued -= 1
