@@ -42,7 +42,7 @@ from tests.audio_files import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SPEECH_MS = 5848  # sox: 5.84875 s
+SPEECH_MS = 5849  # sox: 5.84875 s, rounded up
 
 
 def _measure(data: bytes, max_seconds: int = 10_800):
@@ -566,7 +566,7 @@ def test_a_plain_wav_is_measured_exactly():
     assert _measure(wav(tone(12.345))).duration_ms == 12_345
     stereo = wav(tone(3.0) * 2, rate=16_000, channels=2)
     assert _measure(stereo).duration_ms == 3_000
-    assert _measure(wav(tone(1.0), rate=44_100)).duration_ms == 362  # 16,000 samples
+    assert _measure(wav(tone(1.0), rate=44_100)).duration_ms == 363  # 16,000: 362.8 ms, up
 
 
 # --- What is forwarded -----------------------------------------------------------------

@@ -5,11 +5,12 @@ import httpx
 import openai
 import pytest
 
+from tests.audio_files import wav
 from tests.fake_provider import API_KEY, TEXT
 from tests.gateway import FIXTURES
 
 SPEECH = FIXTURES / "speech.wav"
-SPEECH_MS = 5848
+SPEECH_MS = 5849
 
 
 def _only(calls: list[dict]) -> dict:
@@ -164,6 +165,22 @@ def test_stream_goes_upstream_as_it_was_read(gateway):
         47,
         16,
     )
+
+
+def test_a_file_a_sample_past_a_whole_second_is_billed_that_second(gateway):
+    """Whisper sends no usage with `text`, so the gateway's measure bills: a duration cut
+    down to the millisecond billed 1.0000625 s as 1 s, half of what the same file costs
+    as `json`, billed by the provider's usage (found by an attack campaign)."""
+    key = gateway.new_key()
+    audio = wav(b"\x10\x00" * 16_001, rate=16_000)
+    for response_format in ("text", "json"):
+        answered = gateway.post_audio(
+            key, "openai/whisper-1", audio, response_format=response_format
+        )
+        assert answered.status_code == 200, answered.text
+    calls = gateway.calls(key)
+    assert sorted(call["usage_source"] for call in calls) == ["probe", "provider"]
+    assert [call["cost_usd"] for call in calls] == ["0.000200000"] * 2
 
 
 def test_whisper_ignores_stream_as_openai_does(gateway):
@@ -348,7 +365,7 @@ def test_token_priced_call_without_usage_is_billed_an_estimate_not_zero(gateway)
         )
     call = _only(gateway.calls(key))
     assert call["usage_source"] == "estimate"
-    assert call["input_audio_tokens"] == 59  # 5.848 s at 10 tokens a second, rounded up
+    assert call["input_audio_tokens"] == 59  # 5.849 s at 10 tokens a second, rounded up
     assert call["cost_usd"] != "0.000000000"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def _plain_pcm(file: BinaryIO, size: int, wav: Wav, max_window: int) -> Audio | 
     file.seek(0)
     if declares_pcm16(file.read(64), size, _RATES, _CHANNELS):
         seconds = Fraction(wav.pcm_bytes // wav.block_align, wav.sample_rate)
-        audio = Audio(int(seconds * 1000), "wav", "pcm_s16le", wav.sample_rate, wav.channels)
+        audio = Audio(_ms(seconds), "wav", "pcm_s16le", wav.sample_rate, wav.channels)
     else:
         with open_container(file, "wav", probe_streams=False) as opened:
             audio = _pcm_audio(opened, wav)
@@ -137,7 +138,13 @@ def _pcm_audio(opened: av.container.InputContainer, wav: Wav) -> Audio | None:
     ) != (wav.sample_rate, wav.channels):
         return None
     seconds = Fraction(wav.pcm_bytes // wav.block_align, wav.sample_rate)
-    return Audio(int(seconds * 1000), "wav", context.name, context.sample_rate, context.channels)
+    return Audio(_ms(seconds), "wav", context.name, context.sample_rate, context.channels)
+
+
+def _ms(seconds: Fraction) -> int:
+    """The duration in whole milliseconds, rounded up: cut down, a file one sample past
+    a whole second would be billed a second less than a provider plays."""
+    return math.ceil(seconds * 1000)
 
 
 def _unless_unreadable(function: Callable[..., T], deadline: float, *args: Any) -> T:
@@ -171,7 +178,7 @@ def _decoded(
         context = stream.codec_context
         seconds = packets.count(opened, limits.max_seconds, limits.max_packets, deadline)
         return Audio(
-            duration_ms=int(seconds * 1000),
+            duration_ms=_ms(seconds),
             container=container,
             codec=context.name,
             sample_rate=context.sample_rate,
