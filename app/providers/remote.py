@@ -10,10 +10,8 @@ headers never go upstream; the provider's key never comes back.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import select
-import socket
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -39,42 +37,25 @@ _CONNECTING = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)  # 
 # The connection broke: the provider closed or reset it (before the last bytes: dropped).
 _BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
 _HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR  # RDHUP: Linux
-_INTERIM = re.compile(rb"HTTP/1\.[01] 1\d\d ")  # 100 Continue and the like: not an answer
 
 
-def _provider_spoke(transport: asyncio.BaseTransport | None) -> bool:
-    """Whether the provider, before it has the whole request, has answered (a refusal on
-    the headers, often followed by a close) or closed the connection (a pooled keep-alive
-    one it closed, idle, just as this call took it). The event loop may not have read
-    that yet (it is busy writing the upload; a mark that did not wait), so the socket
-    itself is asked. Once the provider has closed, a write would reset the connection
-    and throw its answer away, unread."""
+def _closed_by_provider(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the provider has closed this connection: a pooled keep-alive one it
+    closed, idle, just as this call took it, or one it answered early (a refusal on the
+    headers) and closed. The event loop may not have read that yet (it is busy writing
+    the upload; a mark that did not wait), so the socket itself is asked. Then another
+    write would reset the connection and throw an answer waiting in it away, unread.
+    (Whether it has *answered* cannot be told from the socket: over TLS any record, a
+    session ticket, is readable bytes; aiohttp stops the upload itself once an early
+    answer it has read is done with.)"""
     if transport is None or transport.is_closing():
         return True
     sock = transport.get_extra_info("socket")
     if sock is None:
         return False
     poller = select.poll()
-    poller.register(sock.fileno(), _HUNG_UP | select.POLLIN)
-    events = poller.poll(0)
-    if not events:
-        return False
-    if events[0][1] & _HUNG_UP:
-        return True
-    try:  # the loop's socket object cannot read; a duplicate of it can
-        with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
-            start = peek.recv(13, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:
-        return True  # reset: what is left in the socket is read as the answer
-    return not _INTERIM.match(start)
-
-
-def _unfinished(writer: AbstractStreamWriter) -> None:
-    """The request stops short of its end, the provider having spoken: more bytes could
-    only reset the connection, and with it an answer waiting to be read (a refusal), which
-    is read instead; with no answer the attempt is ``dropped`` (the provider never had the
-    request whole). The connection is not used again: its request is unfinished."""
-    cast(StreamWriter, writer).protocol.force_close()
+    poller.register(sock.fileno(), _HUNG_UP)
+    return bool(poller.poll(0))
 
 
 def _closer(response: aiohttp.ClientResponse):
@@ -138,6 +119,7 @@ class _Body(aiohttp.payload.Payload):
         )
         self.tail = f"\r\n--{self.boundary}--\r\n".encode()
         self.upload = upload
+        self.unfinished: asyncio.Transport | None = None  # a connection left mid-request
         self._size = len(self.head) + upload.size + len(self.tail)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -149,15 +131,19 @@ class _Body(aiohttp.payload.Payload):
         self.upload.file.seek(0)
         await writer.write(self.head)
         progress.bytes_sent = len(self.head)
-        while chunk := self.upload.file.read(_CHUNK):
-            if _provider_spoke(writer.transport):
-                return _unfinished(writer)
-            await writer.write(chunk)
-            progress.bytes_sent += len(chunk)
-        if progress.before_last is not None:
-            await progress.before_last()
-        if _provider_spoke(writer.transport):
-            return _unfinished(writer)  # not even the last bytes
+        try:
+            while chunk := self.upload.file.read(_CHUNK):
+                if _closed_by_provider(writer.transport):
+                    return self._stop(writer)
+                await writer.write(chunk)
+                progress.bytes_sent += len(chunk)
+            if progress.before_last is not None:
+                await progress.before_last()
+        except asyncio.CancelledError:  # the answer came first (read by the loop), a deadline
+            self._stop(writer)
+            raise
+        if _closed_by_provider(writer.transport):
+            return self._stop(writer)  # not even the last bytes
         # Lifted first: a deadline expiring now ends the attempt before its last bytes.
         self.upload_deadline.reschedule(None)
         # From here the provider gets the whole request even if the call is abandoned: a
@@ -165,6 +151,20 @@ class _Body(aiohttp.payload.Payload):
         progress.reached = True
         await writer.write(self.tail)
         progress.bytes_sent += len(self.tail)
+
+    def _stop(self, writer: AbstractStreamWriter) -> None:
+        """The request stops short of its end. The provider has spoken: more bytes could
+        only reset the connection, and with it an answer waiting to be read (a refusal),
+        which is read instead; with no answer the attempt is ``dropped`` (the provider
+        never had the request whole). Or the upload was cancelled. Either way the
+        connection, its request unfinished, is not used again, and is aborted once done
+        with (``abort``): closed gently, it would flush an upload nobody wants."""
+        cast(StreamWriter, writer).protocol.force_close()
+        self.unfinished = writer.transport
+
+    def abort(self) -> None:
+        if self.unfinished is not None:
+            self.unfinished.abort()
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
@@ -232,6 +232,7 @@ class RemoteProvider:
                     allow_redirects=False,  # a redirect would re-send the tenant's audio elsewhere
                 )
         except _TRANSPORT_ERRORS as error:
+            body.abort()
             if isinstance(error.__cause__, EarmarkError):  # from ``before_last``
                 raise error.__cause__ from None
             raise self._failed(error, request.progress) from None
@@ -249,6 +250,7 @@ class RemoteProvider:
             raise self._failed(error, request.progress) from None
         finally:
             response.release()  # closes the connection if the answer was not read to its end
+            body.abort()
         return UpstreamResponse(response.status, content_type, body=data)
 
     async def _whole(self, response: aiohttp.ClientResponse, progress: Progress) -> bytes:
