@@ -176,7 +176,7 @@ async def _answer(
         response, status, code = shaping.refusal(route, upstream, forwarded.charged_nanos)
         await settlement.failed(status, code, route)
         return response
-    if upstream.events is not None:
+    if upstream.read_chunk is not None:
 
         async def finish(done: dict[str, Any] | None, ended: str) -> None:
             if ended not in ("finished", "left"):  # broken off, after the provider's work:

@@ -8,7 +8,6 @@ says so once, and before the client has the event that ends it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,8 +23,9 @@ from app.providers import MAX_ANSWER_BYTES, AttemptFailed, UpstreamResponse
 Finish = Callable[[dict[str, Any] | None, str], Awaitable[None]]
 _EVENT_STREAM = {"media_type": "text/event-stream"}
 # How long the rest of a stream its client left is read for its usage (each read is timed
-# by the provider's own timeout too); past it the call is charged as uncertain.
-READ_OUT_SECONDS = 300
+# by the provider's own timeout too; well within the sweeper's margin); past it the call
+# is charged as uncertain.
+READ_OUT_SECONDS = 120
 
 
 def relay(upstream: UpstreamResponse, finish: Finish, provider: str) -> Stream:
@@ -47,8 +47,9 @@ async def _relayed(
     broken stream), so a client that reads the ledger or its quota next sees the call
     settled. A client that leaves before the done event does not stop the provider's
     work: the rest of the stream is read, unrelayed, for the usage the provider billed."""
-    assert upstream.events is not None
-    reads, parser = _Reads(upstream.events), _Parser(provider)
+    read = upstream.read_chunk
+    assert read is not None
+    parser = _Parser(provider)
     ended: str | None = None  # how it ended, once finish has been told
 
     async def end(how: str) -> None:
@@ -58,7 +59,7 @@ async def _relayed(
             await finish(parser.done, how)
 
     try:
-        while (chunk := await reads.next()) is not None:
+        while chunk := await read():
             events = parser.feed(chunk)
             if parser.done is not None and ended is None:
                 await end("finished")
@@ -75,18 +76,23 @@ async def _relayed(
             yield _error_event(failure)  # the SDKs raise on it
     finally:
         with anyio.CancelScope(shield=True):
-            if ended is None:  # the client went away
-                await end(await _read_out(reads, parser))
-            reads.close()
-            await upstream.close()
+            try:
+                if ended is None:  # the client went away
+                    how = "timeout"  # unless the rest is read (a shutdown may cut it short)
+                    try:
+                        how = await _read_out(read, parser)
+                    finally:
+                        await end(how)
+            finally:
+                await upstream.close()
 
 
-async def _read_out(reads: _Reads, parser: _Parser) -> str:
-    """The rest of a stream its client left, for its done event: ``left``, or the
-    failure's kind if it broke off (then the call is charged as uncertain)."""
+async def _read_out(read: Callable[[], Awaitable[bytes]], parser: _Parser) -> str:
+    """The rest of a stream its client left, for its done event: ``left``, or how it
+    failed (then the call is charged as uncertain)."""
     with anyio.move_on_after(READ_OUT_SECONDS):
         try:
-            while (chunk := await reads.next()) is not None:
+            while chunk := await read():
                 parser.feed(chunk)
                 if parser.done is not None:
                     return "left"
@@ -95,30 +101,6 @@ async def _read_out(reads: _Reads, parser: _Parser) -> str:
         except AttemptFailed as failure:
             return failure.kind
     return "timeout"
-
-
-class _Reads:
-    """The upstream's chunks, each read in a task of its own: a read under way when the
-    client leaves (and the relay is cancelled) goes on, and the rest can still be read."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self.chunks = chunks
-        self.reading: asyncio.Future[bytes | None] | None = None
-
-    async def next(self) -> bytes | None:
-        if self.reading is None:
-            self.reading = asyncio.ensure_future(anext(self.chunks, None))
-        try:
-            return await asyncio.shield(self.reading)
-        finally:
-            if self.reading.done():
-                self.reading = None
-
-    def close(self) -> None:
-        """Stop a read still under way: nobody wants what it brings."""
-        reading, self.reading = self.reading, None
-        if reading is not None and not reading.cancel() and not reading.cancelled():
-            reading.exception()  # it ended already: its error, if any, counts as seen
 
 
 class _Parser:

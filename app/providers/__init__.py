@@ -8,7 +8,7 @@ this machine's engines (``local``) answer alike; the call path never asks which 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,12 +57,14 @@ async def _nothing_to_close() -> None:
 
 @dataclass(slots=True)
 class UpstreamResponse:
-    """An answer: whole (``body``), or a server-sent event stream still arriving."""
+    """An answer: whole (``body``), or a server-sent event stream still arriving, read a
+    chunk at a time (``read_chunk``: ``b""`` at its end; a read cancelled loses nothing,
+    so a stream its client left can still be read to its end)."""
 
     status: int
     content_type: str
     body: bytes = b""
-    events: AsyncIterator[bytes] | None = None
+    read_chunk: Callable[[], Awaitable[bytes]] | None = None
     close: Callable[[], Awaitable[None]] = _nothing_to_close
 
 

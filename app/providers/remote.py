@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import select
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import aiohttp
@@ -241,7 +241,7 @@ class RemoteProvider:
             return UpstreamResponse(
                 response.status,
                 content_type,
-                events=self._events(response, request.progress),
+                read_chunk=self._chunks(response, request.progress),
                 close=_closer(response),
             )
         try:
@@ -279,19 +279,21 @@ class RemoteProvider:
             bytes_sent=progress.bytes_sent,
         )
 
-    async def _events(
+    def _chunks(
         self, response: aiohttp.ClientResponse, progress: Progress
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in response.content.iter_any():
-                yield chunk
-        except _TRANSPORT_ERRORS:
-            raise AttemptFailed(
-                f"{self.name} broke off the stream",
-                kind="broken_stream",
-                reached=True,
-                bytes_sent=progress.bytes_sent,
-            ) from None
+    ) -> Callable[[], Awaitable[bytes]]:
+        async def read() -> bytes:
+            try:  # readany keeps what it has not returned when cancelled
+                return await response.content.readany()
+            except _TRANSPORT_ERRORS:
+                raise AttemptFailed(
+                    f"{self.name} broke off the stream",
+                    kind="broken_stream",
+                    reached=True,
+                    bytes_sent=progress.bytes_sent,
+                ) from None
+
+        return read
 
     async def close(self) -> None:
         return None  # the shared client is closed with the process
