@@ -81,7 +81,7 @@ class _Buffered:
         if not count:
             return
         cls.used -= count
-        held = cls.by_tenant.pop(tenant) - count
+        held = cls.by_tenant.pop(tenant, 0) - count
         if held:
             cls.by_tenant[tenant] = held
 
