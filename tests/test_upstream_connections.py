@@ -256,28 +256,19 @@ async def test_a_refusal_while_a_large_upload_is_going_is_read(server, keep):
 
 
 @pytest.mark.anyio
-async def test_an_interim_answer_is_not_taken_for_an_early_one(server):
-    """A 100 Continue nobody asked for (HTTP allows it) does not stop the upload."""
-    server.interim = True
-    http = create_client()
-    try:
-        route, request = _request(f"http://127.0.0.1:{server.port}/v1", size=2_000_000)
-        answer = await RemoteProvider("p", route.provider, "sk-test", http).send(request)
-        assert (answer.status, answer.body, server.whole) == (200, ANSWER, 1)
-        assert request.progress.reached
-    finally:
-        await http.close()
-
-
-@pytest.mark.anyio
-async def test_a_large_upload_over_tls_goes_whole(tls_server):
-    """Over TLS the socket holds records that are no answer (session tickets): only a
-    hang-up stops an upload early, never bytes waiting to be read."""
+@pytest.mark.parametrize("tls", [False, True], ids=["interim-answer", "tls"])
+async def test_bytes_to_read_that_are_no_answer_do_not_stop_the_upload(tls, request):
+    """Only a hang-up stops an upload early, never bytes waiting to be read: a 100
+    Continue nobody asked for (HTTP allows it), or over TLS 1.3 records that are no
+    answer (session tickets; asking for any readable byte hung such uploads)."""
+    server = request.getfixturevalue("tls_server" if tls else "server")
+    server.interim = not tls
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False))
     try:
-        route, request = _request(f"https://127.0.0.1:{tls_server.port}/v1", size=8_000_000)
-        answer = await RemoteProvider("p", route.provider, "sk-test", http).send(request)
-        assert (answer.status, answer.body, tls_server.whole) == (200, ANSWER, 1)
-        assert request.progress.reached
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}/v1"
+        route, call = _request(url, size=8_000_000)
+        answer = await RemoteProvider("p", route.provider, "sk-test", http).send(call)
+        assert (answer.status, answer.body, server.whole) == (200, ANSWER, 1)
+        assert call.progress.reached
     finally:
         await http.close()
