@@ -1,6 +1,9 @@
 """Every bad input gets a 4xx naming the problem, nothing goes upstream, and the call is
 recorded as rejected at zero cost."""
 
+import math
+from fractions import Fraction
+
 import pytest
 
 from app.gateway.form import MAX_FILE_BYTES
@@ -174,7 +177,8 @@ def test_exactly_25_mib_is_accepted_and_forwarded_whole(gateway):
     assert gateway.upstream_requests()[-1]["file"]["size"] == MAX_FILE_BYTES
     (call,) = gateway.calls(key)
     assert call["upload_bytes"] == MAX_FILE_BYTES
-    assert call["probed_audio_ms"] == (MAX_FILE_BYTES - 44) // 2 * 1000 // 16_000
+    samples = (MAX_FILE_BYTES - 44) // 2
+    assert call["probed_audio_ms"] == math.ceil(Fraction(samples * 1000, 16_000))
 
 
 def test_a_body_far_over_the_limit_is_413_before_it_is_read(gateway):

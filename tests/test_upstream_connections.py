@@ -81,7 +81,8 @@ class _KeepAliveServer:
             )
             if self.interim:
                 connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            if self.refuse_early:
+            refusing = self.refuse_early  # a test may turn it off while this one reads on
+            if refusing:
                 closing = b"" if self.keep_after_refusal else b"connection: close\r\n"
                 connection.sendall(
                     b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
@@ -102,7 +103,7 @@ class _KeepAliveServer:
                     return
                 buffer += data
             del buffer[:length]
-            if self.refuse_early:
+            if refusing:
                 continue
             with self.lock:
                 self.whole += 1
