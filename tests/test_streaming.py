@@ -47,6 +47,21 @@ async def _relay(chunks: list[bytes]) -> tuple[list[bytes], list[tuple]]:
     return sent, told
 
 
+def _reading(upstream: UpstreamResponse) -> tuple[asyncio.Task[None], list[tuple]]:
+    """A client reading the relay in a task of its own (cancelled when it leaves), and
+    what the relay tells ``finish``, as it tells it."""
+    told: list[tuple] = []
+
+    async def finish(done, how) -> None:
+        told.append((done, how))
+
+    async def client() -> None:
+        async for _ in streaming._relayed(upstream, finish, "p"):
+            pass
+
+    return asyncio.ensure_future(client()), told
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 64], ids=lambda n: f"chunks-of-{n}")
@@ -84,19 +99,7 @@ async def test_a_client_leaving_does_not_lose_the_rest_of_the_stream(turns: int)
             await arrived.wait()
         return buffer.pop(0)
 
-    told: list[tuple] = []
-
-    async def finish(done_payload, how) -> None:
-        told.append((done_payload, how))
-
-    upstream = UpstreamResponse(200, "text/event-stream", read_chunk=read)
-    relay = streaming._relayed(upstream, finish, "p")
-
-    async def client() -> None:
-        async for _ in relay:
-            pass
-
-    task = asyncio.ensure_future(client())
+    task, told = _reading(UpstreamResponse(200, "text/event-stream", read_chunk=read))
     await asyncio.sleep(0.01)  # the relay waits for the provider's next chunk
     buffer.extend([body[40:], b""])
     arrived.set()
@@ -126,19 +129,8 @@ async def test_a_read_out_cut_short_still_settles_the_call_once_and_closes():
     async def close() -> None:
         closed.append(True)
 
-    told: list[tuple] = []
-
-    async def finish(done, how) -> None:
-        told.append((done, how))
-
     upstream = UpstreamResponse(200, "text/event-stream", read_chunk=read, close=close)
-    relay = streaming._relayed(upstream, finish, "p")
-
-    async def client() -> None:
-        async for _ in relay:
-            pass
-
-    task = asyncio.ensure_future(client())
+    task, told = _reading(upstream)
     await asyncio.sleep(0.01)
     task.cancel()  # the client left: the rest is being read
     await asyncio.sleep(0.01)
